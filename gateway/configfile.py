@@ -1,0 +1,327 @@
+"""Config files: YAML with line numbers, pydantic validation, readable errors.
+
+Every problem in a config file is reported as
+``file:line:col: path.to.field: what was expected``, and all of them at once:
+YAML syntax, duplicate keys, unknown keys, wrong types, out-of-range values
+and cross-references (a rule naming an undefined actuator). Shared by the
+agent's ``site.yaml`` and the engine's ``rules.yaml``; also defines the small
+types both use (durations, secrets, MQTT connection settings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    line: int  # 1-based
+    col: int  # 1-based
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file (``issues`` holds all of them)."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class StrictModel(BaseModel):
+    """Base for config models: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ------------------------------------------------------------------ types
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """``30s``, ``5m``, ``1h30m``, ``500ms`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, total = 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if text and pos == len(text):
+            return total
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+"""Seconds; written in YAML as ``30s``, ``5m``, ``1h`` or a number."""
+
+
+def _resolve_secret(value: Any) -> Any:
+    """A secret inline, or ``{env: NAME}``, or ``{file: PATH}`` (read, stripped)."""
+    if isinstance(value, dict):
+        if set(value) == {"env"}:
+            name = str(value["env"])
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set")
+            return os.environ[name]
+        if set(value) == {"file"}:
+            p = Path(str(value["file"])).expanduser()
+            try:
+                return p.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {p}: {exc.strerror}") from None
+        raise ValueError("expected a string, {env: NAME} or {file: PATH}")
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+
+
+class TlsSettings(StrictModel):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip hostname check (test CAs only)
+
+
+class MqttSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: Secret | None = None
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    keepalive: Duration = 30.0
+    tls: TlsSettings | None = None
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 60.0
+
+
+# ------------------------------------------------------------------ YAML
+
+
+class _Node:
+    """Marks for one YAML node: where it starts, and where its key starts."""
+
+    __slots__ = ("col", "key_col", "key_line", "line")
+
+    def __init__(self, line: int, col: int, key_line: int, key_col: int):
+        self.line, self.col, self.key_line, self.key_col = line, col, key_line, key_col
+
+
+def load_yaml(path: Path | str, text: str | None = None) -> tuple[Any, dict[Loc, _Node]]:
+    """Parse YAML keeping the position of every node; raise ConfigError."""
+    data, positions, issues = _parse_yaml(path, text)
+    if issues:
+        raise ConfigError(issues)
+    return data, positions
+
+
+def _parse_yaml(
+    path: Path | str, text: str | None
+) -> tuple[Any, dict[Loc, _Node], list[ConfigIssue]]:
+    """Parse; syntax errors raise, structural ones (duplicate keys) are returned."""
+    fname = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([ConfigIssue(fname, 1, 1, "", f"cannot read file: {exc}")]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        msg = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError([ConfigIssue(fname, line, col, "", f"YAML syntax: {msg}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(fname, 1, 1, "", f"YAML: {exc}")]) from None
+    positions: dict[Loc, _Node] = {}
+    issues: list[ConfigIssue] = []
+    if root is None:
+        return {}, positions, issues
+    data = _construct(root, (), positions, issues, fname, None)
+    return data, positions, issues
+
+
+def _construct(
+    node: yaml.Node,
+    loc: Loc,
+    positions: dict[Loc, _Node],
+    issues: list[ConfigIssue],
+    fname: str,
+    key_node: yaml.Node | None,
+) -> Any:
+    sm = node.start_mark
+    km = key_node.start_mark if key_node is not None else sm
+    positions[loc] = _Node(sm.line + 1, sm.column + 1, km.line + 1, km.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for k_node, v_node in node.value:
+            key = yaml.SafeLoader(  # scalar keys only; construct with YAML's own rules
+                ""
+            ).construct_object(k_node, deep=True)
+            if not isinstance(key, str | int | float | bool):
+                issues.append(
+                    ConfigIssue(fname, k_node.start_mark.line + 1, k_node.start_mark.column + 1,
+                                _dotted(loc), "keys must be plain scalars")
+                )
+                continue
+            if key in out:
+                issues.append(
+                    ConfigIssue(fname, k_node.start_mark.line + 1, k_node.start_mark.column + 1,
+                                _dotted((*loc, str(key))), "duplicate key")
+                )
+                continue
+            out[key] = _construct(v_node, (*loc, str(key)), positions, issues, fname, k_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(v, (*loc, i), positions, issues, fname, v) for i, v in enumerate(node.value)
+        ]
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# ------------------------------------------------------------- validation
+
+M = TypeVar("M", bound=BaseModel)
+RefCheck = Callable[[Any], list[tuple[Loc, str]]]
+
+
+def issue_at(fname: str, positions: dict[Loc, _Node], loc: Loc, message: str,
+             at_key: bool = False) -> ConfigIssue:
+    """An issue placed at the deepest existing node along ``loc``."""
+    probe = tuple(loc)
+    while probe not in positions and probe:
+        probe = probe[:-1]
+    node = positions.get(probe)
+    if node is None:
+        return ConfigIssue(fname, 1, 1, _dotted(loc), message)
+    exact = probe == tuple(loc)
+    line, col = (node.key_line, node.key_col) if (at_key and exact) else (node.line, node.col)
+    return ConfigIssue(fname, line, col, _dotted(loc), message)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Loc:
+    # pydantic adds tags for unions / validators ("function-after[...]", "str"...);
+    # keep only parts that can be keys in the user's YAML.
+    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _PYD_TAGS))
+
+
+_PYD_TAGS = {"str", "int", "float", "bool", "list", "dict", "tagged-union", "union",
+             "function-after", "function-before", "function-wrap", "lax-or-strict",
+             "json-or-python", "SecretStr", "constrained-str", "is-instance", "nullable"}
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    msg = str(err["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see the example config)"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if ("input" in err and "got " not in msg
+            and not isinstance(err["input"], dict | list)):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def validate(
+    model: type[M],
+    data: Any,
+    positions: dict[Loc, _Node],
+    fname: str,
+    ref_checks: Sequence[RefCheck] = (),
+    context: dict[str, Any] | None = None,
+    issues: list[ConfigIssue] | None = None,
+) -> M:
+    """Validate ``data`` as ``model``; raise ConfigError listing every problem."""
+    issues = list(issues or [])
+    result: M | None = None
+    try:
+        result = model.model_validate(data, context=context)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            issues.append(
+                issue_at(fname, positions, loc, _message(dict(err)),
+                         at_key=err["type"] == "extra_forbidden")
+            )
+    for check in ref_checks:
+        for loc, msg in check(data):
+            issues.append(issue_at(fname, positions, loc, msg))
+    if issues:
+        issues.sort(key=lambda i: (i.line, i.col))
+        raise ConfigError(_dedupe(issues))
+    assert result is not None
+    return result
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    seen: set[tuple[int, int, str, str]] = set()
+    out = []
+    for i in issues:
+        key = (i.line, i.col, i.path, i.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
+
+
+def load(
+    model: type[M],
+    path: Path | str,
+    ref_checks: Sequence[RefCheck] = (),
+    text: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> M:
+    """Read, parse and validate a config file in one go."""
+    data, positions, issues = _parse_yaml(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError([issue_at(str(path), positions, (), "expected a mapping at top level")])
+    return validate(model, data, positions, str(path), ref_checks, context, issues)

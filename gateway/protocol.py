@@ -1,0 +1,286 @@
+"""The dustgate wire contract (MQTT 5, JSON payloads). Both sides import this.
+
+Topics live under ``dustgate/v1/{site}/``:
+
+==============================  ========  =======================================
+topic                           retained  payload
+==============================  ========  =======================================
+``{site}/{device}/telemetry``   no, QoS1  :class:`Telemetry`
+``{site}/gateway/{gw}/status``  yes       :class:`GatewayStatus` (LWT: offline)
+``{site}/{actuator}/cmd``       no, QoS1  :class:`Command`
+``{site}/{actuator}/state``     yes       :class:`ActuatorState`
+``{site}/{actuator}/ack``       no        :class:`Ack`
+``{site}/events``               no        :class:`Event`
+==============================  ========  =======================================
+
+``ts`` is always milliseconds since the epoch; for telemetry it is the time
+the sensor was read, so replayed backlog lands where it belongs. ``seq``
+counts readings per device and survives restarts, so consumers can spot gaps
+and duplicates (a duplicate carries the same ``ts`` and ``seq``).
+
+Decoding untrusted bytes returns a model or raises :class:`ProtocolError`,
+never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROOT = "dustgate/v1"
+ID_PATTERN = r"^[a-z0-9_-]{1,64}$"
+_ID = re.compile(ID_PATTERN)
+MAX_PAYLOAD = 64 * 1024
+GATEWAY_SEGMENT = "gateway"
+EVENTS_SEGMENT = "events"
+
+METRICS = (
+    "pm1", "pm25", "pm10", "tsp", "noise", "wind_speed", "wind_dir",
+    "temp", "rh", "pressure", "rain", "water_level",
+)  # fmt: skip
+"""Known metric names. Others are allowed (``[a-z0-9_]+``) for site extras."""
+
+
+class ProtocolError(ValueError):
+    """Bytes or a topic that do not follow the wire contract."""
+
+
+class Status(StrEnum):
+    """Data quality, after the HJ 212 data flags."""
+
+    OK = "ok"
+    FAULT = "fault"
+    COMM_ERROR = "comm_error"
+    OVER_RANGE = "over_range"
+    CALIBRATING = "calibrating"
+    MAINTENANCE = "maintenance"
+
+    @property
+    def hj212_flag(self) -> str:
+        return _HJ212_FLAGS[self]
+
+
+_HJ212_FLAGS = {
+    Status.OK: "N",
+    Status.FAULT: "D",
+    Status.COMM_ERROR: "B",
+    Status.OVER_RANGE: "T",
+    Status.CALIBRATING: "C",
+    Status.MAINTENANCE: "M",
+}
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+MetricName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+TimestampMs = Annotated[int, Field(ge=0, lt=10**13)]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Telemetry(_Payload):
+    ts: TimestampMs
+    seq: Annotated[int, Field(ge=0)]
+    values: dict[MetricName, float] = Field(max_length=64)
+    status: Status = Status.OK
+    # Per-metric quality where it differs from ``status`` (e.g. one metric
+    # over its valid range while the others are fine).
+    flags: dict[MetricName, Status] | None = None
+    model: Annotated[str, Field(max_length=64)] | None = None
+
+    def metric_status(self, metric: str) -> Status:
+        if self.flags and metric in self.flags:
+            return self.flags[metric]
+        return self.status
+
+
+class DeviceHealth(_Payload):
+    state: Literal["online", "offline", "backoff", "starting"]
+    last_ok_ts: TimestampMs | None = None
+    errors: int = 0
+    consecutive_failures: int = 0
+    last_error: Annotated[str, Field(max_length=200)] | None = None
+    poll_interval_s: float | None = None
+
+
+class GatewayStatus(_Payload):
+    state: Literal["online", "offline"]
+    ts: TimestampMs
+    version: str = ""
+    uptime_s: float = 0.0
+    backlog: int = 0
+    evicted: int = 0
+    poll_errors: int = 0
+    refused_commands: int = 0
+    devices: dict[Id, DeviceHealth] = Field(default_factory=dict)
+
+
+class Command(_Payload):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    action: Literal["on", "off"]
+    lease_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    reason: Annotated[str, Field(max_length=200)] = ""
+    source: Literal["rule", "manual", "override"] = "rule"
+    ts: TimestampMs | None = None
+    rule: Id | None = None
+
+    @model_validator(mode="after")
+    def _on_needs_lease(self) -> Command:
+        if self.action == "on" and self.lease_s is None:
+            raise ValueError("an 'on' command must carry lease_s")
+        return self
+
+
+class ActuatorState(_Payload):
+    state: Literal["on", "off"]
+    since: TimestampMs
+    source: Literal["rule", "manual", "override", "failsafe", "local", "startup"]
+    cmd_id: str | None = None
+    lease_until: TimestampMs | None = None
+    readback_ok: bool = True
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class Ack(_Payload):
+    cmd_id: Annotated[str, Field(max_length=64)]
+    accepted: bool
+    reason: Annotated[str, Field(max_length=200)] = ""
+    ts: TimestampMs
+
+
+class Event(_Payload):
+    ts: TimestampMs
+    kind: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
+    text: Annotated[str, Field(max_length=1000)]
+    severity: Literal["info", "warning", "critical"] = "info"
+    rule: Id | None = None
+    actuator: Id | None = None
+    device: Id | None = None
+    data: dict[str, Any] | None = None
+
+
+PAYLOAD_TYPES: tuple[type[_Payload], ...] = (
+    Telemetry,
+    GatewayStatus,
+    Command,
+    ActuatorState,
+    Ack,
+    Event,
+)
+
+M = TypeVar("M", bound=_Payload)
+
+
+def encode(payload: _Payload) -> bytes:
+    """Compact JSON bytes, omitting unset optionals."""
+    return payload.model_dump_json(exclude_none=True).encode()
+
+
+def decode(model: type[M], data: bytes | bytearray | str) -> M:
+    """Decode untrusted bytes into ``model``; raise :class:`ProtocolError` only."""
+    if len(data) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise ProtocolError(_summarise(model, exc)) from None
+    except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
+        raise ProtocolError(f"{model.__name__}: {exc}") from None
+
+
+def _summarise(model: type[BaseModel], exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(payload)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return f"{model.__name__}: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+# ---------------------------------------------------------------- topics
+
+TopicKind = Literal["telemetry", "status", "cmd", "state", "ack", "events"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed topic. ``name`` is the device, actuator or gateway id."""
+
+    kind: TopicKind
+    site: str
+    name: str | None = None
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not _ID.match(value):
+        raise ProtocolError(f"{what} {value!r} must match [a-z0-9_-]{{1,64}}")
+    return value
+
+
+def telemetry_topic(site: str, device: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{check_id(device, 'device')}/telemetry"
+
+
+def status_topic(site: str, gateway: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{GATEWAY_SEGMENT}/{check_id(gateway, 'gateway')}/status"
+
+
+def cmd_topic(site: str, actuator: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{check_id(actuator, 'actuator')}/cmd"
+
+
+def state_topic(site: str, actuator: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{check_id(actuator, 'actuator')}/state"
+
+
+def ack_topic(site: str, actuator: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{check_id(actuator, 'actuator')}/ack"
+
+
+def events_topic(site: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{EVENTS_SEGMENT}"
+
+
+def subscription(kind: TopicKind, site: str = "+") -> str:
+    """An MQTT filter for one kind of topic, for one site or (``+``) all."""
+    s = site if site == "+" else check_id(site, "site")
+    return {
+        "telemetry": f"{ROOT}/{s}/+/telemetry",
+        "status": f"{ROOT}/{s}/{GATEWAY_SEGMENT}/+/status",
+        "cmd": f"{ROOT}/{s}/+/cmd",
+        "state": f"{ROOT}/{s}/+/state",
+        "ack": f"{ROOT}/{s}/+/ack",
+        "events": f"{ROOT}/{s}/{EVENTS_SEGMENT}",
+    }[kind]
+
+
+def parse_topic(topic: str) -> Topic:
+    """Parse a topic string; raise :class:`ProtocolError` if it is not ours."""
+    parts = topic.split("/")
+    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT:
+        raise ProtocolError(f"topic {topic!r} is not under {ROOT}/")
+    site = check_id(parts[2], "site")
+    rest = parts[3:]
+    if rest == [EVENTS_SEGMENT]:
+        return Topic("events", site)
+    if len(rest) == 3 and rest[0] == GATEWAY_SEGMENT and rest[2] == "status":
+        return Topic("status", site, check_id(rest[1], "gateway"))
+    if len(rest) == 2 and rest[1] in ("telemetry", "cmd", "state", "ack"):
+        kind: TopicKind = rest[1]  # type: ignore[assignment]
+        return Topic(kind, site, check_id(rest[0], "device" if kind == "telemetry" else "actuator"))
+    raise ProtocolError(f"topic {topic!r} is not one of the dustgate topics")
+
+
+def now_ms(clock: float) -> int:
+    """Seconds (wall clock) to the wire's integer milliseconds."""
+    return int(round(clock * 1000))
+
+
+def to_json_line(payload: _Payload) -> str:
+    """Human-readable one-line JSON, for CLIs and logs."""
+    return json.dumps(payload.model_dump(mode="json", exclude_none=True), sort_keys=True)

@@ -1,0 +1,36 @@
+"""Where the engine writes: InfluxDB connection settings (rules.yaml ``influx:``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from gateway.configfile import Duration, Secret, StrictModel
+
+
+class InfluxSettings(StrictModel):
+    """API v1 (``/write``: InfluxDB 1.x, 3.x compatibility) or v2 (``/api/v2/write``)."""
+
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v1", "v2"] = "v1"
+    # v1
+    database: str = "dustgate"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    create_database: bool = True  # v1 only: CREATE DATABASE on start (idempotent)
+    # v2
+    org: str | None = None
+    bucket: str | None = None
+    token: Secret | None = None
+    # batching, retries, spool
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval: Duration = 1.0
+    gzip: bool = True
+    timeout: Duration = 10.0
+    max_retry_delay: Duration = 30.0
+    spool_dir: Path | None = None  # default: <state_dir>/spool
+    spool_max_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
+    dead_letter_file: Path | None = None  # default: <state_dir>/dead-letter.lp
