@@ -6,6 +6,8 @@ type, count the failure by class name and carry on. Nothing else may escape a dr
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class DriverError(Exception):
     """Base of every error a driver raises."""
@@ -39,7 +41,7 @@ class WrongSlave(FrameError):
 class ModbusExceptionResponse(DriverError):
     """The device answered with a Modbus exception (function code | 0x80)."""
 
-    NAMES = {
+    NAMES: ClassVar[dict[int, str]] = {
         1: "illegal function",
         2: "illegal data address",
         3: "illegal data value",
@@ -65,3 +67,7 @@ class RelayMismatch(DriverError):
         super().__init__(f"relay readback {got}, wanted {wanted}")
         self.wanted = wanted
         self.got = got
+
+
+class EncodeError(DriverError, ValueError):
+    """A value does not fit the register type it is to be written as."""
