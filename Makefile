@@ -1,0 +1,54 @@
+# dustgate — the two commands a newcomer needs: `make demo` and `make test`.
+# Both bootstrap what they need on a fresh Debian 12/13 machine: Debian's
+# mosquitto and influxdb packages (as root, or through sudo) and a .venv with
+# dustgate installed editable plus its dev extras.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dustgate-installed
+DEBS := mosquitto influxdb shellcheck
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv test lint typecheck demo bench clean check-examples
+
+all: test
+
+# Debian packages, installed only when missing; `apt-get update` once first.
+deps:
+	@bash deploy/bootstrap-debs.sh $(DEBS)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "dustgate needs Python >= 3.11 (found $$($(PYTHON) -V))"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: installing python3-venv"; \
+	  bash deploy/bootstrap-debs.sh python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check gateway/protocol.py gateway/configfile.py
+
+typecheck: venv
+	$(VENV)/bin/mypy gateway drivers rules
+
+check-examples: venv
+	$(VENV)/bin/dustgate check examples/site.yaml examples/rules.yaml
+
+test: deps venv lint check-examples
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: deps venv
+	$(VENV)/bin/dustgate demo $(DEMO_ARGS)
+
+bench: deps venv
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis demo-data *.egg-info

@@ -1,0 +1,51 @@
+"""``dustgate check``: validate site.yaml and rules.yaml files of either kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+from gateway.configfile import ConfigError, ConfigIssue, load_yaml
+
+
+def detect_kind(path: Path) -> str:
+    """'site' or 'rules', from the top-level keys (rules files have ``rules:``)."""
+    data, _ = load_yaml(path)
+    if isinstance(data, dict) and "site" in data:
+        return "site"
+    if isinstance(data, dict) and ("rules" in data or "influx" in data):
+        return "rules"
+    raise ConfigError(
+        [ConfigIssue(str(path), 1, 1, "", "cannot tell the kind of file: a site.yaml has a "
+                     "top-level 'site:' key, a rules.yaml a 'rules:' key")]
+    )
+
+
+def check_file(path: Path) -> tuple[str, list[ConfigIssue]]:
+    try:
+        kind = detect_kind(path)
+        if kind == "site":
+            from gateway.config import load_site_config
+
+            load_site_config(path)
+        else:
+            from rules.config import load_rules_file
+
+            load_rules_file(path)
+    except ConfigError as exc:
+        return "?", exc.issues
+    return kind, []
+
+
+def check_files(paths: list[Path], out: TextIO, err: TextIO) -> int:
+    bad = 0
+    for path in paths:
+        kind, issues = check_file(path)
+        if issues:
+            bad += 1
+            for issue in issues:
+                print(issue, file=err)
+            print(f"{path}: {len(issues)} problem(s)", file=err)
+        else:
+            print(f"{path}: ok ({kind} config)", file=out)
+    return 1 if bad else 0
