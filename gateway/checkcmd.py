@@ -16,8 +16,16 @@ def detect_kind(path: Path) -> str:
     if isinstance(data, dict) and ("rules" in data or "influx" in data):
         return "rules"
     raise ConfigError(
-        [ConfigIssue(str(path), 1, 1, "", "cannot tell the kind of file: a site.yaml has a "
-                     "top-level 'site:' key, a rules.yaml a 'rules:' key")]
+        [
+            ConfigIssue(
+                str(path),
+                1,
+                1,
+                "",
+                "cannot tell the kind of file: a site.yaml has a "
+                "top-level 'site:' key, a rules.yaml a 'rules:' key",
+            )
+        ]
     )
 
 

@@ -17,7 +17,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "agent": ("gateway.agent", "main", "run the edge agent of one site (site.yaml)"),
     "rules": ("rules.service", "main", "run the rule engine (rules.yaml)"),
     "status": ("gateway.statusview", "main", "live table of sites, devices, actuators, backlog"),
-    "actuate": ("gateway.actuate", "main", "switch an actuator by hand: SITE/ACT on --for 5m | off"),
+    "actuate": (
+        "gateway.actuate",
+        "main",
+        "switch an actuator by hand: SITE/ACT on --for 5m | off",
+    ),
     "override": ("rules.override", "main", "override the rules for an actuator: on|off|auto"),
     "replay": ("rules.replay", "main", "run rules over history (CSV or InfluxDB) and compare"),
     "report": ("rules.report", "main", "weekly site ranking from InfluxDB"),

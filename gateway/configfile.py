@@ -196,14 +196,24 @@ def _construct(
             ).construct_object(k_node, deep=True)
             if not isinstance(key, str | int | float | bool):
                 issues.append(
-                    ConfigIssue(fname, k_node.start_mark.line + 1, k_node.start_mark.column + 1,
-                                _dotted(loc), "keys must be plain scalars")
+                    ConfigIssue(
+                        fname,
+                        k_node.start_mark.line + 1,
+                        k_node.start_mark.column + 1,
+                        _dotted(loc),
+                        "keys must be plain scalars",
+                    )
                 )
                 continue
             if key in out:
                 issues.append(
-                    ConfigIssue(fname, k_node.start_mark.line + 1, k_node.start_mark.column + 1,
-                                _dotted((*loc, str(key))), "duplicate key")
+                    ConfigIssue(
+                        fname,
+                        k_node.start_mark.line + 1,
+                        k_node.start_mark.column + 1,
+                        _dotted((*loc, str(key))),
+                        "duplicate key",
+                    )
                 )
                 continue
             out[key] = _construct(v_node, (*loc, str(key)), positions, issues, fname, k_node)
@@ -231,8 +241,9 @@ M = TypeVar("M", bound=BaseModel)
 RefCheck = Callable[[Any], list[tuple[Loc, str]]]
 
 
-def issue_at(fname: str, positions: dict[Loc, _Node], loc: Loc, message: str,
-             at_key: bool = False) -> ConfigIssue:
+def issue_at(
+    fname: str, positions: dict[Loc, _Node], loc: Loc, message: str, at_key: bool = False
+) -> ConfigIssue:
     """An issue placed at the deepest existing node along ``loc``."""
     probe = tuple(loc)
     while probe not in positions and probe:
@@ -251,9 +262,25 @@ def _clean_loc(loc: tuple[Any, ...]) -> Loc:
     return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _PYD_TAGS))
 
 
-_PYD_TAGS = {"str", "int", "float", "bool", "list", "dict", "tagged-union", "union",
-             "function-after", "function-before", "function-wrap", "lax-or-strict",
-             "json-or-python", "SecretStr", "constrained-str", "is-instance", "nullable"}
+_PYD_TAGS = {
+    "str",
+    "int",
+    "float",
+    "bool",
+    "list",
+    "dict",
+    "tagged-union",
+    "union",
+    "function-after",
+    "function-before",
+    "function-wrap",
+    "lax-or-strict",
+    "json-or-python",
+    "SecretStr",
+    "constrained-str",
+    "is-instance",
+    "nullable",
+}
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -265,8 +292,7 @@ def _message(err: dict[str, Any]) -> str:
         return "required key is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    if ("input" in err and "got " not in msg
-            and not isinstance(err["input"], dict | list)):
+    if "input" in err and "got " not in msg and not isinstance(err["input"], dict | list):
         return f"{msg} (got {err['input']!r})"
     return msg
 
@@ -289,8 +315,13 @@ def validate(
         for err in exc.errors():
             loc = _clean_loc(err["loc"])
             issues.append(
-                issue_at(fname, positions, loc, _message(dict(err)),
-                         at_key=err["type"] == "extra_forbidden")
+                issue_at(
+                    fname,
+                    positions,
+                    loc,
+                    _message(dict(err)),
+                    at_key=err["type"] == "extra_forbidden",
+                )
             )
     for check in ref_checks:
         for loc, msg in check(data):

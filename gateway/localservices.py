@@ -125,12 +125,7 @@ def _wait(check: object, what: str, proc: _Proc, timeout: float) -> None:
 
 def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when a broker answers an MQTT 3.1.1 CONNECT with CONNACK (rc 0 or 5)."""
-    connect = bytes(
-        [0x10, 0x14, 0x00, 0x04]
-        + list(b"MQTT")
-        + [0x04, 0x02, 0x00, 0x0A, 0x00, 0x08]
-        + list(b"dg-probe")
-    )
+    connect = bytes([16, 20, 0, 4, *list(b"MQTT"), 4, 2, 0, 10, 0, 8, *list(b"dg-probe")])
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(connect)
@@ -237,7 +232,7 @@ class Influxd:
             "[continuous_queries]\n  enabled = false\n"
             f'[http]\n  bind-address = "{LOOPBACK}:{self.port}"\n'
             "  log-enabled = false\n  flux-enabled = false\n"
-            '  auth-enabled = false\n  pprof-enabled = false\n'
+            "  auth-enabled = false\n  pprof-enabled = false\n"
         )
         return conf
 

@@ -227,7 +227,9 @@ def telemetry_topic(site: str, device: str) -> str:
 
 
 def status_topic(site: str, gateway: str) -> str:
-    return f"{ROOT}/{check_id(site, 'site')}/{GATEWAY_SEGMENT}/{check_id(gateway, 'gateway')}/status"
+    return (
+        f"{ROOT}/{check_id(site, 'site')}/{GATEWAY_SEGMENT}/{check_id(gateway, 'gateway')}/status"
+    )
 
 
 def cmd_topic(site: str, actuator: str) -> str:
@@ -278,7 +280,7 @@ def parse_topic(topic: str) -> Topic:
 
 def now_ms(clock: float) -> int:
     """Seconds (wall clock) to the wire's integer milliseconds."""
-    return int(round(clock * 1000))
+    return round(clock * 1000)
 
 
 def to_json_line(payload: _Payload) -> str:

@@ -1,0 +1,201 @@
+"""The wire contract: round trips, topics, and untrusted input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import protocol as p
+
+ids = st.from_regex(r"[a-z0-9_-]{1,20}", fullmatch=True)
+metric = st.from_regex(r"[a-z0-9_]{1,12}", fullmatch=True)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+ts = st.integers(min_value=0, max_value=10**13 - 1)
+text = st.text(max_size=50)
+
+telemetry = st.builds(
+    p.Telemetry,
+    ts=ts,
+    seq=st.integers(min_value=0, max_value=2**53),
+    values=st.dictionaries(metric, finite, max_size=12),
+    status=st.sampled_from(list(p.Status)),
+    flags=st.none() | st.dictionaries(metric, st.sampled_from(list(p.Status)), max_size=3),
+    model=st.none() | st.text(max_size=20),
+)
+health = st.builds(
+    p.DeviceHealth,
+    state=st.sampled_from(["online", "offline", "backoff", "starting"]),
+    last_ok_ts=st.none() | ts,
+    errors=st.integers(0, 10**6),
+    consecutive_failures=st.integers(0, 1000),
+    last_error=st.none() | st.text(max_size=100),
+)
+status = st.builds(
+    p.GatewayStatus,
+    state=st.sampled_from(["online", "offline"]),
+    ts=ts,
+    version=text,
+    uptime_s=st.floats(0, 1e9),
+    backlog=st.integers(0, 10**9),
+    devices=st.dictionaries(ids, health, max_size=4),
+)
+command = st.builds(
+    p.Command,
+    id=st.text(min_size=1, max_size=64),
+    action=st.just("on"),
+    lease_s=st.floats(min_value=0.001, max_value=86400),
+    reason=st.text(max_size=100),
+    source=st.sampled_from(["rule", "manual", "override"]),
+    ts=st.none() | ts,
+    rule=st.none() | ids,
+) | st.builds(p.Command, id=st.text(min_size=1, max_size=64), action=st.just("off"))
+state = st.builds(
+    p.ActuatorState,
+    state=st.sampled_from(["on", "off"]),
+    since=ts,
+    source=st.sampled_from(["rule", "manual", "override", "failsafe", "local", "startup"]),
+    cmd_id=st.none() | text,
+    lease_until=st.none() | ts,
+    readback_ok=st.booleans(),
+    reason=text,
+)
+ack = st.builds(p.Ack, cmd_id=st.text(max_size=64), accepted=st.booleans(), reason=text, ts=ts)
+event = st.builds(
+    p.Event,
+    ts=ts,
+    kind=st.from_regex(r"[a-z_]{1,20}", fullmatch=True),
+    text=st.text(max_size=200),
+    severity=st.sampled_from(["info", "warning", "critical"]),
+    rule=st.none() | ids,
+    data=st.none() | st.dictionaries(st.text(max_size=10), st.integers() | text, max_size=3),
+)
+any_payload = telemetry | status | command | state | ack | event
+
+
+@given(any_payload)
+def test_every_payload_round_trips(payload: p._Payload) -> None:
+    assert p.decode(type(payload), p.encode(payload)) == payload
+
+
+@given(st.binary(max_size=512), st.sampled_from(p.PAYLOAD_TYPES))
+def test_arbitrary_bytes_give_a_model_or_protocol_error(data: bytes, model: type) -> None:
+    try:
+        result = p.decode(model, data)
+    except p.ProtocolError:
+        return
+    assert isinstance(result, model)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | finite | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values, st.sampled_from(p.PAYLOAD_TYPES))
+@settings(max_examples=300)
+def test_arbitrary_json_gives_a_model_or_protocol_error(value: object, model: type) -> None:
+    try:
+        result = p.decode(model, json.dumps(value).encode())
+    except p.ProtocolError:
+        return
+    assert isinstance(result, model)
+
+
+@given(telemetry, st.dictionaries(st.sampled_from(["ts", "seq", "values", "status"]), json_values))
+def test_mutated_telemetry_is_model_or_error(t: p.Telemetry, patch: dict[str, object]) -> None:
+    doc = json.loads(p.encode(t))
+    doc.update(patch)
+    with contextlib.suppress(p.ProtocolError):
+        p.decode(p.Telemetry, json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_values_are_refused(bad: str) -> None:
+    raw = b'{"ts": 1, "seq": 1, "values": {"pm10": ' + bad.encode() + b"}}"
+    with pytest.raises(p.ProtocolError):
+        p.decode(p.Telemetry, raw)
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        p.decode(p.Command, b" " * (p.MAX_PAYLOAD + 1))
+
+
+def test_on_command_needs_a_lease() -> None:
+    with pytest.raises(p.ProtocolError, match="lease_s"):
+        p.decode(p.Command, b'{"id": "c1", "action": "on"}')
+
+
+def test_known_telemetry_document() -> None:
+    t = p.decode(
+        p.Telemetry, b'{"ts": 1700000000123, "seq": 7, "values": {"pm10": 88.1}, "status": "ok"}'
+    )
+    assert (t.ts, t.seq, t.values["pm10"], t.status) == (1700000000123, 7, 88.1, p.Status.OK)
+    assert t.status.hj212_flag == "N"
+    assert p.Status.COMM_ERROR.hj212_flag == "B"
+
+
+def test_topics_build_and_parse() -> None:
+    assert p.telemetry_topic("site-01", "gate") == "dustgate/v1/site-01/gate/telemetry"
+    assert p.parse_topic("dustgate/v1/site-01/gate/telemetry") == p.Topic(
+        "telemetry", "site-01", "gate"
+    )
+    assert p.parse_topic(p.status_topic("s", "gw1")) == p.Topic("status", "s", "gw1")
+    assert p.parse_topic(p.cmd_topic("s", "cannon-1")) == p.Topic("cmd", "s", "cannon-1")
+    assert p.parse_topic(p.state_topic("s", "c")).kind == "state"
+    assert p.parse_topic(p.ack_topic("s", "c")).kind == "ack"
+    assert p.parse_topic(p.events_topic("s")) == p.Topic("events", "s")
+    assert p.subscription("telemetry") == "dustgate/v1/+/+/telemetry"
+    assert p.subscription("cmd", "s") == "dustgate/v1/s/+/cmd"
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "other/v1/s/d/telemetry",
+        "dustgate/v2/s/d/telemetry",
+        "dustgate/v1/S/d/telemetry",
+        "dustgate/v1/s/d/unknown",
+        "dustgate/v1/s/d/e/telemetry",
+        "dustgate/v1/s",
+        "dustgate/v1/s/gateway/gw",
+    ],
+)
+def test_foreign_topics_are_refused(topic: str) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.parse_topic(topic)
+
+
+@given(st.text(max_size=80))
+def test_parse_topic_never_raises_anything_else(topic: str) -> None:
+    with contextlib.suppress(p.ProtocolError):
+        p.parse_topic(topic)
+
+
+def test_bad_ids_refused_by_builders() -> None:
+    with pytest.raises(p.ProtocolError):
+        p.telemetry_topic("Site 1", "d")
+    with pytest.raises(p.ProtocolError):
+        p.cmd_topic("s", "a/b")
+
+
+def test_metric_status_falls_back_to_device_status() -> None:
+    t = p.Telemetry(
+        ts=1,
+        seq=1,
+        values={"pm10": 1.0, "noise": 2.0},
+        status=p.Status.OK,
+        flags={"noise": p.Status.OVER_RANGE},
+    )
+    assert t.metric_status("pm10") is p.Status.OK
+    assert t.metric_status("noise") is p.Status.OVER_RANGE
+    assert not math.isnan(t.values["pm10"])
