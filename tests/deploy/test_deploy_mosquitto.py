@@ -1,0 +1,435 @@
+"""The shipped broker config, ACL and user script, on a real mosquitto.
+
+The broker runs ``deploy/mosquitto/mosquitto.conf`` itself, with only the
+file paths and the port rewritten to a temp dir and a free loopback port; the
+password file is made by ``deploy/mosquitto/make-users.sh`` and the ACL is
+``deploy/mosquitto/acl`` verbatim.
+
+Mosquitto drops a denied publish silently and filters denied deliveries, so
+"cannot" is checked by ordering, not by waiting: the denied message is sent
+first, then an allowed control message on the same path; a subscriber with
+full rights that receives the control without the denied message before it
+proves the broker dropped it (a broker delivers one publisher's QoS 1 messages
+to one subscription in order, and acknowledges a publish only after queueing
+it to every subscriber).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.localservices import LOOPBACK, Mosquitto, ServiceError, find_binary, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+MOSQ_DIR = REPO / "deploy" / "mosquitto"
+TIMEOUT = 10.0  # generous deadline for a reply that normally takes milliseconds
+
+SITE_A, SITE_B = "site-a", "site-b"
+PASSWORDS = {SITE_A: "pw-a", SITE_B: "pw-b", "dustgate-rules": "pw-rules"}
+
+pytestmark = pytest.mark.integration
+
+
+def _require(binary: str) -> None:
+    try:
+        find_binary(binary)
+    except ServiceError as e:
+        pytest.skip(str(e))
+
+
+def deploy_conf_for_test(tmp: Path, port: int) -> str:
+    """The shipped mosquitto.conf with paths and the loopback port rewritten."""
+    text = (MOSQ_DIR / "mosquitto.conf").read_text()
+    swaps = {
+        "password_file /etc/mosquitto/dustgate/passwd": f"password_file {tmp}/passwd",
+        "acl_file /etc/mosquitto/dustgate/acl": f"acl_file {tmp}/acl",
+        "listener 1883 127.0.0.1": f"listener {port} {LOOPBACK}",
+        "/etc/mosquitto/dustgate/certs/": f"{tmp}/certs/",
+    }
+    for old, new in swaps.items():
+        assert old in text, f"deploy mosquitto.conf no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def make_users(passwd: Path, *entries: str, rules_password: str | None = None) -> str:
+    env = dict(os.environ)
+    env.pop("DUSTGATE_RULES_PASSWORD", None)
+    if rules_password is not None:
+        env["DUSTGATE_RULES_PASSWORD"] = rules_password
+    proc = subprocess.run(
+        ["bash", str(MOSQ_DIR / "make-users.sh"), str(passwd), *entries],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def broker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _require("mosquitto")
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not found (Debian package: mosquitto)")
+    tmp = tmp_path_factory.mktemp("broker")
+    shutil.copy(MOSQ_DIR / "acl", tmp / "acl")
+    make_users(
+        tmp / "passwd",
+        f"{SITE_A}:{PASSWORDS[SITE_A]}",
+        f"{SITE_B}:{PASSWORDS[SITE_B]}",
+        rules_password=PASSWORDS["dustgate-rules"],
+    )
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def broker(broker_dir: Path) -> Iterator[Mosquitto]:
+    port = free_port()
+    mq = Mosquitto(
+        broker_dir / "run", port=port, listener_conf=deploy_conf_for_test(broker_dir, port)
+    )
+    try:
+        mq.start()
+        yield mq
+    finally:
+        mq.stop()
+
+
+@dataclass
+class Peer:
+    """A paho MQTT 5 client with blocking helpers that wait with a deadline."""
+
+    port: int
+    username: str | None
+    password: str | None = None
+    tls: dict[str, str] | None = None
+    client: mqtt.Client = field(init=False)
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    connack: ReasonCode | None = None
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _subacks: dict[int, list[ReasonCode]] = field(default_factory=dict)
+    _pubacks: dict[int, ReasonCode] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"test-{self.username}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
+        if self.tls is not None:
+            self.client.tls_set(**self.tls)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+
+    # paho callbacks (network thread)
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+        with self._cond:
+            self.connack = rc
+            self._cond.notify_all()
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload))
+            self._cond.notify_all()
+
+    def _on_subscribe(
+        self, _c: object, _u: object, mid: int, rcs: list[ReasonCode], _p: object
+    ) -> None:
+        with self._cond:
+            self._subacks[mid] = rcs
+            self._cond.notify_all()
+
+    def _on_publish(self, _c: object, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
+        with self._cond:
+            self._pubacks[mid] = rc
+            self._cond.notify_all()
+
+    def _wait(self, predicate: object, what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(predicate, TIMEOUT):  # type: ignore[arg-type]
+                raise AssertionError(f"{self.username}: no {what} within {TIMEOUT}s")
+
+    # blocking API (test thread)
+    def connect(self) -> ReasonCode:
+        self.client.connect(LOOPBACK, self.port, keepalive=30)
+        self.client.loop_start()
+        self._wait(lambda: self.connack is not None, "CONNACK")
+        assert self.connack is not None
+        if self.connack.is_failure:
+            self.close()  # or paho would keep retrying in the background
+        return self.connack
+
+    def subscribe(self, topic: str) -> list[ReasonCode]:
+        _, mid = self.client.subscribe(topic, qos=1)
+        self._wait(lambda: mid in self._subacks, f"SUBACK for {topic}")
+        return self._subacks[mid]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> ReasonCode:
+        """Publish at QoS 1 and return the PUBACK reason code."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        self._wait(lambda: info.mid in self._pubacks, f"PUBACK for {topic}")
+        return self._pubacks[info.mid]
+
+    def received_until(self, payload: bytes) -> list[tuple[str, bytes]]:
+        """Wait for ``payload``; return every message received up to and including it."""
+        self._wait(lambda: any(p == payload for _, p in self.messages), f"message {payload!r}")
+        with self._cond:
+            end = next(i for i, (_, p) in enumerate(self.messages) if p == payload)
+            return list(self.messages[: end + 1])
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def peers(broker: Mosquitto) -> Iterator[dict[str, Peer]]:
+    """Connected clients: both gateways and the rule engine."""
+    made: dict[str, Peer] = {}
+    try:
+        for user, password in PASSWORDS.items():
+            peer = Peer(broker.port, user, password)
+            made[user] = peer
+            assert peer.connect() == 0, f"{user} could not log in: {peer.connack}"
+        yield made
+    finally:
+        for peer in made.values():
+            peer.close()
+
+
+def token(label: str) -> bytes:
+    return f"{label}-{uuid.uuid4().hex}".encode()
+
+
+def topic(site: str, rest: str) -> str:
+    return f"dustgate/v1/{site}/{rest}"
+
+
+# --------------------------------------------------------------------------- login
+
+
+def test_anonymous_login_is_refused(broker: Mosquitto) -> None:
+    anon = Peer(broker.port, username=None)
+    assert anon.connect() == "Not authorized"
+
+
+def test_wrong_password_is_refused(broker: Mosquitto) -> None:
+    intruder = Peer(broker.port, SITE_A, "not-the-password")
+    rc = intruder.connect()
+    assert rc.is_failure
+    assert rc in ("Not authorized", "Bad user name or password")
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def test_gateway_publishes_its_own_site_topics(peers: dict[str, Peer]) -> None:
+    engine, gw = peers["dustgate-rules"], peers[SITE_A]
+    engine.subscribe("dustgate/v1/#")
+    sent = [
+        (topic(SITE_A, "pm-gate/telemetry"), token("telemetry"), False),
+        (topic(SITE_A, "gateway/gw1/status"), token("status"), True),
+        (topic(SITE_A, "cannon-1/state"), token("state"), True),
+        (topic(SITE_A, "cannon-1/ack"), token("ack"), False),
+        (topic(SITE_A, "events"), token("event"), False),
+    ]
+    for t, payload, retain in sent:
+        assert gw.publish(t, payload, retain=retain) == 0, t
+    got = engine.received_until(sent[-1][1])
+    for t, payload, _ in sent:
+        assert (t, payload) in got, f"{t} not delivered"
+
+
+def test_gateway_cannot_publish_another_sites_telemetry(peers: dict[str, Peer]) -> None:
+    engine, gw = peers["dustgate-rules"], peers[SITE_A]
+    engine.subscribe("dustgate/v1/#")
+    forged, control = token("forged"), token("control")
+    rc = gw.publish(topic(SITE_B, "pm-gate/telemetry"), forged)
+    assert gw.publish(topic(SITE_A, "pm-gate/telemetry"), control) == 0
+    got = engine.received_until(control)
+    assert all(p != forged for _, p in got)
+    assert rc == "Not authorized"  # MQTT 5 tells the publisher
+
+
+@pytest.mark.parametrize("site", [SITE_A, SITE_B])
+def test_gateway_cannot_publish_commands(peers: dict[str, Peer], site: str) -> None:
+    engine, gw = peers["dustgate-rules"], peers[SITE_A]
+    engine.subscribe("dustgate/v1/#")
+    forged, control = token("forged-cmd"), token("control")
+    gw.publish(topic(site, "cannon-1/cmd"), forged)
+    gw.publish(topic(SITE_A, "cannon-1/ack"), control)
+    got = engine.received_until(control)
+    assert all(p != forged for _, p in got)
+
+
+def test_gateway_receives_only_its_own_sites_commands(peers: dict[str, Peer]) -> None:
+    engine, gw_a, gw_b = peers["dustgate-rules"], peers[SITE_A], peers[SITE_B]
+    # A gateway asking for everything still gets only what the ACL lets it read.
+    gw_a.subscribe("dustgate/v1/#")
+    gw_a.subscribe(topic(SITE_B, "+/cmd"))
+    gw_b.subscribe(topic(SITE_B, "+/cmd"))
+    cmd_b, own_a, cmd_a = token("cmd-b"), token("own-telemetry"), token("cmd-a")
+    assert engine.publish(topic(SITE_B, "cannon-1/cmd"), cmd_b) == 0
+    assert gw_b.publish(topic(SITE_B, "pm-gate/telemetry"), token("b-telemetry")) == 0
+    assert engine.publish(topic(SITE_A, "events"), token("a-event")) == 0
+    assert gw_a.publish(topic(SITE_A, "pm-gate/telemetry"), own_a) == 0
+    assert engine.publish(topic(SITE_A, "cannon-1/cmd"), cmd_a) == 0
+    # Nothing but its own command reached gateway A ...
+    assert gw_a.received_until(cmd_a) == [(topic(SITE_A, "cannon-1/cmd"), cmd_a)]
+    # ... and B's command did reach B, so it was really sent.
+    assert (topic(SITE_B, "cannon-1/cmd"), cmd_b) in gw_b.received_until(cmd_b)
+
+
+def test_engine_commands_reach_the_gateway(peers: dict[str, Peer]) -> None:
+    engine, gw = peers["dustgate-rules"], peers[SITE_A]
+    gw.subscribe(topic(SITE_A, "+/cmd"))
+    cmd = b'{"id": "c1", "action": "on", "lease_s": 60, "reason": "test", "source": "rule"}'
+    assert engine.publish(topic(SITE_A, "fog-cannon-2/cmd"), cmd) == 0
+    assert gw.received_until(cmd)[-1] == (topic(SITE_A, "fog-cannon-2/cmd"), cmd)
+
+
+def test_engine_cannot_forge_gateway_data(peers: dict[str, Peer]) -> None:
+    engine = peers["dustgate-rules"]
+    engine.subscribe("dustgate/v1/#")
+    forged, control = token("forged-state"), token("control")
+    engine.publish(topic(SITE_A, "pm-gate/telemetry"), forged)
+    engine.publish(topic(SITE_A, "cannon-1/state"), forged)
+    assert engine.publish(topic(SITE_A, "events"), control) == 0
+    got = engine.received_until(control)
+    assert all(p != forged for _, p in got)
+
+
+# --------------------------------------------------------------------------- make-users.sh
+
+
+def test_make_users_keeps_existing_passwords_and_generates_new_ones(tmp_path: Path) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not found (Debian package: mosquitto)")
+    passwd = tmp_path / "passwd"
+    first = make_users(passwd, "north-yard:secret", rules_password="engine-pw")
+    assert first == ""  # every password was given, nothing generated to print
+    before = dict(line.split(":", 1) for line in passwd.read_text().splitlines())
+    assert set(before) == {"north-yard", "dustgate-rules"}
+    assert all(h.startswith("$7$") for h in before.values())  # hashed, never plain
+
+    second = make_users(passwd, "north-yard", "south-gate")
+    generated = dict(line.split(":", 1) for line in second.splitlines())
+    assert set(generated) == {"south-gate"}
+    assert re.fullmatch(r"[A-Za-z0-9]{20,}", generated["south-gate"])
+    after = dict(line.split(":", 1) for line in passwd.read_text().splitlines())
+    assert after["north-yard"] == before["north-yard"]
+    assert after["dustgate-rules"] == before["dustgate-rules"]
+    assert oct(passwd.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("bad", ["dustgate-rules", "Site-A", "a/b", "a+", "#", ""])
+def test_make_users_refuses_bad_site_ids(tmp_path: Path, bad: str) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not found (Debian package: mosquitto)")
+    proc = subprocess.run(
+        ["bash", str(MOSQ_DIR / "make-users.sh"), str(tmp_path / "passwd"), bad],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert not (tmp_path / "passwd").exists()  # validated before anything is written
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_broker(broker_dir: Path) -> Iterator[tuple[Mosquitto, int, int, Path]]:
+    """Deploy config plus the commented TLS example enabled, and a cert-login listener."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found")
+    certs = broker_dir / "certs"
+    subprocess.run(
+        ["bash", str(MOSQ_DIR / "make-test-ca.sh"), str(certs), SITE_A],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port, tls_port, cert_port = free_port(), free_port(), free_port()
+    conf = deploy_conf_for_test(broker_dir, port)
+    example = "\n".join(
+        line[1:] for line in conf.splitlines() if line.startswith("#") and line[1:2] not in " #"
+    )
+    assert "listener 8883" in example, "TLS example missing from deploy mosquitto.conf"
+    conf += "\n" + example.replace("listener 8883", f"listener {tls_port} {LOOPBACK}") + "\n"
+    # The alternative the conf describes: log in by client certificate, CN = site id.
+    conf += (
+        f"listener {cert_port} {LOOPBACK}\n"
+        f"cafile {certs}/ca.crt\ncertfile {certs}/server.crt\nkeyfile {certs}/server.key\n"
+        "require_certificate true\nuse_identity_as_username true\n"
+    )
+    mq = Mosquitto(broker_dir / "run-tls", port=port, listener_conf=conf)
+    try:
+        mq.start()
+        yield mq, tls_port, cert_port, certs
+    finally:
+        mq.stop()
+
+
+def test_tls_listener_with_password_login(
+    tls_broker: tuple[Mosquitto, int, int, Path],
+) -> None:
+    mq, tls_port, _, certs = tls_broker
+    engine = Peer(mq.port, "dustgate-rules", PASSWORDS["dustgate-rules"])
+    gw = Peer(tls_port, SITE_B, PASSWORDS[SITE_B], tls={"ca_certs": str(certs / "ca.crt")})
+    try:
+        assert engine.connect() == 0
+        assert gw.connect() == 0  # server cert verified against the test CA and 127.0.0.1
+        engine.subscribe("dustgate/v1/#")
+        reading = token("over-tls")
+        assert gw.publish(topic(SITE_B, "pm-gate/telemetry"), reading) == 0
+        assert engine.received_until(reading)[-1] == (topic(SITE_B, "pm-gate/telemetry"), reading)
+    finally:
+        engine.close()
+        gw.close()
+
+
+def test_tls_client_certificate_login_is_scoped_to_the_cn_site(
+    tls_broker: tuple[Mosquitto, int, int, Path],
+) -> None:
+    mq, _, cert_port, certs = tls_broker
+    tls = {
+        "ca_certs": str(certs / "ca.crt"),
+        "certfile": str(certs / "client.crt"),
+        "keyfile": str(certs / "client.key"),
+    }
+    engine = Peer(mq.port, "dustgate-rules", PASSWORDS["dustgate-rules"])
+    gw = Peer(cert_port, username=None, tls=tls)  # identity comes from the certificate
+    try:
+        assert engine.connect() == 0
+        assert gw.connect() == 0
+        engine.subscribe("dustgate/v1/#")
+        forged, control = token("forged"), token("control")
+        assert gw.publish(topic(SITE_B, "pm-gate/telemetry"), forged) == "Not authorized"
+        assert gw.publish(topic(SITE_A, "pm-gate/telemetry"), control) == 0
+        got = engine.received_until(control)
+        assert all(p != forged for _, p in got)
+    finally:
+        engine.close()
+        gw.close()
