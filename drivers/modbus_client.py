@@ -185,12 +185,14 @@ class ModbusClient:
         await self.close()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, protocol = await self._opener(_FrameProtocol)
+                transport, protocol = await self._opener(_FrameProtocol)
         except TimeoutError:
             raise LinkDown(f"{self.name}: connect timed out") from None
         except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
             raise LinkDown(f"{self.name}: cannot open: {exc}") from None
         assert isinstance(protocol, _FrameProtocol)
+        # serial transports call connection_made on the next loop turn
+        protocol.transport = protocol.transport or transport  # type: ignore[assignment]
         self._protocol = protocol
         self._connected_at = asyncio.get_running_loop().time()
 
