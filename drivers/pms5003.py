@@ -117,21 +117,29 @@ def parse_frame(frame: bytes) -> PmsFrame:
 
 
 class PmsParser(StreamParser[PmsFrame]):
-    """Incremental parser for either direction of a PMS5003/7003 line (see StreamParser)."""
+    """Incremental parser for one direction of a PMS5003/7003 line (see StreamParser).
+
+    By default it reads what a sensor sends (32-byte data frames); with ``from_host=True``
+    what a host sends (7-byte commands, for the simulator).
+    """
 
     start_byte = START[0]
-    max_frame_len = FRAME_LEN
+
+    def __init__(self, *, from_host: bool = False) -> None:
+        super().__init__()
+        self.from_host = from_host
+        self.max_frame_len = COMMAND_LEN if from_host else FRAME_LEN
 
     def _candidate_length(self, buf: bytearray, pos: int) -> int:
-        if len(buf) - pos < 4:
-            # Decide early on what cannot be a frame, so a lone 42 does not stall the scan.
-            if len(buf) - pos >= 2 and buf[pos + 1] != START[1]:
-                return NOT_A_FRAME
+        have = len(buf) - pos
+        if have >= 2 and buf[pos + 1] != START[1]:
+            return NOT_A_FRAME  # decided early, so a lone 42 does not stall the scan
+        if self.from_host:
+            if have < 3:
+                return NEED_MORE
+            return COMMAND_LEN if buf[pos + 2] in COMMANDS else NOT_A_FRAME
+        if have < 4:
             return NEED_MORE
-        if buf[pos + 1] != START[1]:
-            return NOT_A_FRAME
-        if buf[pos + 2] in COMMANDS:
-            return COMMAND_LEN
         if buf[pos + 2] == 0 and buf[pos + 3] == DATA_LENGTH:
             return FRAME_LEN
         return NOT_A_FRAME
@@ -248,11 +256,16 @@ class Pms5003Reader:
         assert isinstance(got.frame, PmsReading)
         return got.frame
 
+    def _send(self, command: bytes) -> None:
+        self.link.write(command)
+        # Readings from before a setting was sent are not news any more.
+        self._consumed = self.link.last_seq
+
     async def set_mode(self, mode: ReportingMode) -> None:
-        self.link.write(build_set_mode(mode))
+        self._send(build_set_mode(mode))
 
     async def sleep(self) -> None:
-        self.link.write(build_sleep())
+        self._send(build_sleep())
 
     async def wake(self) -> None:
-        self.link.write(build_wake())
+        self._send(build_wake())

@@ -135,20 +135,28 @@ def parse_frame(frame: bytes) -> Sds011Frame:
 
 
 class Sds011Parser(StreamParser[Sds011Frame]):
-    """Incremental parser for either direction of an SDS011 line (see StreamParser)."""
+    """Incremental parser for one direction of an SDS011 line (see StreamParser).
+
+    By default it reads what a sensor sends (``AA C0`` data, ``AA C5`` replies); with
+    ``from_host=True`` what a host sends (``AA B4`` commands, for the simulator). One
+    direction only, so a stray ``AA B4`` on the sensor line cannot hold back a real frame
+    while the parser waits for 19 bytes.
+    """
 
     start_byte = HEAD
-    max_frame_len = COMMAND_LEN
+
+    def __init__(self, *, from_host: bool = False) -> None:
+        super().__init__()
+        self.from_host = from_host
+        self.max_frame_len = COMMAND_LEN if from_host else FRAME_LEN
 
     def _candidate_length(self, buf: bytearray, pos: int) -> int:
         if len(buf) - pos < 2:
             return NEED_MORE
         kind = buf[pos + 1]
-        if kind in (DATA, REPLY):
-            return FRAME_LEN
-        if kind == COMMAND:
-            return COMMAND_LEN
-        return NOT_A_FRAME
+        if self.from_host:
+            return COMMAND_LEN if kind == COMMAND else NOT_A_FRAME
+        return FRAME_LEN if kind in (DATA, REPLY) else NOT_A_FRAME
 
     def _parse(self, frame: bytes) -> Sds011Frame:
         return parse_frame(frame)
@@ -310,7 +318,9 @@ class Sds011Reader:
             )
 
         self.link.write(frame)
-        await self.link.wait_frame(confirms, after_seq=after, timeout=timeout)
+        got = await self.link.wait_frame(confirms, after_seq=after, timeout=timeout)
+        # Readings from before a setting took effect are not news any more.
+        self._consumed = max(self._consumed, got.seq)
 
     async def set_mode(self, mode: ReportingMode, timeout: float = 3.0) -> None:
         want = bytes([1, mode is ReportingMode.PASSIVE])

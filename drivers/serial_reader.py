@@ -62,7 +62,8 @@ NOT_A_FRAME = 0  # _candidate_length: the bytes at this position cannot start a 
 class StreamParser(ABC, Generic[F]):
     """Incremental resynchronising parser; subclasses describe one protocol.
 
-    Subclasses set ``start_byte`` and ``max_frame_len`` and implement ``_candidate_length``
+    Subclasses set ``start_byte`` and ``max_frame_len`` (the longest frame they accept) and
+    implement ``_candidate_length``
     and ``_parse``. Counters are cumulative over the parser's life (``reset`` keeps them).
     """
 

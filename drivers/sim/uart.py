@@ -167,7 +167,7 @@ class Sds011Sim(_PtySensorSim):
         super().__init__(master_fd, source, period=period, slave_fd=slave_fd)
 
     def _make_parser(self) -> StreamParser[object]:
-        return sds011.Sds011Parser()  # type: ignore[return-value]
+        return sds011.Sds011Parser(from_host=True)  # type: ignore[return-value]
 
     def _frame_interval(self) -> float:
         return self.work_period * 60.0 if self.work_period else self.period
@@ -222,7 +222,7 @@ class Pms5003Sim(_PtySensorSim):
     """A PMS5003/PMS7003 on the master side of a pty (see module docstring)."""
 
     def _make_parser(self) -> StreamParser[object]:
-        return pms5003.PmsParser()  # type: ignore[return-value]
+        return pms5003.PmsParser(from_host=True)  # type: ignore[return-value]
 
     def _data_frame(self) -> bytes:
         pm1, pm25, pm10 = (min(v, 0xFFFF) for v in self._values())
