@@ -1,0 +1,214 @@
+"""Shell scripts in deploy/: shellcheck-clean, and install.sh --dry-run walks every step.
+
+install.sh honours DUSTGATE_PREFIX / DUSTGATE_ETC / DUSTGATE_UNIT_DIR /
+DUSTGATE_MOSQUITTO_ETC, so the dry runs here point it at a temp tree and can
+also prove that a dry run leaves that tree untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+INSTALL = DEPLOY / "pi" / "install.sh"
+OUR_SCRIPTS = {
+    DEPLOY / "pi" / "install.sh",
+    DEPLOY / "mosquitto" / "make-users.sh",
+    DEPLOY / "mosquitto" / "make-test-ca.sh",
+}
+
+
+def shell_scripts() -> list[Path]:
+    """Every *.sh and every file with a sh/bash shebang under deploy/."""
+    found = set()
+    for path in DEPLOY.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".sh":
+            found.add(path)
+            continue
+        with path.open("rb") as f:
+            head = f.read(64)
+        if head.startswith(b"#!") and (b"sh\n" in head.split(b"\n")[0] + b"\n"):
+            found.add(path)
+    return sorted(found)
+
+
+def test_scripts_are_found_and_executable() -> None:
+    scripts = set(shell_scripts())
+    assert scripts >= OUR_SCRIPTS
+    for path in OUR_SCRIPTS:
+        assert os.access(path, os.X_OK), f"{path} is not executable"
+        assert "set -euo pipefail" in path.read_text()
+
+
+@pytest.mark.parametrize("script", sorted(shell_scripts()), ids=lambda p: p.name)
+def test_shellcheck(script: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip(
+            "shellcheck not installed (Debian package: shellcheck; `make deps` installs it)"
+        )
+    proc = subprocess.run(
+        ["shellcheck", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def tree_snapshot(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def commands(out: str) -> list[str]:
+    """The commands a dry run prints (lines "    + cmd ...")."""
+    return [line[6:] for line in out.splitlines() if line.startswith("    + ")]
+
+
+def dry_run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(
+        DUSTGATE_PREFIX=str(tmp / "opt" / "dustgate"),
+        DUSTGATE_ETC=str(tmp / "etc" / "dustgate"),
+        DUSTGATE_UNIT_DIR=str(tmp / "units"),
+        DUSTGATE_MOSQUITTO_ETC=str(tmp / "etc" / "mosquitto"),
+    )
+    return subprocess.run(
+        ["bash", str(INSTALL), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Path:
+    (tmp_path / "units").mkdir()
+    (tmp_path / "etc" / "mosquitto" / "conf.d").mkdir(parents=True)
+    return tmp_path
+
+
+def test_dry_run_install_mentions_every_step_and_changes_nothing(fake_root: Path) -> None:
+    before = tree_snapshot(fake_root)
+    proc = dry_run(fake_root, "--rules", "--with-mosquitto", str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    etc, units = fake_root / "etc" / "dustgate", fake_root / "units"
+    expected = [
+        "dry run: nothing is changed",
+        # 1. packages (installed ones are named as such, missing ones go to apt-get)
+        "python3-venv",
+        "mosquitto",
+        # 2. user and serial-port group
+        "system user dustgate in group dialout",
+        # 3. venv and the program from this tree
+        f"pip install --disable-pip-version-check --no-cache-dir --upgrade {REPO}",
+        # 4. configs and secrets
+        f"install -d -m 0750 -o root -g dustgate {etc}",
+        f"{etc}/secrets.env (mode 0600, owner root:root)",
+        # 5. units
+        f"deploy/systemd/dustgate-agent.service {units}/dustgate-agent.service",
+        f"deploy/systemd/dustgate-rules.service {units}/dustgate-rules.service",
+        # 6. broker
+        f"{fake_root}/etc/mosquitto/conf.d/dustgate.conf",
+        f"deploy/mosquitto/acl {fake_root}/etc/mosquitto/dustgate/acl",
+        "==> done",
+    ]
+    for text in expected:
+        assert text in out, f"dry run does not mention {text!r}:\n{out}"
+    # The venv step shows either creation or reuse.
+    assert f"python3 -m venv {fake_root}/opt/dustgate/venv" in out
+    # systemctl only where systemd runs; otherwise the technician is told what to type.
+    if Path("/run/systemd/system").is_dir():
+        assert "systemctl enable dustgate-agent.service dustgate-rules.service" in out
+    else:
+        assert not [line for line in commands(out) if line.startswith("systemctl")]
+        assert "systemd is not running here" in out
+    for example in ("site.yaml", "rules.yaml"):
+        if (REPO / "examples" / example).exists():
+            assert f"examples/{example} {etc}/{example}" in out
+    assert tree_snapshot(fake_root) == before
+
+
+def test_dry_run_never_overwrites_existing_configs(fake_root: Path) -> None:
+    etc = fake_root / "etc" / "dustgate"
+    etc.mkdir(parents=True)
+    for name in ("site.yaml", "rules.yaml", "secrets.env"):
+        (etc / name).write_text(f"# the technician's own {name}\n")
+    (fake_root / "etc" / "mosquitto" / "conf.d" / "dustgate.conf").write_text("# edited\n")
+    proc = dry_run(fake_root, "--with-mosquitto")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("site.yaml", "rules.yaml", "secrets.env"):
+        assert f"keep existing {etc / name}" in proc.stdout
+        assert not [c for c in commands(proc.stdout) if str(etc / name) in c]
+    assert "keep existing" in proc.stdout and "conf.d/dustgate.conf" in proc.stdout
+    # The broker config the technician edited is not copied over either.
+    assert not [c for c in commands(proc.stdout) if "conf.d/dustgate.conf" in c]
+    for name in ("site.yaml", "rules.yaml", "secrets.env"):
+        assert (etc / name).read_text() == f"# the technician's own {name}\n"
+
+
+def test_dry_run_agent_only_by_default(fake_root: Path) -> None:
+    proc = dry_run(fake_root)
+    assert proc.returncode == 0, proc.stderr
+    assert "mosquitto-clients" not in proc.stdout
+    assert "6. local broker" not in proc.stdout
+    if Path("/run/systemd/system").is_dir():
+        assert "systemctl enable dustgate-agent.service\n" in proc.stdout
+    else:
+        assert "systemctl enable --now dustgate-agent.service\n" in proc.stdout
+
+
+def test_dry_run_uninstall_keeps_configs_and_state(fake_root: Path) -> None:
+    proc = dry_run(fake_root, "--uninstall")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"rm -f {fake_root}/units/dustgate-agent.service" in out
+    assert f"rm -f {fake_root}/units/dustgate-rules.service" in out
+    assert f"rm -rf {fake_root}/opt/dustgate" in out
+    assert "kept configuration" in out
+    for line in commands(out):
+        assert "etc/dustgate" not in line and "/var/lib/" not in line, line
+        assert not line.startswith("userdel"), line
+
+
+def test_dry_run_purge_removes_configs_and_state(fake_root: Path) -> None:
+    proc = dry_run(fake_root, "--uninstall", "--purge")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"rm -rf {fake_root}/etc/dustgate /var/lib/dustgate /var/lib/dustgate-rules" in proc.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--purge"], "--purge only goes with --uninstall"),
+        (["--bogus"], "unknown option --bogus"),
+        (["/nonexistent/tree"], "not found"),
+        (["/tmp"], "not a dustgate source tree"),
+    ],
+)
+def test_bad_arguments_are_refused(fake_root: Path, args: list[str], message: str) -> None:
+    proc = dry_run(fake_root, *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_help_describes_the_options() -> None:
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0
+    for option in ("--dry-run", "--rules", "--with-mosquitto", "--uninstall", "--purge"):
+        assert option in proc.stdout
