@@ -234,8 +234,12 @@ def encode_field(f: FieldSpec, value: Value) -> list[int]:
     if f.type == "bool":
         return [int(bool(value))]
     code, n = _TYPE_LAYOUT[f.type]
-    raw: float = (float(value) - f.offset) / f.scale
-    if code not in ("f", "d"):
+    raw: float
+    if isinstance(value, int) and f.scale == 1.0 and f.offset == 0.0:
+        raw = value  # exact, even for 64-bit integers beyond float precision
+    else:
+        raw = (float(value) - f.offset) / f.scale
+    if code not in ("f", "d") and not isinstance(raw, int):
         if not math.isfinite(raw):
             raise EncodeError(f"field {f.name!r}: {value!r} is not a finite number")
         raw = round(raw)

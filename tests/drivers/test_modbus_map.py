@@ -115,6 +115,9 @@ def typed_values(draw: st.DrawFn) -> tuple[FieldSpec, float | int]:
     f = FieldSpec(name="v", address=100, type=vtype, order=order, scale=scale, offset=offset)
     if vtype in INT_RANGES:
         lo, hi = INT_RANGES[vtype]
+        if (scale, offset) != (1.0, 0.0):
+            # a scaled value travels as a float: exact only within 53 bits
+            lo, hi = max(lo, -(2**53)), min(hi, 2**53)
         raw = draw(st.integers(lo, hi))
         value: float | int = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
         return f, value
