@@ -1,0 +1,248 @@
+"""The whole ``rules.yaml`` file: connections, actuators, notifiers, defaults, rules.
+
+``load_rules_file(path)`` reads, validates and cross-checks it and returns a
+:class:`RulesFile`, or raises :class:`gateway.configfile.ConfigError` listing
+every problem as ``file:line:col: path: message`` (unknown keys, wrong types,
+``clear`` on the wrong side of the threshold, a rule leasing an actuator that
+is not declared, an undefined notifier, duplicate rule ids, a rule for a site
+this engine does not serve).
+
+Actuators may be written as a map keyed ``site/actuator`` or as a list of
+``{site, id, ...}``; both become :attr:`RulesFile.actuator_list`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from gateway.configfile import Duration, MqttSettings, StrictModel, load
+from rules.model import Id, Rule
+from rules.settings import InfluxSettings
+
+
+class ActuatorSpec(StrictModel):
+    """One fog cannon / spray valve, as the rule engine needs to know it."""
+
+    litres_per_minute: Annotated[float, Field(ge=0)] = 0.0  # for water estimates
+    max_on: Duration | None = None  # default max_on for rules leasing it
+    description: str = ""
+
+
+class ActuatorEntry(ActuatorSpec):
+    site: Id
+    id: Id
+
+
+def _actuator_form(value: Any) -> str:
+    return "[list]" if isinstance(value, list) else "[map]"
+
+
+ActuatorKey = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}/[a-z0-9_-]{1,64}$")]
+# The bracketed tags are dropped from error paths by gateway.configfile.
+Actuators = Annotated[
+    Annotated[dict[ActuatorKey, ActuatorSpec | None], Tag("[map]")]
+    | Annotated[list[ActuatorEntry], Tag("[list]")],
+    Discriminator(_actuator_form),
+]
+
+
+class Defaults(StrictModel):
+    """Engine-wide defaults.
+
+    A reading is stale after ``stale_factor`` x the device's observed poll
+    interval, clamped to ``[min_staleness, max_staleness]``.
+    """
+
+    stale_factor: Annotated[float, Field(ge=1.0, le=100.0)] = 3.0
+    min_staleness: Duration = 10.0
+    max_staleness: Duration = 600.0
+    lease_s: Annotated[Duration, Field(ge=3.0, le=3600.0)] = 60.0
+    override_lease_s: Annotated[Duration, Field(ge=3.0, le=3600.0)] = 60.0
+
+    @model_validator(mode="after")
+    def _order(self) -> Defaults:
+        if self.min_staleness > self.max_staleness:
+            raise ValueError("min_staleness must not exceed max_staleness")
+        return self
+
+
+class WebhookNotifier(StrictModel):
+    """Generic JSON POST: ``{"rule", "site", "severity", "text", "ts"}``."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 10.0
+    min_interval: Duration = 60.0
+
+
+class RobotNotifier(StrictModel):
+    """WeCom/DingTalk-style text robot: ``{"msgtype":"text","text":{"content":...}}``."""
+
+    type: Literal["robot"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Duration = 10.0
+    min_interval: Duration = 60.0
+    keyword: str = ""  # prefixed to the text (DingTalk "custom keyword" security)
+
+
+def _notifier_type(value: Any) -> str:
+    t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "[robot]" if t == "robot" else "[webhook]"
+
+
+Notifier = Annotated[
+    Annotated[WebhookNotifier, Tag("[webhook]")] | Annotated[RobotNotifier, Tag("[robot]")],
+    Discriminator(_notifier_type),
+]
+
+
+class RulesFile(StrictModel):
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    influx: InfluxSettings | None = None
+    state_dir: Path = Path("./state/rules")
+    sites: list[Id] | None = None  # None: serve every site that has rules
+    actuators: Actuators = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    notifiers: dict[Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")], Notifier] = Field(
+        default_factory=dict
+    )
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _actuator_defaults(self) -> RulesFile:
+        # A rule without max_on inherits the smallest max_on of the actuators it leases.
+        acts = {(a.site, a.id): a for a in self.actuator_list}
+        for rule in self.rules:
+            if rule.actions.max_on is not None:
+                continue
+            limits = [
+                a.max_on
+                for site in rule.site
+                for act in rule.actions.lease
+                if (a := acts.get((site, act))) is not None and a.max_on is not None
+            ]
+            if limits:
+                rule.actions.max_on = min(limits)
+        return self
+
+    @property
+    def actuator_list(self) -> list[ActuatorEntry]:
+        if isinstance(self.actuators, list):
+            return list(self.actuators)
+        out = []
+        for key, spec in self.actuators.items():
+            site, _, act = key.partition("/")
+            data = spec.model_dump() if spec is not None else {}
+            out.append(ActuatorEntry(site=site, id=act, **data))
+        return out
+
+    def actuator(self, site: str, actuator: str) -> ActuatorEntry | None:
+        for a in self.actuator_list:
+            if a.site == site and a.id == actuator:
+                return a
+        return None
+
+    def served_sites(self) -> set[str]:
+        if self.sites is not None:
+            return set(self.sites)
+        return {s for r in self.rules for s in r.site}
+
+
+# ------------------------------------------------------------ cross-references
+
+
+def _as_list(v: Any) -> list[Any]:
+    if isinstance(v, list):
+        return v
+    return [v] if v is not None else []
+
+
+def _declared_actuators(data: dict[str, Any]) -> set[tuple[str, str]] | None:
+    acts = data.get("actuators")
+    out: set[tuple[str, str]] = set()
+    if acts is None:
+        return out
+    if isinstance(acts, dict):
+        for key in acts:
+            site, _, act = str(key).partition("/")
+            out.add((site, act))
+        return out
+    if isinstance(acts, list):
+        for a in acts:
+            if isinstance(a, dict):
+                a_site, a_id = a.get("site"), a.get("id")
+                if isinstance(a_site, str) and isinstance(a_id, str):
+                    out.add((a_site, a_id))
+        return out
+    return None  # the type error is reported by validation
+
+
+def check_references(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Problems pydantic cannot see: names that must refer to something declared."""
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    if not isinstance(data, dict):
+        return issues
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return issues
+    actuators = _declared_actuators(data)
+    notifiers = data.get("notifiers")
+    notifier_names = set(notifiers) if isinstance(notifiers, dict) else None
+    sites = data.get("sites")
+    site_set = None
+    if isinstance(sites, list) and all(isinstance(s, str) for s in sites):
+        site_set = set(sites)
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            continue
+        rid = rule.get("id")
+        if isinstance(rid, str):
+            if rid in seen:
+                msg = f"duplicate rule id {rid!r} (first used by rules[{seen[rid]}])"
+                issues.append((("rules", i, "id"), msg))
+            else:
+                seen[rid] = i
+        rule_sites = [s for s in _as_list(rule.get("site")) if isinstance(s, str)]
+        if site_set is not None:
+            for s in rule_sites:
+                if s not in site_set:
+                    issues.append(
+                        (
+                            ("rules", i, "site"),
+                            f"site {s!r} is not in the top-level sites: {sorted(site_set)}",
+                        )
+                    )
+        acts = rule.get("actions")
+        if isinstance(acts, dict) and actuators is not None:
+            lease = _as_list(acts.get("lease"))
+            for j, act in enumerate(lease):
+                if not isinstance(act, str):
+                    continue
+                for s in rule_sites:
+                    if (s, act) not in actuators:
+                        loc: tuple[str | int, ...] = ("rules", i, "actions", "lease")
+                        if isinstance(acts.get("lease"), list):
+                            loc = (*loc, j)
+                        issues.append((loc, f"actuator {s}/{act} is not declared under actuators:"))
+        if notifier_names is not None or rule.get("notify") is not None:
+            names = notifier_names or set()
+            raw = rule.get("notify")
+            for j, name in enumerate(_as_list(raw)):
+                if isinstance(name, str) and name not in names:
+                    loc = ("rules", i, "notify")
+                    if isinstance(raw, list):
+                        loc = (*loc, j)
+                    known = ", ".join(sorted(names)) or "none defined"
+                    msg = f"notifier {name!r} is not defined under notifiers: ({known})"
+                    issues.append((loc, msg))
+    return issues
+
+
+def load_rules_file(path: Path | str, text: str | None = None) -> RulesFile:
+    """Read and validate ``rules.yaml``; raise ConfigError with file:line:col issues."""
+    return load(RulesFile, path, ref_checks=[check_references], text=text)

@@ -1,0 +1,640 @@
+"""The rule engine as a pure facade: telemetry and a clock in, typed actions out.
+
+:class:`Engine` owns the rolling windows, the per-rule state machines
+(:func:`rules.evaluator.evaluate`, one instance per rule and site), actuator
+arbitration and manual overrides. It does no I/O: the service turns
+:class:`LeaseOn`/:class:`SwitchOff` into ``gateway.protocol.Command`` on
+``{site}/{actuator}/cmd``, :class:`EmitEvent` into ``{site}/events`` and
+:class:`Notify` into webhook/robot posts; ``dustgate replay`` runs the very
+same engine over history.
+
+- ``ingest(site, device, telemetry, now)`` validates and stores a reading and
+  evaluates the rules that depend on that device. Dropped, each counted in
+  ``engine.counters``: another site than the served ones (``other_site``), a
+  device no rule reads (``unknown_device``), a reading not newer than the
+  previous one of the device (``duplicate`` / ``out_of_order``), negative
+  particulate values (``negative_value``: treated as a bad reading, so the
+  series is unknown until a good one arrives). ``ingest_values`` is the same
+  without a pydantic model (the replay hot path).
+- ``tick(now)`` evaluates every rule (timers: ``for``, cooldown, staleness,
+  lease renewal) and expires overrides; call it about once a second.
+- Arbitration: an actuator is on while any active rule or an ON override
+  holds it. Renewals from several rules are merged (one LeaseOn per
+  ``lease_s/3``); when the last holder lets go an explicit SwitchOff is sent.
+- ``set_override(site, actuator, "on"|"off"|"auto", until, who, now)``: an
+  override wins over rules until ``until``. ON leases (and renews) the
+  actuator itself; OFF switches it off and blocks rules; ``auto`` hands back.
+- ``snapshot()`` / ``Engine.restore(rules_file, snapshot, now)``: rule states,
+  actuator holders, overrides and notifier rate limits survive restarts, and
+  timers resume (they are absolute times). Windows are not persisted: after a
+  restore, a rule whose devices have not reported yet is left alone (no
+  renewal, no stop) for up to ``defaults.max_staleness`` instead of being
+  stopped as stale; its lease runs out on the agent meanwhile if the data
+  does not come back.
+- ``reload(new_rules_file, now)`` swaps rules atomically, keeping the state of
+  rules whose definition (model dump) is unchanged; a changed or removed rule
+  starts over and lets go of its actuators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.protocol import Event, Telemetry, now_ms
+from rules.config import RulesFile
+from rules.evaluator import (
+    IDLE,
+    Action,
+    EmitEvent,
+    LeaseOn,
+    Notify,
+    RuleInputs,
+    RuleState,
+    SwitchOff,
+    evaluate,
+)
+from rules.model import Rule
+from rules.window import DeviceTrack, Series
+
+__all__ = [
+    "Action",
+    "EmitEvent",
+    "Engine",
+    "LeaseOn",
+    "Notify",
+    "Override",
+    "SwitchOff",
+]
+
+PARTICULATES = frozenset({"pm1", "pm25", "pm10", "tsp"})
+SNAPSHOT_VERSION = 1
+OverrideMode = Literal["on", "off", "auto"]
+InstanceKey = tuple[str, str]  # (rule id, site)
+
+
+def rule_digest(rule: Rule) -> str:
+    """Identity of a rule's definition: unchanged digest -> state carries over."""
+    dump = json.dumps(rule.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(dump.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Override:
+    mode: Literal["on", "off"]
+    until: float | None  # None: until set back to auto
+    who: str
+    since: float
+
+
+@dataclass(slots=True)
+class _Actuator:
+    on: bool = False
+    last_sent: float | None = None  # last LeaseOn sent
+    lease_s: float = 0.0
+    holders: dict[str, float] = field(default_factory=dict)  # rule id -> lease until
+
+    def live_holders(self, now: float) -> list[str]:
+        return [r for r, until in self.holders.items() if until > now]
+
+
+@dataclass(frozen=True, slots=True)
+class _SeriesRef:
+    site: str
+    devices: tuple[str, ...]
+    metric: str
+    aggregate: str
+    window: float
+    combine: str
+    is_above: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Instance:
+    rule: Rule
+    site: str
+    main: _SeriesRef
+    background: _SeriesRef | None
+    interlocks: tuple[tuple[str, _SeriesRef], ...]
+
+
+class Engine:
+    def __init__(self, rules_file: RulesFile, now: float | None = None) -> None:
+        self.counters: Counter[str] = Counter()
+        self.last_inputs: dict[InstanceKey, RuleInputs] = {}
+        self._tracks: dict[tuple[str, str], DeviceTrack] = {}
+        self._series: dict[tuple[str, str, str], Series] = {}
+        self._states: dict[InstanceKey, RuleState] = {}
+        self._actuators: dict[tuple[str, str], _Actuator] = {}
+        self._overrides: dict[tuple[str, str], Override] = {}
+        self._notify_last: dict[str, float] = {}
+        self._cmd_seq = 0
+        self._warmup_until = -math.inf
+        self._compile(rules_file)
+
+    # ----------------------------------------------------------- compile
+
+    def _compile(self, rf: RulesFile) -> None:
+        self.rules_file = rf
+        d = rf.defaults
+        self._stale = (d.stale_factor, d.min_staleness, d.max_staleness)
+        self._default_lease = d.lease_s
+        self._served: frozenset[str] | None = frozenset(rf.sites) if rf.sites is not None else None
+        instances: dict[InstanceKey, _Instance] = {}
+        needs: dict[tuple[str, str, str], dict[float, set[str]]] = {}
+        dependents: dict[tuple[str, str], set[InstanceKey]] = {}
+
+        def need(ref: _SeriesRef, key: InstanceKey) -> None:
+            for dev in ref.devices:
+                kinds = needs.setdefault((ref.site, dev, ref.metric), {}).setdefault(
+                    ref.window, set()
+                )
+                kinds.add(ref.aggregate)
+                dependents.setdefault((ref.site, dev), set()).add(key)
+
+        for rule in rf.rules:
+            if not rule.enabled:
+                continue
+            for site in rule.site:
+                key = (rule.id, site)
+                main = _SeriesRef(
+                    site,
+                    tuple(rule.devices),
+                    rule.metric,
+                    rule.aggregate,
+                    rule.window,
+                    rule.combine,
+                    rule.is_above,
+                )
+                bg = None
+                if rule.relative_to is not None:
+                    b = rule.relative_to
+                    bg = _SeriesRef(
+                        b.site or site,
+                        tuple(b.devices),
+                        b.metric or rule.metric,
+                        b.aggregate or rule.aggregate,
+                        b.window or rule.window,
+                        b.combine,
+                        rule.is_above,
+                    )
+                ils = tuple(
+                    (
+                        il.name,
+                        _SeriesRef(
+                            il.site or site,
+                            tuple(il.devices),
+                            il.metric,
+                            il.aggregate,
+                            il.window,
+                            il.combine,
+                            il.is_above,
+                        ),
+                    )
+                    for il in rule.unless
+                )
+                inst = _Instance(rule, site, main, bg, ils)
+                instances[key] = inst
+                for ref in (main, bg, *(r for _, r in ils)):
+                    if ref is not None:
+                        need(ref, key)
+        self._instances = instances
+        self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
+        by_device: dict[tuple[str, str], list[tuple[str, Series]]] = {}
+        for (site, dev, metric), lengths in needs.items():
+            series = self._series.get((site, dev, metric))
+            if series is None:
+                series = self._series[(site, dev, metric)] = Series()
+            for length, kinds in lengths.items():
+                series.window(length, kinds)
+            by_device.setdefault((site, dev), []).append((metric, series))
+        self._by_device = by_device
+        self._dependents = {k: sorted(v) for k, v in dependents.items()}
+        for key in instances:
+            self._states.setdefault(key, IDLE)
+        for a in rf.actuator_list:
+            self._actuators.setdefault((a.site, a.id), _Actuator())
+        if self._served is None:
+            self._served = frozenset(site for site, _, _ in needs) or None
+
+    # ------------------------------------------------------------- ingest
+
+    def ingest(self, site: str, device: str, telemetry: Telemetry, now: float) -> list[Action]:
+        """Store one reading from the wire and evaluate the rules that read this device."""
+        return self.ingest_values(
+            site,
+            device,
+            telemetry.ts / 1000.0,
+            telemetry.seq,
+            telemetry.values,
+            now,
+            status=telemetry.status.value,
+            flags={k: v.value for k, v in telemetry.flags.items()} if telemetry.flags else None,
+        )
+
+    def ingest_values(
+        self,
+        site: str,
+        device: str,
+        ts: float,
+        seq: int,
+        values: Mapping[str, float],
+        now: float,
+        status: str = "ok",
+        flags: Mapping[str, str] | None = None,
+        evaluate: bool = True,
+    ) -> list[Action]:
+        """``ingest`` without a pydantic model; ``ts`` in seconds.
+
+        With ``evaluate=False`` only the windows are updated (the replay does
+        this and ticks once per second of data time).
+        """
+        served = self._served
+        if served is not None and site not in served:
+            self.counters["other_site"] += 1
+            return []
+        metrics = self._by_device.get((site, device))
+        if metrics is None:
+            self.counters["unknown_device"] += 1
+            return []
+        track = self._tracks.get((site, device))
+        if track is None:
+            track = self._tracks[(site, device)] = DeviceTrack()
+        rejected = track.accept(ts, seq)
+        if rejected is not None:
+            self.counters[rejected] += 1
+            return []
+        self.counters["readings"] += 1
+        dev_ok = status == "ok"
+        for metric, series in metrics:
+            value = values.get(metric)
+            if value is None:
+                continue
+            ok = dev_ok if flags is None else flags.get(metric, status) == "ok"
+            if value < 0 and metric in PARTICULATES:
+                self.counters["negative_value"] += 1
+                ok = False
+            elif not ok:
+                self.counters["bad_status"] += 1
+            series.add(ts, value, ok)
+        if not evaluate:
+            return []
+        out: list[Action] = []
+        for key in self._dependents.get((site, device), ()):
+            out.extend(self._evaluate(key, now))
+        return out
+
+    # --------------------------------------------------------------- tick
+
+    def tick(self, now: float) -> list[Action]:
+        """Evaluate every rule; expire overrides and dead holders; renew ON overrides."""
+        out: list[Action] = []
+        for key in self._instances:
+            out.extend(self._evaluate(key, now))
+        out.extend(self._tick_actuators(now))
+        return out
+
+    def _tick_actuators(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for (site, act), ov in list(self._overrides.items()):
+            if ov.until is not None and now >= ov.until:
+                del self._overrides[(site, act)]
+                out.append(
+                    self._override_event(
+                        site, act, "auto", f"override {ov.mode} expired", ov.who, now
+                    )
+                )
+                out.extend(self._hand_back(site, act, now))
+            elif ov.mode == "on":
+                a = self._actuators[(site, act)]
+                lease = self.rules_file.defaults.override_lease_s
+                if a.last_sent is None or now - a.last_sent >= lease / 3:
+                    out.append(
+                        self._lease(site, act, a, lease, f"override on by {ov.who}", None, now)
+                    )
+        for (site, act), a in self._actuators.items():
+            if (site, act) in self._overrides:
+                continue
+            for r in [r for r, until in a.holders.items() if until <= now]:
+                del a.holders[r]
+            if a.on and not a.holders:
+                a.on = False
+                out.append(SwitchOff(site, act, "lease expired without renewal", None))
+        return out
+
+    # ---------------------------------------------------------- evaluation
+
+    def _value(self, ref: _SeriesRef, now: float) -> float | None:
+        factor, lo, hi = self._stale
+        vals: list[float | None] = []
+        for dev in ref.devices:
+            series = self._series.get((ref.site, dev, ref.metric))
+            track = self._tracks.get((ref.site, dev))
+            if series is None or track is None:
+                vals.append(None)
+                continue
+            vals.append(
+                series.value(ref.aggregate, ref.window, now, track.stale_after(factor, lo, hi))
+            )
+        known = [v for v in vals if v is not None]
+        if ref.combine == "any":
+            if not known:
+                return None
+            return max(known) if ref.is_above else min(known)
+        if len(known) != len(vals):
+            return None
+        if ref.combine == "all":
+            return min(known) if ref.is_above else max(known)
+        return math.fsum(known) / len(known)
+
+    def inputs(self, key: InstanceKey, now: float) -> RuleInputs:
+        inst = self._instances[key]
+        v = self._value(inst.main, now)
+        if v is not None and inst.background is not None:
+            b = self._value(inst.background, now)
+            v = None if b is None else v - b
+        ils = {name: self._value(ref, now) for name, ref in inst.interlocks}
+        return RuleInputs(inst.site, v, ils)
+
+    def _never_seen(self, inst: _Instance) -> bool:
+        return any((inst.site, d) not in self._tracks for d in inst.main.devices)
+
+    def _evaluate(self, key: InstanceKey, now: float) -> list[Action]:
+        inst = self._instances[key]
+        inputs = self.inputs(key, now)
+        self.last_inputs[key] = inputs
+        state = self._states[key]
+        if inputs.value is None and now < self._warmup_until and self._never_seen(inst):
+            return []  # just restored: give the devices time to report
+        new, actions = evaluate(inst.rule, state, inputs, now, self._default_lease)
+        self._states[key] = new
+        if not actions:
+            return actions
+        return self._arbitrate(actions, now)
+
+    # -------------------------------------------------------- arbitration
+
+    def _next_cmd_id(self, who: str | None) -> str:
+        self._cmd_seq += 1
+        return f"{(who or 'override')[:48]}-{self._cmd_seq}"
+
+    def _lease(
+        self,
+        site: str,
+        act: str,
+        a: _Actuator,
+        lease_s: float,
+        reason: str,
+        rule: str | None,
+        now: float,
+    ) -> LeaseOn:
+        a.on = True
+        a.last_sent = now
+        a.lease_s = lease_s
+        return LeaseOn(site, act, lease_s, reason[:200], rule, self._next_cmd_id(rule))
+
+    def _arbitrate(self, actions: Iterable[Action], now: float) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, LeaseOn):
+                key = (action.site, action.actuator)
+                a = self._actuators.setdefault(key, _Actuator())
+                assert action.rule is not None
+                a.holders[action.rule] = now + action.lease_s
+                ov = self._overrides.get(key)
+                if ov is not None:
+                    self.counters[f"override_{ov.mode}_wins"] += 1
+                    continue
+                due = a.last_sent is None or now - a.last_sent >= action.lease_s / 3
+                if not a.on or due or action.lease_s > a.lease_s:
+                    out.append(
+                        self._lease(
+                            action.site,
+                            action.actuator,
+                            a,
+                            action.lease_s,
+                            action.reason,
+                            action.rule,
+                            now,
+                        )
+                    )
+            elif isinstance(action, SwitchOff):
+                key = (action.site, action.actuator)
+                a = self._actuators.setdefault(key, _Actuator())
+                if action.rule is not None:
+                    a.holders.pop(action.rule, None)
+                if key in self._overrides:
+                    continue
+                if a.on and not a.live_holders(now):
+                    a.on = False
+                    out.append(action)
+            elif isinstance(action, Notify):
+                spec = self.rules_file.notifiers.get(action.notifier)
+                last = self._notify_last.get(action.notifier)
+                if spec is not None and last is not None and now - last < spec.min_interval:
+                    self.counters["notify_suppressed"] += 1
+                    continue
+                self._notify_last[action.notifier] = now
+                out.append(action)
+            else:
+                out.append(action)
+        return out
+
+    # ----------------------------------------------------------- overrides
+
+    def _override_event(
+        self, site: str, act: str, mode: str, text: str, who: str, now: float
+    ) -> EmitEvent:
+        return EmitEvent(
+            site,
+            Event(
+                ts=now_ms(now),
+                kind="override",
+                text=text[:1000],
+                severity="warning",
+                actuator=act,
+                data={"mode": mode, "who": who},
+            ),
+        )
+
+    def _hand_back(self, site: str, act: str, now: float) -> list[Action]:
+        """After an override: the rules' wish decides again."""
+        a = self._actuators[(site, act)]
+        live = a.live_holders(now)
+        if live:
+            return [
+                self._lease(
+                    site, act, a, self._default_lease, f"back to rule {live[0]}", live[0], now
+                )
+            ]
+        a.on = False
+        return [SwitchOff(site, act, "override ended, no rule holds it", None)]
+
+    def set_override(
+        self,
+        site: str,
+        actuator: str,
+        mode: OverrideMode,
+        until: float | None,
+        who: str,
+        now: float,
+    ) -> list[Action]:
+        """A manual override; raises KeyError for an actuator not in the rules file."""
+        key = (site, actuator)
+        if key not in self._actuators:
+            raise KeyError(f"actuator {site}/{actuator} is not declared in the rules file")
+        if mode not in ("on", "off", "auto"):
+            raise ValueError(f"override mode must be on, off or auto, got {mode!r}")
+        a = self._actuators[key]
+        span = "" if until is None else f" for {max(0.0, until - now) / 60:.1f} min"
+        out: list[Action] = [
+            self._override_event(
+                site, actuator, mode, f"{who} set {actuator} {mode}{span}", who, now
+            )
+        ]
+        if mode == "auto":
+            if self._overrides.pop(key, None) is not None:
+                out.extend(self._hand_back(site, actuator, now))
+            return out
+        self._overrides[key] = Override(mode, until, who, now)
+        if mode == "on":
+            lease = self.rules_file.defaults.override_lease_s
+            out.append(self._lease(site, actuator, a, lease, f"override on by {who}", None, now))
+        else:
+            a.on = False
+            out.append(SwitchOff(site, actuator, f"override off by {who}", None))
+        return out
+
+    # --------------------------------------------------------- inspection
+
+    def state(self, rule: str, site: str) -> RuleState:
+        return self._states[(rule, site)]
+
+    def instances(self) -> list[InstanceKey]:
+        return list(self._instances)
+
+    def rule(self, key: InstanceKey) -> Rule:
+        return self._instances[key].rule
+
+    def actuator_on(self, site: str, actuator: str) -> bool:
+        a = self._actuators.get((site, actuator))
+        return bool(a and a.on)
+
+    def busy(self) -> bool:
+        """Anything that a clock tick could change without new data?"""
+        return (
+            any(s.phase != "idle" for s in self._states.values())
+            or any(a.on or a.holders for a in self._actuators.values())
+            or bool(self._overrides)
+        )
+
+    # ------------------------------------------------------- persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state for a restart (rule timers, holders, overrides)."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "rules": {
+                f"{rid}@{site}": {"digest": self._digests[rid], "state": st.to_json()}
+                for (rid, site), st in self._states.items()
+                if (rid, site) in self._instances
+            },
+            "actuators": {
+                f"{site}/{act}": {
+                    "on": a.on,
+                    "last_sent": a.last_sent,
+                    "lease_s": a.lease_s,
+                    "holders": dict(a.holders),
+                }
+                for (site, act), a in self._actuators.items()
+            },
+            "overrides": {
+                f"{site}/{act}": {"mode": o.mode, "until": o.until, "who": o.who, "since": o.since}
+                for (site, act), o in self._overrides.items()
+            },
+            "notify_last": dict(self._notify_last),
+            "cmd_seq": self._cmd_seq,
+            "counters": dict(self.counters),
+        }
+
+    @classmethod
+    def restore(cls, rules_file: RulesFile, snapshot: Mapping[str, Any], now: float) -> Engine:
+        """An engine for ``rules_file`` carrying over ``snapshot`` where rules are unchanged.
+
+        Raises ValueError for a snapshot it cannot read (the caller then starts fresh).
+        """
+        eng = cls(rules_file, now)
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snapshot.get('version')!r} is not supported")
+        try:
+            for name, entry in dict(snapshot.get("rules", {})).items():
+                rid, _, site = str(name).partition("@")
+                key = (rid, site)
+                if key in eng._instances and eng._digests[rid] == entry.get("digest"):
+                    eng._states[key] = RuleState.from_json(entry["state"])
+            active = {rid for (rid, _), st in eng._states.items() if st.phase == "active"}
+            for name, entry in dict(snapshot.get("actuators", {})).items():
+                site, _, act = str(name).partition("/")
+                if (site, act) not in eng._actuators:
+                    continue
+                a = eng._actuators[(site, act)]
+                a.on = bool(entry.get("on"))
+                a.last_sent = entry.get("last_sent")
+                a.lease_s = float(entry.get("lease_s") or 0.0)
+                a.holders = {
+                    str(r): float(u)
+                    for r, u in dict(entry.get("holders", {})).items()
+                    if r in active
+                }
+            for name, entry in dict(snapshot.get("overrides", {})).items():
+                site, _, act = str(name).partition("/")
+                if (site, act) in eng._actuators and entry.get("mode") in ("on", "off"):
+                    eng._overrides[(site, act)] = Override(
+                        entry["mode"],
+                        entry.get("until"),
+                        str(entry.get("who", "")),
+                        float(entry.get("since", now)),
+                    )
+            eng._notify_last = {
+                str(k): float(v) for k, v in dict(snapshot.get("notify_last", {})).items()
+            }
+            eng._cmd_seq = int(snapshot.get("cmd_seq", 0))
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"unreadable snapshot: {exc}") from None
+        eng._warmup_until = now + rules_file.defaults.max_staleness
+        return eng
+
+    def reload(self, new_rules_file: RulesFile, now: float) -> list[Action]:
+        """Swap in new rules; unchanged rules keep their state. Returns the resulting OFFs."""
+        old_states, old_digests = self._states, self._digests
+        old_actuators = self._actuators
+        self._states = {}
+        self._actuators = {}
+        self._compile(new_rules_file)
+        kept: set[InstanceKey] = set()
+        for key in self._instances:
+            rid = key[0]
+            if key in old_states and old_digests.get(rid) == self._digests[rid]:
+                self._states[key] = old_states[key]
+                kept.add(key)
+        active = {rid for (rid, _), st in self._states.items() if st.phase == "active"}
+        out: list[Action] = []
+        for key, old in old_actuators.items():
+            site, act = key
+            old.holders = {r: u for r, u in old.holders.items() if r in active}
+            if key in self._actuators:
+                self._actuators[key] = old
+                if key not in self._overrides and old.on and not old.live_holders(now):
+                    old.on = False
+                    out.append(SwitchOff(site, act, "rules reloaded, no rule holds it", None))
+            elif old.on:
+                out.append(SwitchOff(site, act, "actuator removed from the rules file", None))
+        self._overrides = {k: o for k, o in self._overrides.items() if k in self._actuators}
+        self.last_inputs = {k: v for k, v in self.last_inputs.items() if k in self._instances}
+        self.counters["reloads"] += 1
+        return out

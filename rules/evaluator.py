@@ -1,0 +1,322 @@
+"""The per-rule state machine: ``evaluate(rule, state, inputs, now) -> (state, actions)``. Pure.
+
+::
+
+    idle --condition--> pending --held for `for`--> active --(cleared | safety)--> cooldown
+      ^                    |                          |  renews its lease every         |
+      +-- condition false -+                          |  lease_s/3 while it holds       |
+      +-------------------------------- cooldown elapsed <------------------------------+
+
+*Condition* means: the (combined, possibly background-relative) aggregate is
+known and beyond the ON threshold, no interlock holds and we are inside the
+active hours. Only a condition that held continuously for ``for`` starts a
+run.
+
+An active rule stops (SwitchOff, then cooldown) when:
+
+- ``cleared``: the value has been at/below ``clear`` (``above`` rules; at/above
+  for ``below`` rules) for ``min_clear`` *and* the run has lasted ``run_for``;
+- ``stale``: its data became unknown (stale, bad status, no data). We switch
+  off at once rather than let the lease run out: the engine cannot see the
+  dust, so it must not keep the cannons going (the lease would stop them a
+  minute later anyway; this makes it explicit and visible as an event);
+- ``interlock:<names>``: an interlock holds (frost, high wind, rain, low
+  water) -- also when the interlock's own data is unknown, unless it says
+  ``on_unknown: ignore``;
+- ``outside_hours``: the active hours ended;
+- ``max_on``: the run reached ``max_on``.
+
+Safety stops ignore ``run_for``. After a ``cleared`` stop a new run needs the
+value to cross the ON threshold again (it is at/below ``clear`` by then), so
+hysteresis prevents flapping. After a safety stop the rule may start again
+once the cooldown is over and the condition has held for ``for`` again
+(cyclic spraying under persistent dust with a rest between runs is what
+``max_on`` + ``cooldown`` are for).
+
+Interlocks have their own hysteresis: one that holds stays holding until its
+value is back at/beyond its ``clear`` level.
+
+The state is a small frozen dataclass of floats and strings, so it survives
+restarts as JSON: timers are absolute times and resume where they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.protocol import Event, now_ms
+from rules.model import Rule
+
+Phase = Literal["idle", "pending", "active", "cooldown"]
+PHASES: tuple[Phase, ...] = ("idle", "pending", "active", "cooldown")
+
+
+# ------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOn:
+    """Switch ``actuator`` on (or keep it on) for ``lease_s`` seconds."""
+
+    site: str
+    actuator: str
+    lease_s: float
+    reason: str
+    rule: str | None  # None: a manual override
+    cmd_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchOff:
+    site: str
+    actuator: str
+    reason: str
+    rule: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmitEvent:
+    site: str
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    notifier: str
+    rule: str
+    site: str
+    text: str
+    severity: str
+
+
+Action = LeaseOn | SwitchOff | EmitEvent | Notify
+
+
+# ------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    phase: Phase = "idle"
+    since: float | None = None  # when the current phase began
+    active_since: float | None = None
+    clear_since: float | None = None  # while active: since when the clear condition holds
+    last_lease: float | None = None  # while active: last LeaseOn
+    cooldown_until: float | None = None
+    blocked: tuple[str, ...] = ()  # interlocks holding at the last evaluation
+    unknown: bool = False  # the data was unknown at the last evaluation
+    last_reason: str = ""  # why the last run stopped
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["blocked"] = list(self.blocked)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RuleState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in names}
+        if kw.get("phase", "idle") not in PHASES:
+            raise ValueError(f"unknown phase {kw.get('phase')!r}")
+        kw["blocked"] = tuple(kw.get("blocked", ()))
+        return cls(**kw)
+
+
+IDLE = RuleState()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInputs:
+    """What one evaluation needs: values already aggregated, None = unknown."""
+
+    site: str
+    value: float | None  # combined, minus the background for relative rules
+    interlocks: dict[str, float | None] = dataclasses.field(default_factory=dict)
+
+
+# -------------------------------------------------------------- evaluation
+
+
+def holding_interlocks(rule: Rule, inputs: RuleInputs, previously: tuple[str, ...]) -> list[str]:
+    """Names of the interlocks that hold now (with their hysteresis)."""
+    out = []
+    for il in rule.unless:
+        v = inputs.interlocks.get(il.name)
+        if v is None:
+            if il.on_unknown == "block":
+                out.append(il.name)
+            continue
+        was = il.name in previously
+        if il.above is not None:
+            level = il.clear_level if was else il.above
+            holds = v > level
+        else:
+            level = il.clear_level if was else il.threshold
+            holds = v < level
+        if holds:
+            out.append(il.name)
+    return out
+
+
+def _event(
+    rule: Rule, site: str, now: float, kind: str, text: str, severity: str, **data: Any
+) -> EmitEvent:
+    clean = {k: v for k, v in data.items() if v is not None}
+    return EmitEvent(
+        site,
+        Event(
+            ts=now_ms(now),
+            kind=kind,
+            text=text[:1000],
+            severity=severity,  # type: ignore[arg-type]
+            rule=rule.id,
+            data=clean or None,
+        ),
+    )
+
+
+def _fmt(v: float | None) -> str:
+    return "unknown" if v is None else f"{v:.1f}"
+
+
+def evaluate(
+    rule: Rule,
+    state: RuleState,
+    inputs: RuleInputs,
+    now: float,
+    default_lease_s: float = 60.0,
+) -> tuple[RuleState, list[Action]]:
+    """One step of the rule's state machine at time ``now``."""
+    site = inputs.site
+    v = inputs.value
+    known = v is not None
+    above = rule.above is not None
+    threshold = rule.threshold
+    on_cond = known and (v > threshold if above else v < threshold)  # type: ignore[operator]
+    clear_level = rule.clear_level
+    clear_cond = known and (v <= clear_level if above else v >= clear_level)  # type: ignore[operator]
+    holding = holding_interlocks(rule, inputs, state.blocked) if rule.unless else []
+    in_hours = rule.active is None or rule.active.contains(now)
+    acts = rule.actions
+    lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
+    out: list[Action] = []
+    cond_text = rule.describe_condition()
+
+    # Transitions of the data and the interlocks, reported once each.
+    if not known and not state.unknown:
+        out.append(
+            _event(rule, site, now, "stale", f"{rule.id}: data unknown ({cond_text})", "warning")
+        )
+    new_blocks = [n for n in holding if n not in state.blocked]
+    if new_blocks:
+        out.append(
+            _event(
+                rule,
+                site,
+                now,
+                "interlock",
+                f"{rule.id}: interlock {', '.join(new_blocks)} holds: spraying blocked",
+                "warning",
+                interlocks=new_blocks,
+                value=v,
+            )
+        )
+
+    s = dataclasses.replace(state, blocked=tuple(holding), unknown=not known)
+
+    if s.phase == "cooldown" and (s.cooldown_until is None or now >= s.cooldown_until):
+        s = dataclasses.replace(s, phase="idle", since=now, cooldown_until=None)
+
+    if s.phase == "active":
+        assert s.active_since is not None
+        reason = ""
+        ran = now - s.active_since
+        clear_since = s.clear_since
+        if not known:
+            reason = "stale"
+        elif holding:
+            reason = "interlock:" + ",".join(holding)
+        elif not in_hours:
+            reason = "outside_hours"
+        elif acts.max_on is not None and ran >= acts.max_on:
+            reason = "max_on"
+        else:
+            clear_since = (clear_since if clear_since is not None else now) if clear_cond else None
+            held = clear_since is not None and now - clear_since >= rule.min_clear
+            if held and ran >= acts.run_for:
+                reason = "cleared"
+        if reason:
+            for act in acts.lease:
+                out.append(SwitchOff(site, act, reason, rule.id))
+            if reason == "max_on":
+                out.append(
+                    _event(
+                        rule,
+                        site,
+                        now,
+                        "max_on",
+                        f"{rule.id}: reached max_on {acts.max_on:g}s",
+                        "warning",
+                        ran_s=round(ran, 3),
+                    )
+                )
+            sev = "info" if reason == "cleared" else "warning"
+            text = f"{rule.id}: off ({reason}) after {ran / 60:.1f} min, {cond_text} = {_fmt(v)}"
+            out.append(
+                _event(
+                    rule, site, now, "off", text, sev, reason=reason, value=v, ran_s=round(ran, 3)
+                )
+            )
+            for n in rule.notify:
+                out.append(Notify(n, rule.id, site, text, sev))
+            s = dataclasses.replace(
+                s,
+                phase="cooldown",
+                since=now,
+                active_since=None,
+                clear_since=None,
+                last_lease=None,
+                cooldown_until=now + acts.cooldown,
+                last_reason=reason,
+            )
+        else:
+            s = dataclasses.replace(s, clear_since=clear_since)
+            if s.last_lease is None or now - s.last_lease >= lease_s / 3:
+                for act in acts.lease:
+                    out.append(LeaseOn(site, act, lease_s, f"{rule.id}: renew", rule.id))
+                s = dataclasses.replace(s, last_lease=now)
+        return s, out
+
+    startable = on_cond and not holding and in_hours
+
+    if s.phase == "idle" and startable:
+        s = dataclasses.replace(s, phase="pending", since=now)
+        if rule.for_ > 0:
+            out.append(
+                _event(
+                    rule,
+                    site,
+                    now,
+                    "pending",
+                    f"{rule.id}: {cond_text} = {_fmt(v)}, waiting {rule.for_:g}s",
+                    "info",
+                    value=v,
+                )
+            )
+
+    if s.phase == "pending":
+        if not startable or s.since is None:
+            s = dataclasses.replace(s, phase="idle", since=now)
+        elif now - s.since >= rule.for_:
+            text = f"{rule.id}: on, {cond_text} = {_fmt(v)}"
+            for act in acts.lease:
+                out.append(LeaseOn(site, act, lease_s, text, rule.id))
+            out.append(_event(rule, site, now, "on", text, rule.severity, value=v))
+            for n in rule.notify:
+                out.append(Notify(n, rule.id, site, text, rule.severity))
+            s = dataclasses.replace(
+                s, phase="active", since=now, active_since=now, clear_since=None, last_lease=now
+            )
+    return s, out

@@ -1,0 +1,261 @@
+"""Rolling windows over telemetry, and per-device freshness tracking. Pure.
+
+A :class:`RollingWindow` holds the ok readings of one (site, device, metric)
+for one window length, covering ``(now - length, now]``. Appends are in time
+order; old readings are evicted from the front both when a new reading
+arrives and when the window is queried with a later ``now``. Every aggregate
+is O(1) amortised:
+
+- ``mean``: a running sum. Adding and removing floats drifts, so the sum is
+  recomputed exactly (``math.fsum``) after every ``max(len, 1024)`` updates;
+  that keeps the cost amortised O(1) and the error bounded by ~1024 roundings.
+- ``max``/``min``: monotonic deques (each reading is pushed and popped once).
+- ``last``: the newest reading still inside the window.
+
+Only the aggregates some rule asks for are maintained (``kinds``), which
+keeps the replay hot path short.
+
+A :class:`Series` is one (site, device, metric): its windows of different
+lengths, when it last had an ok value, and whether its latest reading was bad
+(non-ok status readings never enter an aggregate, but a series whose latest
+reading is bad is *unknown*, as is one whose last ok reading is stale).
+
+A :class:`DeviceTrack` is one (site, device): it rejects duplicate and
+out-of-order readings (``ts`` not after the previous one) and estimates the
+device's poll interval as the median of the last 16 gaps between readings.
+The median ignores the odd outage gap; a device that really slows down is
+learned within 8 readings. Staleness is ``stale_factor`` x that interval,
+clamped to ``[min_staleness, max_staleness]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+AGGREGATES = ("mean", "max", "min", "last")
+
+_RESUM_MIN = 1024
+
+
+class RollingWindow:
+    """Readings in ``(horizon, newest]`` with O(1) amortised mean/max/min/last."""
+
+    __slots__ = (
+        "_horizon",
+        "_maxq",
+        "_minq",
+        "_ops",
+        "_sum",
+        "_times",
+        "_values",
+        "_want_max",
+        "_want_mean",
+        "_want_min",
+        "length",
+    )
+
+    def __init__(self, length: float, kinds: Iterable[str] = AGGREGATES) -> None:
+        if length <= 0:
+            raise ValueError("window length must be positive")
+        self.length = float(length)
+        kinds = set(kinds)
+        unknown = kinds - set(AGGREGATES)
+        if unknown:
+            raise ValueError(f"unknown aggregate(s): {sorted(unknown)}")
+        self._want_mean = "mean" in kinds
+        self._want_max = "max" in kinds
+        self._want_min = "min" in kinds
+        self._times: deque[float] = deque()
+        self._values: deque[float] = deque()
+        self._maxq: deque[tuple[float, float]] = deque()
+        self._minq: deque[tuple[float, float]] = deque()
+        self._sum = 0.0
+        self._ops = 0
+        self._horizon = -math.inf
+
+    def want(self, kinds: Iterable[str]) -> None:
+        """Start maintaining more aggregates (rebuilt from the stored readings)."""
+        kinds = set(kinds)
+        if "mean" in kinds and not self._want_mean:
+            self._want_mean = True
+            self._sum = math.fsum(self._values)
+            self._ops = 0
+        if "max" in kinds and not self._want_max:
+            self._want_max = True
+            self._maxq.clear()
+            for t, v in zip(self._times, self._values, strict=True):
+                self._push_max(t, v)
+        if "min" in kinds and not self._want_min:
+            self._want_min = True
+            self._minq.clear()
+            for t, v in zip(self._times, self._values, strict=True):
+                self._push_min(t, v)
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def _push_max(self, ts: float, value: float) -> None:
+        q = self._maxq
+        while q and q[-1][1] <= value:
+            q.pop()
+        q.append((ts, value))
+
+    def _push_min(self, ts: float, value: float) -> None:
+        q = self._minq
+        while q and q[-1][1] >= value:
+            q.pop()
+        q.append((ts, value))
+
+    def append(self, ts: float, value: float) -> None:
+        """Add an ok reading; ``ts`` must not be before the newest one (caller checks)."""
+        self._times.append(ts)
+        self._values.append(value)
+        if self._want_mean:
+            self._sum += value
+            self._ops += 1
+        if self._want_max:
+            q = self._maxq
+            while q and q[-1][1] <= value:
+                q.pop()
+            q.append((ts, value))
+        if self._want_min:
+            q = self._minq
+            while q and q[-1][1] >= value:
+                q.pop()
+            q.append((ts, value))
+        self.evict(ts)
+
+    def evict(self, now: float) -> None:
+        """Drop readings at or before ``now - length``."""
+        horizon = now - self.length
+        if horizon <= self._horizon:
+            return
+        self._horizon = horizon
+        times, values = self._times, self._values
+        if times and times[0] <= horizon:
+            want_mean = self._want_mean
+            while times and times[0] <= horizon:
+                times.popleft()
+                v = values.popleft()
+                if want_mean:
+                    self._sum -= v
+                    self._ops += 1
+            if want_mean and (not times or self._ops >= max(len(times), _RESUM_MIN)):
+                self._sum = math.fsum(values)
+                self._ops = 0
+            q = self._maxq
+            while q and q[0][0] <= horizon:
+                q.popleft()
+            q = self._minq
+            while q and q[0][0] <= horizon:
+                q.popleft()
+
+    def aggregate(self, kind: str, now: float) -> float | None:
+        """The aggregate over ``(now - length, now]``; None if the window is empty."""
+        self.evict(now)
+        if not self._times:
+            return None
+        if kind == "mean":
+            if not self._want_mean:
+                raise ValueError("mean is not maintained by this window")
+            return self._sum / len(self._times)
+        if kind == "max":
+            if not self._want_max:
+                raise ValueError("max is not maintained by this window")
+            return self._maxq[0][1]
+        if kind == "min":
+            if not self._want_min:
+                raise ValueError("min is not maintained by this window")
+            return self._minq[0][1]
+        if kind == "last":
+            return self._values[-1]
+        raise ValueError(f"unknown aggregate {kind!r}")
+
+    def oldest(self) -> float | None:
+        return self._times[0] if self._times else None
+
+
+@dataclass(slots=True)
+class Series:
+    """One (site, device, metric): windows by length, freshness of ok data."""
+
+    windows: dict[float, RollingWindow] = field(default_factory=dict)
+    last_ok_ts: float | None = None
+    last_ts: float | None = None
+    bad: bool = False  # the latest reading had a non-ok status
+    bad_readings: int = 0
+
+    def window(self, length: float, kinds: Iterable[str]) -> RollingWindow:
+        w = self.windows.get(length)
+        if w is None:
+            w = self.windows[length] = RollingWindow(length, kinds)
+        else:
+            w.want(kinds)
+        return w
+
+    def add(self, ts: float, value: float, ok: bool) -> None:
+        self.last_ts = ts
+        if ok:
+            self.bad = False
+            self.last_ok_ts = ts
+            for w in self.windows.values():
+                w.append(ts, value)
+        else:
+            self.bad = True
+            self.bad_readings += 1
+
+    def value(self, kind: str, length: float, now: float, stale_after: float) -> float | None:
+        """The aggregate, or None (unknown) when empty, stale or the latest reading is bad."""
+        if self.bad or self.last_ok_ts is None or now - self.last_ok_ts > stale_after:
+            return None
+        w = self.windows.get(length)
+        if w is None:
+            return None
+        return w.aggregate(kind, now)
+
+
+_GAPS = 16
+
+
+@dataclass(slots=True)
+class DeviceTrack:
+    """One (site, device): duplicate/out-of-order guard and poll interval estimate."""
+
+    last_ts: float | None = None
+    last_seq: int | None = None
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=_GAPS))
+    _interval: float | None = None
+    _dirty: bool = False
+
+    def accept(self, ts: float, seq: int) -> str | None:
+        """None if the reading is new; else ``"duplicate"`` or ``"out_of_order"``."""
+        last = self.last_ts
+        if last is not None:
+            if ts < last:
+                return "out_of_order"
+            if ts == last:
+                return "duplicate"
+            self.gaps.append(ts - last)
+            self._dirty = True
+        self.last_ts = ts
+        self.last_seq = seq
+        return None
+
+    @property
+    def interval(self) -> float | None:
+        """Median gap between the last readings, None before the second reading."""
+        if self._dirty:
+            g = sorted(self.gaps)
+            n = len(g)
+            self._interval = g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
+            self._dirty = False
+        return self._interval
+
+    def stale_after(self, factor: float, lo: float, hi: float) -> float:
+        iv = self.interval
+        if iv is None:
+            return hi
+        return min(max(factor * iv, lo), hi)
