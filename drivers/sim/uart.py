@@ -51,6 +51,7 @@ class _PtySensorSim(ABC):
         self.frames_sent = 0
         self.commands_seen = 0
         self.writes_dropped = 0
+        self.source_errors = 0
         self._slave_fd = slave_fd  # held so the master never sees EIO while no reader is open
         self._parser = self._make_parser()
         self._task: asyncio.Task[None] | None = None
@@ -88,7 +89,12 @@ class _PtySensorSim(ABC):
             self.writes_dropped += 1
 
     def _send_data_frame(self) -> None:
-        self._write(self._data_frame())
+        try:
+            frame = self._data_frame()
+        except Exception:  # a broken source is a silent sensor, not a dead simulator
+            self.source_errors += 1
+            return
+        self._write(frame)
         self.frames_sent += 1
 
     def _on_readable(self) -> None:

@@ -154,6 +154,28 @@ async def test_sds011_reader_survives_line_noise(sds) -> None:
     assert stats["garbage_bytes"] >= 3 + 10 + 7
 
 
+async def test_sds011_sim_survives_a_failing_source(plume: Plume) -> None:
+    calls = 0
+
+    def flaky() -> tuple[float, float, float]:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError("plume model hiccup")
+        return plume()
+
+    sim, path = open_pty_sim("sds011", flaky, period=0.05)
+    sim.start()
+    reader = Sds011Reader(path)
+    try:
+        await reader.open()
+        assert (await reader.read(OK)).pm25 == 12.3
+        assert sim.source_errors == 3
+    finally:
+        await reader.close()
+        await sim.stop()
+
+
 # -- PMS5003 / PMS7003 ------------------------------------------------------------------------
 
 
