@@ -52,6 +52,7 @@ class _PtySensorSim(ABC):
         self.commands_seen = 0
         self.writes_dropped = 0
         self.source_errors = 0
+        self.drop_commands = 0  # set > 0 to make the sensor miss that many commands
         self._slave_fd = slave_fd  # held so the master never sees EIO while no reader is open
         self._parser = self._make_parser()
         self._task: asyncio.Task[None] | None = None
@@ -112,6 +113,9 @@ class _PtySensorSim(ABC):
             return
         for frame in self._parser.feed(data):
             self.commands_seen += 1
+            if self.drop_commands > 0:  # fault injection: the command is lost on the line
+                self.drop_commands -= 1
+                continue
             self._handle(frame)
 
     def _watch(self) -> None:

@@ -118,6 +118,15 @@ async def test_sds011_sleep_stops_answers_and_wake_brings_them_back(sds) -> None
     assert (await reader.query(OK)).pm25 == 12.3
 
 
+async def test_sds011_wake_is_resent_when_the_first_is_lost(sds) -> None:
+    sim, reader = sds
+    await reader.sleep(OK)
+    sim.drop_commands = 1  # a waking sensor's UART misses the first command
+    await reader.wake(2.0)  # 1 s for each attempt
+    assert not sim.asleep
+    assert sim.drop_commands == 0
+
+
 async def test_sds011_work_period_is_confirmed(sds) -> None:
     sim, reader = sds
     await reader.set_work_period(7, OK)
