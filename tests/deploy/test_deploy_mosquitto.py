@@ -360,8 +360,8 @@ def test_make_users_refuses_bad_site_ids(tmp_path: Path, bad: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_broker(broker_dir: Path) -> Iterator[tuple[Mosquitto, int, int, Path]]:
-    """Deploy config plus the commented TLS example enabled, and a cert-login listener."""
+def certs(broker_dir: Path) -> Path:
+    """Test CA, broker and client certificate (client CN = site A) by make-test-ca.sh."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl not found")
     certs = broker_dir / "certs"
@@ -371,6 +371,12 @@ def tls_broker(broker_dir: Path) -> Iterator[tuple[Mosquitto, int, int, Path]]:
         capture_output=True,
         timeout=120,
     )
+    return certs
+
+
+@pytest.fixture(scope="module")
+def tls_broker(broker_dir: Path, certs: Path) -> Iterator[tuple[Mosquitto, int, int, Path]]:
+    """Deploy config plus the commented TLS example enabled, and a cert-login listener."""
     port, tls_port, cert_port = free_port(), free_port(), free_port()
     conf = deploy_conf_for_test(broker_dir, port)
     example = "\n".join(
@@ -430,6 +436,58 @@ def test_tls_client_certificate_login_is_scoped_to_the_cn_site(
         assert gw.publish(topic(SITE_A, "pm-gate/telemetry"), control) == 0
         got = engine.received_until(control)
         assert all(p != forged for _, p in got)
+    finally:
+        engine.close()
+        gw.close()
+
+
+# --------------------------------------------------------------------------- central
+
+
+@pytest.fixture(scope="module")
+def central_broker(broker_dir: Path, certs: Path) -> Iterator[tuple[Mosquitto, int]]:
+    """deploy/central/mosquitto/mosquitto.conf with container paths and ports rewritten."""
+    text = (REPO / "deploy" / "central" / "mosquitto" / "mosquitto.conf").read_text()
+    port, tls_port = free_port(), free_port()
+    swaps = {
+        "/mosquitto/config/passwd": f"{broker_dir}/passwd",
+        "/mosquitto/config/acl": f"{broker_dir}/acl",
+        "/mosquitto/config/certs/": f"{certs}/",
+        # Mosquitto() appends its own persistence_location; a second one is an error.
+        "persistence_location /mosquitto/data/\n": "",
+        # In the container these bind all interfaces; here loopback only.
+        "listener 1883\n": f"listener {port} {LOOPBACK}\n",
+        "listener 8883\n": f"listener {tls_port} {LOOPBACK}\n",
+    }
+    for old, new in swaps.items():
+        assert old in text, f"central mosquitto.conf no longer contains {old!r}"
+        text = text.replace(old, new)
+    mq = Mosquitto(broker_dir / "run-central", port=port, listener_conf=text)
+    try:
+        mq.start()
+        yield mq, tls_port
+    finally:
+        mq.stop()
+
+
+def test_central_broker_config(central_broker: tuple[Mosquitto, int], certs: Path) -> None:
+    mq, tls_port = central_broker
+    tls = {"ca_certs": str(certs / "ca.crt")}
+    assert Peer(tls_port, username=None, tls=tls).connect() == "Not authorized"
+    engine = Peer(mq.port, "dustgate-rules", PASSWORDS["dustgate-rules"])
+    gw = Peer(tls_port, SITE_A, PASSWORDS[SITE_A], tls=tls)
+    try:
+        assert engine.connect() == 0
+        assert gw.connect() == 0
+        engine.subscribe("dustgate/v1/#")
+        gw.subscribe(topic(SITE_A, "+/cmd"))
+        forged, reading = token("forged"), token("reading")
+        gw.publish(topic(SITE_B, "pm-gate/telemetry"), forged)
+        assert gw.publish(topic(SITE_A, "pm-gate/telemetry"), reading) == 0
+        assert all(p != forged for _, p in engine.received_until(reading))
+        cmd = token("cmd")
+        assert engine.publish(topic(SITE_A, "cannon-1/cmd"), cmd) == 0
+        assert gw.received_until(cmd)[-1] == (topic(SITE_A, "cannon-1/cmd"), cmd)
     finally:
         engine.close()
         gw.close()

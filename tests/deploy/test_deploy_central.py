@@ -1,0 +1,152 @@
+"""deploy/central: the compose file parses, and everything it points at exists.
+
+Docker is not run here. What can go wrong without running it is checked:
+YAML syntax, a bind mount or build context that points nowhere, a Dockerfile
+that copies something the repository does not have, ports published to the
+world that should stay on loopback, and the central broker drifting from the
+site broker's authentication rules.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CENTRAL = REPO / "deploy" / "central"
+COMPOSE = CENTRAL / "compose.yaml"
+
+# Created on the server by the README's first-start steps (secrets, never in git).
+MADE_ON_SERVER = {
+    CENTRAL / "mosquitto" / "passwd",
+    CENTRAL / "mosquitto" / "certs",
+}
+# Owned by the Grafana part of deploy/; the compose file mounts them by contract.
+GRAFANA_DIRS = {
+    REPO / "deploy" / "grafana" / "provisioning",
+    REPO / "deploy" / "grafana" / "dashboards",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
+    """(host path resolved against the compose file, container path) of bind mounts."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        assert isinstance(volume, str), "use the short volume syntax"
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            source = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", source)
+            mounts.append(((CENTRAL / source).resolve(), target))
+    return mounts
+
+
+def test_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"mosquitto", "influxdb", "rules", "grafana"}
+    assert set(compose["volumes"]) >= {"mosquitto-data", "influxdb-data", "rules-state"}
+    for name, service in compose["services"].items():
+        assert service.get("restart") == "unless-stopped", name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in compose["volumes"], f"{name}: undeclared volume {source}"
+
+
+def test_bind_mounts_point_at_repository_files(compose: dict[str, Any]) -> None:
+    seen = set()
+    for name, service in compose["services"].items():
+        for source, target in bind_mounts(service):
+            seen.add(source)
+            assert source.is_relative_to(REPO), f"{name}: {source} is outside the repository"
+            if source in MADE_ON_SERVER or source in GRAFANA_DIRS:
+                continue
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+    # The site broker's ACL is used unchanged, and Grafana gets both directories.
+    assert (REPO / "deploy" / "mosquitto" / "acl") in seen
+    assert seen >= GRAFANA_DIRS
+
+
+def test_grafana_mounts(compose: dict[str, Any]) -> None:
+    mounts = dict(bind_mounts(compose["services"]["grafana"]))
+    assert mounts[REPO / "deploy" / "grafana" / "provisioning"] == "/etc/grafana/provisioning"
+    assert mounts[REPO / "deploy" / "grafana" / "dashboards"] == "/var/lib/grafana/dashboards"
+
+
+def test_rules_image_builds_from_this_repository(compose: dict[str, Any]) -> None:
+    build = compose["services"]["rules"]["build"]
+    context = (CENTRAL / build["context"]).resolve()
+    assert context == REPO
+    dockerfile = context / build["dockerfile"]
+    assert dockerfile.is_file()
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY"):
+            sources = line.split()[1:-1]
+            for source in sources:
+                assert (context / source).exists(), f"Dockerfile copies missing {source}"
+    # The engine starts only after its config passes `dustgate check`.
+    command = " ".join(compose["services"]["rules"]["command"])
+    assert "dustgate check /etc/dustgate/rules.yaml && exec dustgate rules" in command
+
+
+def test_dockerignore_keeps_the_package(compose: dict[str, Any]) -> None:
+    patterns = [
+        line.strip()
+        for line in (CENTRAL / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*"  # nothing by default (not the .venv, not .git) ...
+    # ... except what the Dockerfile copies.
+    for needed in ("!pyproject.toml", "!README.md", "!gateway/", "!drivers/", "!rules/"):
+        assert needed in patterns
+
+
+def test_only_the_tls_broker_and_grafana_face_the_network(compose: dict[str, Any]) -> None:
+    public = set()
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            port = str(port)
+            if not port.startswith("127.0.0.1:"):
+                public.add((name, port))
+    assert public == {("mosquitto", "8883:8883"), ("grafana", "3000:3000")}
+
+
+def test_secrets_are_required_not_defaulted(compose: dict[str, Any]) -> None:
+    grafana_env = compose["services"]["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    rules_env = compose["services"]["rules"]["environment"]
+    assert rules_env["DUSTGATE_MQTT_PASSWORD"].startswith("${DUSTGATE_MQTT_PASSWORD:?")
+
+
+def conf_lines(path: Path) -> list[str]:
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def test_central_broker_keeps_the_site_brokers_auth_rules() -> None:
+    site = conf_lines(REPO / "deploy" / "mosquitto" / "mosquitto.conf")
+    central = conf_lines(CENTRAL / "mosquitto" / "mosquitto.conf")
+    for setting in ("per_listener_settings false", "allow_anonymous false"):
+        assert setting in site and setting in central
+    assert "acl_file /mosquitto/config/acl" in central
+    assert "password_file /mosquitto/config/passwd" in central
+    # Every mosquitto path in the central config is one the compose file mounts.
+    mounted = {
+        target
+        for _, target in bind_mounts(yaml.safe_load(COMPOSE.read_text())["services"]["mosquitto"])
+    }
+    for line in central:
+        for path in re.findall(r"/mosquitto/config/\S+", line):
+            assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounted), path
