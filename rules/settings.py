@@ -29,8 +29,13 @@ class InfluxSettings(StrictModel):
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     flush_interval: Duration = 1.0
     gzip: bool = True
+    gzip_level: Annotated[int, Field(ge=1, le=9)] = 1  # fast: the Pi's CPU is the scarce part
     timeout: Duration = 10.0
+    retry_base_delay: Duration = 0.5  # first back-off; doubles per failure, with jitter
     max_retry_delay: Duration = 30.0
+    close_timeout: Duration = 10.0  # close(): after this, whatever is unsent goes to the spool
     spool_dir: Path | None = None  # default: <state_dir>/spool
     spool_max_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
-    dead_letter_file: Path | None = None  # default: <state_dir>/dead-letter.lp
+    # segment files rotate at this size (default: spool_max_bytes / 16, 64 KiB .. 8 MiB)
+    spool_segment_bytes: Annotated[int, Field(ge=256)] | None = None
+    dead_letter_file: Path | None = None  # default: <state_dir>/dead-letter.jsonl

@@ -1,0 +1,612 @@
+"""Generate the Grafana dashboards (``dashboards/*.json``) from one Python source.
+
+Run ``python deploy/grafana/generate.py`` after editing; a test checks that
+the committed JSON equals what this script writes, and runs every InfluxQL
+query in it against a real influxd.  ``dustgate report`` reads its queries
+from ``district.json`` (by refId), so the terminal ranking and the dashboard
+can never disagree.
+
+Thresholds drawn on the site dashboard, and where they come from:
+
+* PM2.5 75, PM10 150, TSP 300 ug/m3: GB 3095-2012 grade II 24-hour limits
+  (PM10 150 is also the ON threshold of the example rule ``pm10-gate``, whose
+  clear threshold 100 is drawn in yellow);
+* noise 70 / 55 dB(A): GB 12523-2011 construction-site boundary limits, day /
+  night.
+
+Schema: Grafana 10/11 (schemaVersion 39), InfluxQL in raw mode only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DS = {"type": "influxdb", "uid": "dustgate-influxdb"}
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "dashboards"
+
+SITE_DEVICE = '"site" =~ /^$site$/ AND "device" =~ /^$device$/ AND $timeFilter'
+SITE_ONLY = '"site" =~ /^$site$/ AND $timeFilter'
+
+# GB 3095-2012 grade II 24 h limits; example rule pm10-gate: above 150, clear 100.
+PM25_LIMIT, PM10_LIMIT, PM10_CLEAR, TSP_LIMIT = 75, 150, 100, 300
+NOISE_DAY, NOISE_NIGHT = 70, 55  # GB 12523-2011
+
+
+def target(ref: str, query: str, alias: str = "", fmt: str = "time_series") -> dict[str, Any]:
+    t: dict[str, Any] = {
+        "refId": ref,
+        "datasource": DS,
+        "rawQuery": True,
+        "query": query,
+        "resultFormat": fmt,
+    }
+    if alias:
+        t["alias"] = alias
+    return t
+
+
+def thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
+def panel(
+    pid: int,
+    title: str,
+    kind: str,
+    grid: tuple[int, int, int, int],
+    targets: list[dict[str, Any]],
+    *,
+    unit: str = "",
+    steps: dict[str, Any] | None = None,
+    threshold_style: str = "off",
+    description: str = "",
+    extra_defaults: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    transformations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    x, y, w, h = grid
+    defaults: dict[str, Any] = {"unit": unit} if unit else {}
+    if steps:
+        defaults["thresholds"] = steps
+    if kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "spanNulls": False,
+            "thresholdsStyle": {"mode": threshold_style},
+        }
+    defaults.update(extra_defaults or {})
+    p: dict[str, Any] = {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "datasource": DS,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options or {},
+    }
+    if description:
+        p["description"] = description
+    if transformations:
+        p["transformations"] = transformations
+    return p
+
+
+def query_var(name: str, label: str, query: str, *, multi: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": query,
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "multi": multi,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+    }
+
+
+def custom_var(name: str, label: str, values: list[str], default: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "custom",
+        "query": ",".join(values),
+        "current": {"selected": True, "text": default, "value": default},
+        "options": [{"selected": v == default, "text": v, "value": v} for v in values],
+    }
+
+
+SITE_VAR = query_var("site", "Site", 'SHOW TAG VALUES FROM "telemetry" WITH KEY = "site"')
+DEVICE_VAR = query_var(
+    "device",
+    "Device",
+    'SHOW TAG VALUES FROM "telemetry" WITH KEY = "device" WHERE "site" =~ /^$site$/',
+)
+READ_PERIOD_VAR = custom_var(
+    "read_period", "Expected read period (s)", ["1", "5", "10", "30", "60"], "10"
+)
+PM10_LIMIT_VAR = custom_var(
+    "pm10_limit", "PM10 exceedance limit (ug/m3)", ["80", "100", "150", "250"], str(PM10_LIMIT)
+)
+
+
+def dashboard(
+    uid: str,
+    title: str,
+    panels: list[dict[str, Any]],
+    variables: list[dict[str, Any]],
+    *,
+    time_from: str = "now-6h",
+    annotations: list[dict[str, Any]] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    builtin = {
+        "builtIn": 1,
+        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+        "enable": True,
+        "hide": True,
+        "iconColor": "rgba(0, 211, 255, 1)",
+        "name": "Annotations & Alerts",
+        "type": "dashboard",
+    }
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["dustgate"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": time_from, "to": "now"},
+        "templating": {"list": variables},
+        "annotations": {"list": [builtin, *(annotations or [])]},
+        "panels": panels,
+    }
+
+
+# ------------------------------------------------------------------ site
+
+
+def pm_panel(
+    pid: int,
+    metric: str,
+    title: str,
+    grid: tuple[int, int, int, int],
+    steps: dict[str, Any],
+    note: str,
+) -> dict[str, Any]:
+    q = (
+        f'SELECT mean("{metric}") FROM "telemetry" WHERE {SITE_DEVICE} '
+        'GROUP BY time($__interval), "device" fill(null)'
+    )
+    return panel(
+        pid,
+        title,
+        "timeseries",
+        grid,
+        [target("A", q, "$tag_device")],
+        unit="conμgm3",
+        steps=steps,
+        threshold_style="line+area",
+        description=note,
+    )
+
+
+def site_dashboard() -> dict[str, Any]:
+    gb = "Threshold: GB 3095-2012 grade II 24-hour limit"
+    panels = [
+        pm_panel(
+            1,
+            "pm25",
+            "PM2.5",
+            (0, 0, 8, 8),
+            thresholds(("green", None), ("red", PM25_LIMIT)),
+            f"{gb} ({PM25_LIMIT}).",
+        ),
+        pm_panel(
+            2,
+            "pm10",
+            "PM10",
+            (8, 0, 8, 8),
+            thresholds(("green", None), ("yellow", PM10_CLEAR), ("red", PM10_LIMIT)),
+            f"{gb} ({PM10_LIMIT}); also the ON threshold of the example rule pm10-gate, "
+            f"whose clear threshold ({PM10_CLEAR}) is the yellow band.",
+        ),
+        pm_panel(
+            3,
+            "tsp",
+            "TSP",
+            (16, 0, 8, 8),
+            thresholds(("green", None), ("red", TSP_LIMIT)),
+            f"{gb} ({TSP_LIMIT}).",
+        ),
+        panel(
+            4,
+            "Noise LAeq",
+            "timeseries",
+            (0, 8, 8, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT mean("noise") FROM "telemetry" WHERE {SITE_DEVICE} '
+                    'GROUP BY time($__interval), "device" fill(null)',
+                    "$tag_device",
+                )
+            ],
+            unit="dB",
+            threshold_style="line",
+            steps=thresholds(("green", None), ("yellow", NOISE_NIGHT), ("red", NOISE_DAY)),
+            description="GB 12523-2011 site boundary limits: 70 dB(A) day, 55 dB(A) night.",
+        ),
+        panel(
+            5,
+            "Wind speed",
+            "timeseries",
+            (8, 8, 8, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT mean("wind_speed") FROM "telemetry" WHERE {SITE_DEVICE} '
+                    'GROUP BY time($__interval), "device" fill(null)',
+                    "$tag_device",
+                )
+            ],
+            unit="velocityms",
+        ),
+        panel(
+            6,
+            "Wind direction",
+            "timeseries",
+            (16, 8, 8, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT last("wind_dir") FROM "telemetry" WHERE {SITE_DEVICE} '
+                    'GROUP BY time($__interval), "device" fill(null)',
+                    "$tag_device",
+                )
+            ],
+            unit="degree",
+            description="Last reading per interval (a mean of angles is wrong around north).",
+            extra_defaults={
+                "min": 0,
+                "max": 360,
+                "custom": {
+                    "drawStyle": "points",
+                    "pointSize": 4,
+                    "thresholdsStyle": {"mode": "off"},
+                },
+            },
+        ),
+        panel(
+            7,
+            "Fog cannons",
+            "state-timeline",
+            (0, 16, 24, 6),
+            [
+                target(
+                    "A",
+                    f'SELECT last("on") FROM "actuator" WHERE {SITE_ONLY} '
+                    'GROUP BY time($__interval), "actuator" fill(previous)',
+                    "$tag_actuator",
+                )
+            ],
+            description="Actuator state as reported by the agent (read back from the relay).",
+            extra_defaults={
+                "mappings": [
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "off", "color": "transparent", "index": 0},
+                            "1": {"text": "on", "color": "blue", "index": 1},
+                        },
+                    }
+                ]
+            },
+            options={"mergeValues": True, "showValue": "never"},
+        ),
+        panel(
+            8,
+            "Data completeness per interval",
+            "timeseries",
+            (0, 22, 12, 8),
+            [
+                target(
+                    "A",
+                    'SELECT count("seq") * 100 * $read_period * 1000 / $__interval_ms '
+                    f'FROM "telemetry" WHERE {SITE_DEVICE} '
+                    'GROUP BY time($__interval), "device" fill(0)',
+                    "$tag_device",
+                )
+            ],
+            unit="percent",
+            description="Readings received / expected, where expected = "
+            "interval / the read period chosen above.",
+            extra_defaults={"min": 0, "max": 100},
+        ),
+        panel(
+            9,
+            "Data completeness (time range)",
+            "stat",
+            (12, 22, 12, 8),
+            [
+                target(
+                    "A",
+                    'SELECT count("seq") * 100 * $read_period * 1000 / (${__to} - ${__from}) '
+                    f'FROM "telemetry" WHERE {SITE_DEVICE} GROUP BY "device"',
+                    "$tag_device",
+                )
+            ],
+            unit="percent",
+            steps=thresholds(("red", None), ("yellow", 80), ("green", 95)),
+            options={
+                "reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+                "colorMode": "background",
+            },
+        ),
+    ]
+    events = {
+        "name": "Rule events",
+        "enable": True,
+        "iconColor": "orange",
+        "datasource": DS,
+        "target": {
+            "refId": "Anno",
+            "fromAnnotations": True,
+            "rawQuery": True,
+            "query": 'SELECT "text", "kind", "rule", "severity" FROM "rule_event" '
+            f"WHERE {SITE_ONLY}",
+            "textColumn": "text",
+            "tagsColumn": "kind,rule,severity",
+        },
+    }
+    return dashboard(
+        "dustgate-site",
+        "dustgate: site",
+        panels,
+        [SITE_VAR, DEVICE_VAR, READ_PERIOD_VAR],
+        annotations=[events],
+        description="Dust, noise, wind, fog cannons and rule events of one site.",
+    )
+
+
+# -------------------------------------------------------------- district
+
+DISTRICT_COLUMNS = {
+    # refId: (column alias, header shown)
+    "A": ("pm10_week", "PM10 mean, range (ug/m3)"),
+    "B": ("pm10_today", "PM10 mean, today (ug/m3)"),
+    "C": ("exceedance_min", "Exceedance minutes"),
+    "D": ("spray_min", "Spray minutes"),
+    "E": ("completeness_pct", "Data completeness (%)"),
+}
+
+
+def district_dashboard() -> dict[str, Any]:
+    queries = {
+        "A": 'SELECT mean("pm10") AS "pm10_week" FROM "telemetry" '
+        f'WHERE {SITE_ONLY} GROUP BY "site"',
+        "B": 'SELECT mean("pm10") AS "pm10_today" FROM "telemetry" '
+        "WHERE \"site\" =~ /^$site$/ AND time >= '${__to:date:YYYY-MM-DD}T00:00:00${__to:date:Z}'"
+        ' AND $timeFilter GROUP BY "site"',
+        "C": 'SELECT count("pm10_1m") AS "exceedance_min" FROM ('
+        'SELECT mean("pm10") AS "pm10_1m" FROM "telemetry" '
+        f'WHERE {SITE_ONLY} GROUP BY time(1m), "site") '
+        'WHERE "pm10_1m" > $pm10_limit AND $timeFilter GROUP BY "site"',
+        "D": 'SELECT sum("on_1m") AS "spray_min" FROM ('
+        'SELECT max("on") AS "on_1m" FROM "actuator" '
+        f'WHERE {SITE_ONLY} GROUP BY time(1m), "site", "actuator" fill(previous)) '
+        'WHERE $timeFilter GROUP BY "site"',
+        "E": 'SELECT mean("pct") AS "completeness_pct" FROM ('
+        'SELECT count("seq") * 100 * $read_period * 1000 / (${__to} - ${__from}) AS "pct" '
+        f'FROM "telemetry" WHERE {SITE_ONLY} GROUP BY "site", "device") '
+        'WHERE $timeFilter GROUP BY "site"',
+    }
+    targets = [target(ref, q, fmt="table") for ref, q in queries.items()]
+    rename = {alias: header for alias, header in DISTRICT_COLUMNS.values()}
+    ranking = panel(
+        1,
+        "Site ranking (by mean PM10 over the time range)",
+        "table",
+        (0, 0, 24, 14),
+        targets,
+        description="One row per site, dirtiest first: the weekly ranking city bureaus run. "
+        "Exceedance minutes: 1-minute site means of PM10 above $pm10_limit. Spray minutes: "
+        "minutes with any fog cannon on. Completeness: readings received / expected at the "
+        "read period chosen above, averaged over the site's devices. Same queries as "
+        "`dustgate report`.",
+        transformations=[
+            {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, **{f"Time {i}": True for i in range(1, 6)}},
+                    "indexByName": {
+                        "site": 0,
+                        **{a: i + 1 for i, (a, _) in enumerate(DISTRICT_COLUMNS.values())},
+                    },
+                    "renameByName": rename,
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": rename["pm10_week"], "desc": True}]}},
+        ],
+        extra_defaults={"decimals": 1},
+        options={"showHeader": True, "cellHeight": "sm"},
+    )
+    return dashboard(
+        "dustgate-district",
+        "dustgate: district ranking",
+        [ranking],
+        [SITE_VAR, PM10_LIMIT_VAR, READ_PERIOD_VAR],
+        time_from="now/w",
+        description="Weekly site ranking: PM10, exceedances, spraying, data completeness.",
+    )
+
+
+# --------------------------------------------------------------- gateway
+
+
+def gateway_dashboard() -> dict[str, Any]:
+    gw = f'FROM "gateway" WHERE {SITE_ONLY} GROUP BY time($__interval), "gateway"'
+    eng = (
+        'FROM "gateway" WHERE "engine" =~ /.+/ AND $timeFilter GROUP BY time($__interval), "engine"'
+    )
+    panels = [
+        panel(
+            1,
+            "Gateway online",
+            "state-timeline",
+            (0, 0, 24, 4),
+            [target("A", f'SELECT last("online") {gw} fill(previous)', "$tag_gateway")],
+            extra_defaults={
+                "mappings": [
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "offline", "color": "red", "index": 0},
+                            "1": {"text": "online", "color": "green", "index": 1},
+                        },
+                    }
+                ]
+            },
+        ),
+        panel(
+            2,
+            "Outbox backlog (messages)",
+            "timeseries",
+            (0, 4, 8, 8),
+            [target("A", f'SELECT last("backlog") {gw} fill(previous)', "$tag_gateway")],
+        ),
+        panel(
+            3,
+            "Poll errors per interval",
+            "timeseries",
+            (8, 4, 8, 8),
+            [
+                target(
+                    "A", f'SELECT non_negative_difference(last("poll_errors")) {gw}', "$tag_gateway"
+                )
+            ],
+        ),
+        panel(
+            4,
+            "Devices offline",
+            "timeseries",
+            (16, 4, 8, 8),
+            [target("A", f'SELECT last("devices_offline") {gw} fill(previous)', "$tag_gateway")],
+            steps=thresholds(("green", None), ("red", 1)),
+            threshold_style="line",
+        ),
+        panel(
+            5,
+            "Evicted / refused commands per interval",
+            "timeseries",
+            (0, 12, 12, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT non_negative_difference(last("evicted")) {gw}',
+                    "evicted $tag_gateway",
+                ),
+                target(
+                    "B",
+                    f'SELECT non_negative_difference(last("refused_commands")) {gw}',
+                    "refused $tag_gateway",
+                ),
+            ],
+        ),
+        panel(
+            6,
+            "Uptime",
+            "stat",
+            (12, 12, 12, 8),
+            [target("A", f'SELECT last("uptime") {gw}', "$tag_gateway")],
+            unit="s",
+            options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False}},
+        ),
+        panel(
+            7,
+            "Rule engine: messages/s",
+            "timeseries",
+            (0, 20, 8, 8),
+            [target("A", f'SELECT mean("messages_per_s") {eng}', "$tag_engine")],
+        ),
+        panel(
+            8,
+            "Rule engine: decode errors / dropped per interval",
+            "timeseries",
+            (8, 20, 8, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT non_negative_difference(last("decode_errors")) {eng}',
+                    "decode errors $tag_engine",
+                ),
+                target(
+                    "B",
+                    f'SELECT non_negative_difference(last("dropped")) {eng}',
+                    "dropped $tag_engine",
+                ),
+            ],
+        ),
+        panel(
+            9,
+            "InfluxDB sink: spooled / dead letters per interval",
+            "timeseries",
+            (16, 20, 8, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT non_negative_difference(last("sink_spooled")) {eng}',
+                    "spooled $tag_engine",
+                ),
+                target(
+                    "B",
+                    f'SELECT non_negative_difference(last("sink_dead_lettered")) {eng}',
+                    "dead letters $tag_engine",
+                ),
+            ],
+        ),
+    ]
+    return dashboard(
+        "dustgate-gateway",
+        "dustgate: gateway health",
+        panels,
+        [SITE_VAR],
+        description="Edge agents (backlog, polling, devices) and the rule engine.",
+    )
+
+
+DASHBOARDS = {
+    "site.json": site_dashboard,
+    "district.json": district_dashboard,
+    "gateway.json": gateway_dashboard,
+}
+
+
+def render(name: str) -> str:
+    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in DASHBOARDS:
+        (OUT / name).write_text(render(name), encoding="utf-8")
+        print(f"wrote {OUT / name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
