@@ -212,3 +212,127 @@ def test_help_describes_the_options() -> None:
     assert proc.returncode == 0
     for option in ("--dry-run", "--rules", "--with-mosquitto", "--uninstall", "--purge"):
         assert option in proc.stdout
+
+
+# --------------------------------------------------------------------------- real runs
+
+# Stand-ins for the commands that would change the machine (packages, users,
+# systemd, pip from the network). Each logs its arguments; `install` drops
+# -o/-g (no dustgate user here) and otherwise does the real thing.
+SHIMS = {
+    "apt-get": 'echo "apt-get $*" >>"$SHIM_LOG"',
+    "dpkg-query": 'echo "install ok installed"',
+    "useradd": 'echo "useradd $*" >>"$SHIM_LOG"; touch "$SHIM_STATE/user"',
+    "usermod": 'echo "usermod $*" >>"$SHIM_LOG"; touch "$SHIM_STATE/dialout"',
+    "userdel": 'echo "userdel $*" >>"$SHIM_LOG"; rm -f "$SHIM_STATE/user" "$SHIM_STATE/dialout"',
+    "getent": '[[ $1 == passwd && -e "$SHIM_STATE/user" ]]',
+    "id": 'if [[ -e "$SHIM_STATE/dialout" ]]; then echo "dustgate dialout"; else echo dustgate; fi',
+    # A systemd new enough for the backoff drop-in.
+    "systemctl": 'if [[ $1 == --version ]]; then echo "systemd 255 (255.4)"; '
+    'else echo "systemctl $*" >>"$SHIM_LOG"; fi',
+    "python3": '[[ "$1 $2" == "-m venv" ]] || exit 9; mkdir -p "$3/bin"; '
+    'printf "#!/bin/sh\\necho \\"pip \\$*\\" >>\\"\\$SHIM_LOG\\"\\n" >"$3/bin/pip"; '
+    'ln -s /bin/true "$3/bin/python"; chmod +x "$3/bin/pip"; echo "venv $3" >>"$SHIM_LOG"',
+    "install": "args=(); while [[ $# -gt 0 ]]; do case $1 in -o|-g) shift 2;; "
+    '*) args+=("$1"); shift;; esac; done; exec /usr/bin/install "${args[@]}"',
+}
+
+
+@pytest.fixture
+def shimmed(fake_root: Path) -> dict[str, str]:
+    if os.geteuid() != 0:
+        pytest.skip("a real (non --dry-run) install.sh run needs root")
+    shims = fake_root / "shims"
+    state = fake_root / "shim-state"
+    shims.mkdir()
+    state.mkdir()
+    for name, body in SHIMS.items():
+        path = shims / name
+        path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        path.chmod(0o755)
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{shims}:{env['PATH']}",
+        SHIM_LOG=str(fake_root / "shim.log"),
+        SHIM_STATE=str(state),
+        DUSTGATE_PREFIX=str(fake_root / "opt" / "dustgate"),
+        DUSTGATE_ETC=str(fake_root / "etc" / "dustgate"),
+        DUSTGATE_UNIT_DIR=str(fake_root / "units"),
+        DUSTGATE_MOSQUITTO_ETC=str(fake_root / "etc" / "mosquitto"),
+        DUSTGATE_STATE_ROOT=str(fake_root / "var" / "lib"),
+    )
+    return env
+
+
+def real_run(env: dict[str, str], *args: str) -> str:
+    proc = subprocess.run(
+        ["bash", str(INSTALL), *args, str(REPO)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_install_twice_then_uninstall_then_purge(fake_root: Path, shimmed: dict[str, str]) -> None:
+    etc, units = fake_root / "etc" / "dustgate", fake_root / "units"
+    log = fake_root / "shim.log"
+
+    real_run(shimmed, "--rules", "--with-mosquitto")
+    first_log = log.read_text()
+    assert "useradd --system --user-group" in first_log
+    assert "usermod --append --groups dialout dustgate" in first_log
+    assert f"pip install --disable-pip-version-check --no-cache-dir --upgrade {REPO}" in first_log
+    for unit in ("dustgate-agent.service", "dustgate-rules.service"):
+        assert (units / unit).read_text() == (REPO / "deploy" / "systemd" / unit).read_text()
+        dropin = units / f"{unit}.d" / "10-restart-backoff.conf"
+        assert (
+            dropin.read_text() == (REPO / "deploy" / "systemd" / "restart-backoff.conf").read_text()
+        )
+    secrets = etc / "secrets.env"
+    assert oct(secrets.stat().st_mode & 0o777) == "0o600"
+    assert "DUSTGATE_MQTT_PASSWORD" in secrets.read_text()
+    for example in ("site.yaml", "rules.yaml"):
+        if (REPO / "examples" / example).exists():
+            assert (etc / example).read_bytes() == (REPO / "examples" / example).read_bytes()
+    mosq = fake_root / "etc" / "mosquitto"
+    assert (mosq / "conf.d" / "dustgate.conf").read_text() == (
+        REPO / "deploy" / "mosquitto" / "mosquitto.conf"
+    ).read_text()
+    assert (mosq / "dustgate" / "acl").exists() and (mosq / "dustgate" / "passwd").exists()
+
+    # The technician edits the configs; a second run (an upgrade) keeps them
+    # and does not create the user or the venv again.
+    (etc / "site.yaml").write_text("# edited on site\n")
+    secrets.write_text("DUSTGATE_MQTT_PASSWORD=s3cret\n")
+    log.write_text("")
+    out = real_run(shimmed, "--rules", "--with-mosquitto")
+    assert (etc / "site.yaml").read_text() == "# edited on site\n"
+    assert secrets.read_text() == "DUSTGATE_MQTT_PASSWORD=s3cret\n"
+    second_log = log.read_text()
+    assert "useradd" not in second_log and "usermod" not in second_log
+    assert "venv " not in second_log  # venv reused ...
+    assert "pip install" in second_log  # ... and the program upgraded in it
+    assert "apt-get" not in second_log  # every package already there
+    assert "user dustgate exists" in out and "venv exists" in out
+
+    # Uninstall: units and program go, configs and state stay.
+    state = fake_root / "var" / "lib" / "dustgate"
+    state.mkdir(parents=True)
+    (state / "outbox.db").write_text("queued readings")
+    real_run(shimmed, "--uninstall")
+    assert not (units / "dustgate-agent.service").exists()
+    assert not (units / "dustgate-agent.service.d").exists()
+    assert not (fake_root / "opt" / "dustgate").exists()
+    assert (etc / "site.yaml").read_text() == "# edited on site\n"
+    assert (state / "outbox.db").exists()
+
+    # Purge: everything, including the user.
+    real_run(shimmed, "--uninstall", "--purge")
+    assert not etc.exists()
+    assert not state.exists()
+    assert not (mosq / "dustgate").exists() and not (mosq / "conf.d" / "dustgate.conf").exists()
+    assert "userdel dustgate" in log.read_text()
