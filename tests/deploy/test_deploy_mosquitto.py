@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -315,6 +316,67 @@ def test_engine_cannot_forge_gateway_data(peers: dict[str, Peer]) -> None:
     engine.publish(topic(SITE_A, "cannon-1/state"), forged)
     assert engine.publish(topic(SITE_A, "events"), control) == 0
     got = engine.received_until(control)
+    assert all(p != forged for _, p in got)
+
+
+def _mqtt_str(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def die_with_will(port: int, user: str, password: str, will_topic: str, will: bytes) -> int:
+    """Connect (MQTT 3.1.1) with a retained QoS 1 Last Will, then vanish without DISCONNECT.
+
+    Returns the CONNACK code. The write side is shut and we read until the
+    broker closes its side: by then the broker has handled the lost
+    connection, so the will (if allowed) is already queued to subscribers.
+    """
+    flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02  # user, pass, retain, QoS 1, will, clean
+    variable = _mqtt_str(b"MQTT") + bytes([0x04, flags]) + (30).to_bytes(2, "big")
+    payload = b"".join(
+        _mqtt_str(x)
+        for x in (
+            f"will-{uuid.uuid4().hex[:8]}".encode(),
+            will_topic.encode(),
+            will,
+            user.encode(),
+            password.encode(),
+        )
+    )
+    body = variable + payload
+    with socket.create_connection((LOOPBACK, port), timeout=TIMEOUT) as sock:
+        sock.sendall(bytes([0x10]) + _remaining_length(len(body)) + body)
+        connack = sock.recv(4)
+        assert connack[:2] == b"\x20\x02", connack
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(1024):
+            pass
+    return connack[3]
+
+
+def test_last_will_only_on_the_gateways_own_status_topic(peers: dict[str, Peer]) -> None:
+    engine, port = peers["dustgate-rules"], peers["dustgate-rules"].port
+    engine.subscribe("dustgate/v1/#")
+    forged, offline = token("forged-offline"), token("offline")
+    # Connecting with a will on another site's topic is accepted, the will is dropped.
+    assert (
+        die_with_will(port, SITE_A, PASSWORDS[SITE_A], topic(SITE_B, "gateway/gw1/status"), forged)
+        == 0
+    )
+    assert (
+        die_with_will(port, SITE_A, PASSWORDS[SITE_A], topic(SITE_A, "gateway/gw1/status"), offline)
+        == 0
+    )
+    got = engine.received_until(offline)
+    assert got[-1] == (topic(SITE_A, "gateway/gw1/status"), offline)
     assert all(p != forged for _, p in got)
 
 
