@@ -130,6 +130,14 @@ def _substep(s: PlumeState, h: float) -> PlumeState:
     )
 
 
+_BEAUFORT_UPPER_MS = (0.3, 1.6, 3.4, 5.5, 8.0, 10.8, 13.9, 17.2, 20.8, 24.5, 28.5, 32.7)
+
+
+def beaufort(speed: float) -> int:
+    """Beaufort force of a wind speed in m/s."""
+    return next((i for i, top in enumerate(_BEAUFORT_UPPER_MS) if speed < top), 12)
+
+
 def readings(s: PlumeState) -> dict[str, float]:
     """What a monitor at the gate reads now (ug/m3, m/s, degrees, C, %RH, hPa, dB(A))."""
     pm10 = s.background_pm10 + s.excess_pm10
@@ -142,6 +150,8 @@ def readings(s: PlumeState) -> dict[str, float]:
         "noise": round(s.noise, 1),
         "wind_speed": round(s.wind_speed, 1),
         "wind_dir": round(s.wind_dir, 0),
+        "wind_sector": round(s.wind_dir / 45.0) % 8,  # 0 = N, 1 = NE, ...
+        "wind_force": beaufort(s.wind_speed),
         "temp": round(s.temp, 1),
         "rh": round(s.rh, 1),
         "pressure": round(s.pressure, 1),

@@ -111,6 +111,10 @@ class PymodbusTcpServer:
         devices = [to_sim_device(u) for u in self.units]
         self._server = ModbusTcpServer(devices, address=("127.0.0.1", self.port))
         await self._server.serve_forever(background=True)
+        listener = getattr(self._server, "transport", None)
+        sockets = getattr(listener, "sockets", None)
+        if self.port == 0 and sockets:  # asked for any free port: find out which
+            self.port = int(sockets[0].getsockname()[1])
         return self.port
 
     async def stop(self) -> None:
