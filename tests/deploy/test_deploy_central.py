@@ -79,7 +79,18 @@ def test_bind_mounts_point_at_repository_files(compose: dict[str, Any]) -> None:
 def test_grafana_mounts(compose: dict[str, Any]) -> None:
     mounts = dict(bind_mounts(compose["services"]["grafana"]))
     assert mounts[REPO / "deploy" / "grafana" / "provisioning"] == "/etc/grafana/provisioning"
-    assert mounts[REPO / "deploy" / "grafana" / "dashboards"] == "/var/lib/grafana/dashboards"
+    dashboards = mounts[REPO / "deploy" / "grafana" / "dashboards"]
+    assert dashboards == "/var/lib/grafana/dashboards/dustgate"
+    # The dashboard provider (owned by the Grafana part) reads where we mount.
+    provider = REPO / "deploy" / "grafana" / "provisioning" / "dashboards" / "dustgate.yaml"
+    if provider.exists():
+        paths = [p["options"]["path"] for p in yaml.safe_load(provider.read_text())["providers"]]
+        assert dashboards in paths
+    env = compose["services"]["grafana"]["environment"]
+    assert env["DUSTGATE_INFLUX_URL"] == "http://influxdb:8086"
+    assert (
+        env["DUSTGATE_INFLUX_DB"] == compose["services"]["influxdb"]["environment"]["INFLUXDB_DB"]
+    )
 
 
 def test_rules_image_builds_from_this_repository(compose: dict[str, Any]) -> None:
