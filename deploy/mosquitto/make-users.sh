@@ -25,7 +25,7 @@ readonly ENGINE_USER="dustgate-rules"
 readonly RESERVED=("$ENGINE_USER" "dustgate" "dustgate-admin" "mosquitto" "root")
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
     exit 2
 }
 

@@ -12,13 +12,16 @@
 #   --rules           also enable the rule engine on this board
 #   --with-mosquitto  also install a local broker (Debian mosquitto) with the
 #                     dustgate config, ACL and an empty password file
+#   --with-grafana    also provision an installed Grafana (from Grafana's own
+#                     APT repository) with the dustgate data source and
+#                     dashboards (InfluxDB expected on 127.0.0.1:8086)
 #   --start           start (or restart) the enabled services now; without it
 #                     the services are enabled for the next boot and only
 #                     restarted if they were already running
 #   --uninstall       remove the units and the program (/opt/dustgate); keep
 #                     configs (/etc/dustgate) and state (/var/lib/dustgate*)
 #   --purge           with --uninstall: also remove configs, state, the
-#                     broker's dustgate files and the dustgate user
+#                     broker's and Grafana's dustgate files and the user
 #   -h, --help        this text
 #
 # What it does:
@@ -31,6 +34,8 @@
 #      is only called when systemd is running (not in a chroot/image build)
 #   6. with --with-mosquitto: /etc/mosquitto/conf.d/dustgate.conf,
 #      /etc/mosquitto/dustgate/{acl,passwd}
+#   7. with --with-grafana: /etc/grafana/provisioning/*/dustgate.yaml and
+#      /var/lib/grafana/dashboards/dustgate/ (replaced on every run)
 set -euo pipefail
 
 # Paths can be moved for tests and unusual layouts.
@@ -38,6 +43,8 @@ PREFIX=${DUSTGATE_PREFIX:-/opt/dustgate}
 ETC_DIR=${DUSTGATE_ETC:-/etc/dustgate}
 UNIT_DIR=${DUSTGATE_UNIT_DIR:-/etc/systemd/system}
 MOSQ_ETC=${DUSTGATE_MOSQUITTO_ETC:-/etc/mosquitto}
+GRAFANA_ETC=${DUSTGATE_GRAFANA_ETC:-/etc/grafana}
+GRAFANA_LIB=${DUSTGATE_GRAFANA_LIB:-/var/lib/grafana}
 STATE_ROOT=${DUSTGATE_STATE_ROOT:-/var/lib}
 STATE_DIRS=("$STATE_ROOT/dustgate" "$STATE_ROOT/dustgate-rules")
 readonly SERVICE_USER=dustgate
@@ -48,13 +55,14 @@ readonly BACKOFF_DROPIN=10-restart-backoff.conf
 DRY_RUN=0
 WITH_RULES=0
 WITH_MOSQUITTO=0
+WITH_GRAFANA=0
 START=0
 UNINSTALL=0
 PURGE=0
 REPO=""
 
 usage() {
-    sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit "${1:-0}"
 }
 
@@ -119,6 +127,7 @@ parse_args() {
             --dry-run) DRY_RUN=1 ;;
             --rules) WITH_RULES=1 ;;
             --with-mosquitto) WITH_MOSQUITTO=1 ;;
+            --with-grafana) WITH_GRAFANA=1 ;;
             --start) START=1 ;;
             --uninstall) UNINSTALL=1 ;;
             --purge) PURGE=1 ;;
@@ -271,6 +280,34 @@ install_mosquitto() {
     fi
 }
 
+install_grafana() {
+    [[ $WITH_GRAFANA -eq 1 ]] || return 0
+    say "7. Grafana: data source and dashboards"
+    if [[ ! -d "$GRAFANA_ETC/provisioning" ]]; then
+        warn "no $GRAFANA_ETC/provisioning: install Grafana first (grafana.com APT repository)"
+        return 0
+    fi
+    if [[ ! -d "$REPO/deploy/grafana/provisioning" ]]; then
+        warn "no $REPO/deploy/grafana/provisioning in this tree: Grafana left alone"
+        return 0
+    fi
+    local kind
+    for kind in datasources dashboards; do
+        run install -d -m 0755 "$GRAFANA_ETC/provisioning/$kind"
+        run install -m 0640 -o root -g grafana "$REPO/deploy/grafana/provisioning/$kind/dustgate.yaml" \
+            "$GRAFANA_ETC/provisioning/$kind/dustgate.yaml"
+    done
+    # Ours alone, so replaced wholesale: dashboards follow the installed version.
+    run rm -rf "$GRAFANA_LIB/dashboards/dustgate"
+    run install -d -m 0755 "$GRAFANA_LIB/dashboards/dustgate"
+    local board
+    for board in "$REPO"/deploy/grafana/dashboards/*.json; do
+        [[ -e "$board" ]] || continue # no dashboards at all: the glob stays literal
+        run install -m 0644 "$board" "$GRAFANA_LIB/dashboards/dustgate/"
+    done
+    if systemd_running; then run systemctl try-restart grafana-server.service; fi
+}
+
 do_install() {
     install_packages
     create_user
@@ -278,6 +315,7 @@ do_install() {
     install_configs
     install_units
     install_mosquitto
+    install_grafana
     say "done"
 }
 
@@ -309,6 +347,15 @@ do_uninstall() {
         run rm -rf "$MOSQ_ETC/conf.d/dustgate.conf" "$MOSQ_ETC/dustgate"
         if systemd_running; then run systemctl try-restart mosquitto.service; fi
     fi
+    local grafana_files=(
+        "$GRAFANA_ETC/provisioning/datasources/dustgate.yaml"
+        "$GRAFANA_ETC/provisioning/dashboards/dustgate.yaml"
+        "$GRAFANA_LIB/dashboards/dustgate"
+    )
+    local f
+    for f in "${grafana_files[@]}"; do
+        if [[ -e "$f" ]]; then run rm -rf "$f"; fi
+    done
     if getent passwd "$SERVICE_USER" >/dev/null; then
         run userdel "$SERVICE_USER"
     fi

@@ -80,6 +80,8 @@ def dry_run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
         DUSTGATE_ETC=str(tmp / "etc" / "dustgate"),
         DUSTGATE_UNIT_DIR=str(tmp / "units"),
         DUSTGATE_MOSQUITTO_ETC=str(tmp / "etc" / "mosquitto"),
+        DUSTGATE_GRAFANA_ETC=str(tmp / "etc" / "grafana"),
+        DUSTGATE_GRAFANA_LIB=str(tmp / "var" / "lib" / "grafana"),
     )
     return subprocess.run(
         ["bash", str(INSTALL), "--dry-run", *args],
@@ -95,12 +97,13 @@ def dry_run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def fake_root(tmp_path: Path) -> Path:
     (tmp_path / "units").mkdir()
     (tmp_path / "etc" / "mosquitto" / "conf.d").mkdir(parents=True)
+    (tmp_path / "etc" / "grafana" / "provisioning").mkdir(parents=True)
     return tmp_path
 
 
 def test_dry_run_install_mentions_every_step_and_changes_nothing(fake_root: Path) -> None:
     before = tree_snapshot(fake_root)
-    proc = dry_run(fake_root, "--rules", "--with-mosquitto", str(REPO))
+    proc = dry_run(fake_root, "--rules", "--with-mosquitto", "--with-grafana", str(REPO))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     etc, units = fake_root / "etc" / "dustgate", fake_root / "units"
@@ -122,6 +125,10 @@ def test_dry_run_install_mentions_every_step_and_changes_nothing(fake_root: Path
         # 6. broker
         f"{fake_root}/etc/mosquitto/conf.d/dustgate.conf",
         f"deploy/mosquitto/acl {fake_root}/etc/mosquitto/dustgate/acl",
+        # 7. Grafana
+        f"{fake_root}/etc/grafana/provisioning/datasources/dustgate.yaml",
+        f"{fake_root}/etc/grafana/provisioning/dashboards/dustgate.yaml",
+        f"{fake_root}/var/lib/grafana/dashboards/dustgate",
         "==> done",
     ]
     for text in expected:
@@ -260,6 +267,8 @@ def shimmed(fake_root: Path) -> dict[str, str]:
         DUSTGATE_UNIT_DIR=str(fake_root / "units"),
         DUSTGATE_MOSQUITTO_ETC=str(fake_root / "etc" / "mosquitto"),
         DUSTGATE_STATE_ROOT=str(fake_root / "var" / "lib"),
+        DUSTGATE_GRAFANA_ETC=str(fake_root / "etc" / "grafana"),
+        DUSTGATE_GRAFANA_LIB=str(fake_root / "var" / "lib" / "grafana"),
     )
     return env
 
@@ -281,7 +290,7 @@ def test_install_twice_then_uninstall_then_purge(fake_root: Path, shimmed: dict[
     etc, units = fake_root / "etc" / "dustgate", fake_root / "units"
     log = fake_root / "shim.log"
 
-    real_run(shimmed, "--rules", "--with-mosquitto")
+    real_run(shimmed, "--rules", "--with-mosquitto", "--with-grafana")
     first_log = log.read_text()
     assert "useradd --system --user-group" in first_log
     assert "usermod --append --groups dialout dustgate" in first_log
@@ -303,6 +312,14 @@ def test_install_twice_then_uninstall_then_purge(fake_root: Path, shimmed: dict[
         REPO / "deploy" / "mosquitto" / "mosquitto.conf"
     ).read_text()
     assert (mosq / "dustgate" / "acl").exists() and (mosq / "dustgate" / "passwd").exists()
+    grafana = fake_root / "etc" / "grafana" / "provisioning"
+    boards = fake_root / "var" / "lib" / "grafana" / "dashboards" / "dustgate"
+    for kind in ("datasources", "dashboards"):
+        src = REPO / "deploy" / "grafana" / "provisioning" / kind / "dustgate.yaml"
+        if src.exists():
+            assert (grafana / kind / "dustgate.yaml").read_bytes() == src.read_bytes()
+    shipped = sorted(p.name for p in (REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
+    assert sorted(p.name for p in boards.iterdir()) == shipped
 
     # The technician edits the configs; a second run (an upgrade) keeps them
     # and does not create the user or the venv again.
@@ -335,4 +352,5 @@ def test_install_twice_then_uninstall_then_purge(fake_root: Path, shimmed: dict[
     assert not etc.exists()
     assert not state.exists()
     assert not (mosq / "dustgate").exists() and not (mosq / "conf.d" / "dustgate.conf").exists()
+    assert not boards.exists() and not (grafana / "datasources" / "dustgate.yaml").exists()
     assert "userdel dustgate" in log.read_text()
