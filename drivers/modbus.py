@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,15 +138,34 @@ class DeviceSpec(BaseModel):
         return self._plan
 
 
+Block = tuple[int, ...] | list[int] | list[bool]
+Decoder = Callable[[Block], Value]
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """One read: ``count`` registers/bits of ``table`` from ``address``, feeding ``fields``."""
+    """One read: ``count`` registers/bits of ``table`` from ``address``, feeding ``fields``.
+
+    ``pdu`` is the request PDU and ``decoders`` turn the reply block into the fields' values,
+    both built once with the plan so that a poll only sends and decodes.
+    """
 
     table: str
     function: int
     address: int
     count: int
     fields: tuple[FieldSpec, ...]
+    pdu: bytes = b""
+    decoders: tuple[tuple[str, Decoder], ...] = ()
+
+    @classmethod
+    def build(
+        cls, table: str, address: int, count: int, fields: tuple[FieldSpec, ...]
+    ) -> ReadRequest:
+        function = READ_FUNCTION[table]
+        decoders = tuple((f.name, field_decoder(f, address)) for f in fields)
+        request = pdu.read_request(function, address, count)
+        return cls(table, function, address, count, fields, request, decoders)
 
 
 def plan_reads(
@@ -173,11 +193,9 @@ def plan_reads(
                 end = max(end, f_end)
                 continue
             if run:
-                requests.append(
-                    ReadRequest(table, READ_FUNCTION[table], start, end - start, tuple(run))
-                )
+                requests.append(ReadRequest.build(table, start, end - start, tuple(run)))
             run, start, end = [f], f.address, f_end
-        requests.append(ReadRequest(table, READ_FUNCTION[table], start, end - start, tuple(run)))
+        requests.append(ReadRequest.build(table, start, end - start, tuple(run)))
     return tuple(requests)
 
 
@@ -192,34 +210,47 @@ def _reorder(words: tuple[int, ...] | list[int], order: str) -> tuple[int, ...] 
     return words
 
 
-def _apply_scale(raw: int | float, f: FieldSpec) -> Value:
-    if f.scale == 1.0 and f.offset == 0.0:
-        return raw
-    return round(raw * f.scale + f.offset, 6)
-
-
-def decode_field(
-    f: FieldSpec, block: tuple[int, ...] | list[int] | list[bool], start: int
-) -> Value:
-    """Value of ``f`` from a block of registers (or bits) read from address ``start``."""
+def field_decoder(f: FieldSpec, start: int) -> Decoder:
+    """A function giving the value of ``f`` from a block of registers (or bits) read from
+    address ``start``; everything that depends only on the field is worked out here, once."""
     i = f.address - start
     if f.table in BIT_TABLES:
-        return bool(block[i])
+        return lambda block: bool(block[i])
     if f.bit is not None:
-        flag = bool(int(block[i]) >> f.bit & 1)
-        return flag if f.type == "bool" else int(flag)
+        mask = 1 << f.bit
+        if f.type == "bool":
+            return lambda block: bool(block[i] & mask)
+        return lambda block: int(bool(block[i] & mask))
     if f.type == "bool":
-        return block[i] != 0
+        return lambda block: block[i] != 0
     code, n = _TYPE_LAYOUT[f.type]
-    words = block[i : i + n]
-    if f.order != "ABCD":
-        words = _reorder(words, f.order)  # type: ignore[arg-type]
-    raw = _STRUCTS[code].unpack(_WORDS[n].pack(*words))[0]
-    return _apply_scale(raw, f)
+    raw: Callable[[Block], int | float]
+    if code == "H" and f.order in ("ABCD", "CDAB"):
+        raw = lambda block: block[i]  # noqa: E731 - the common case, no struct round trip
+    elif code == "h" and f.order in ("ABCD", "CDAB"):
+        raw = lambda block: block[i] - 0x10000 if block[i] & 0x8000 else block[i]  # noqa: E731
+    else:
+        value_struct, words_struct, order = _STRUCTS[code], _WORDS[n], f.order
+
+        def raw(block: Block) -> int | float:
+            words = block[i : i + n]
+            if order != "ABCD":
+                words = _reorder(words, order)  # type: ignore[arg-type]
+            return value_struct.unpack(words_struct.pack(*words))[0]  # type: ignore[no-any-return]
+
+    if f.scale == 1.0 and f.offset == 0.0:
+        return raw
+    scale, offset = f.scale, f.offset
+    return lambda block: round(raw(block) * scale + offset, 6)
 
 
-def decode_values(request: ReadRequest, block: tuple[int, ...] | list[bool]) -> dict[str, Value]:
-    return {f.name: decode_field(f, block, request.address) for f in request.fields}
+def decode_field(f: FieldSpec, block: Block, start: int) -> Value:
+    """Value of ``f`` from a block of registers (or bits) read from address ``start``."""
+    return field_decoder(f, start)(block)
+
+
+def decode_values(request: ReadRequest, block: Block) -> dict[str, Value]:
+    return {name: decode(block) for name, decode in request.decoders}
 
 
 def encode_field(f: FieldSpec, value: Value) -> list[int]:

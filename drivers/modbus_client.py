@@ -35,7 +35,7 @@ from drivers.errors import (
     ModbusExceptionResponse,
     WrongSlave,
 )
-from drivers.modbus import DeviceSpec, Value, decode_values
+from drivers.modbus import DeviceSpec, ReadRequest, Value, decode_values
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class ModbusClient:
         self._transaction = 0
         self._connected_at = 0.0
         self._next_send = 0.0
+        self._plans: dict[int, tuple[DeviceSpec, tuple[ReadRequest, ...]]] = {}
 
     # ------------------------------------------------------------ construction
 
@@ -332,10 +333,10 @@ class ModbusClient:
         if settle > 0:
             await asyncio.sleep(settle)
         values: dict[str, Value] = {}
-        for request in spec.plan():
+        for request in self._plan(spec):
             reply = await self.transact(
                 spec.slave_id,
-                pdu.read_request(request.function, request.address, request.count),
+                request.pdu,
                 timeout=spec.timeout,
                 retries=spec.retries,
                 pause_after=spec.pause_between_requests,
@@ -348,6 +349,13 @@ class ModbusClient:
                 block = pdu.decode_read_bits(reply, request.function, request.count)
             values.update(decode_values(request, block))
         return values
+
+    def _plan(self, spec: DeviceSpec) -> tuple[ReadRequest, ...]:
+        # looked up by identity: cheaper per poll than the spec's own (pydantic private) cache
+        cached = self._plans.get(id(spec))
+        if cached is None or cached[0] is not spec:
+            cached = self._plans[id(spec)] = (spec, spec.plan())
+        return cached[1]
 
     async def _write(self, unit: int, request: bytes, timeout: float, retries: int) -> None:
         reply = await self.transact(unit, request, timeout=timeout, retries=retries)
