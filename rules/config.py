@@ -243,6 +243,8 @@ def check_references(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
     return issues
 
 
-def load_rules_file(path: Path | str, text: str | None = None) -> RulesFile:
+def load_rules_file(
+    path: Path | str, text: str | None = None, context: dict[str, Any] | None = None
+) -> RulesFile:
     """Read and validate ``rules.yaml``; raise ConfigError with file:line:col issues."""
-    return load(RulesFile, path, ref_checks=[check_references], text=text)
+    return load(RulesFile, path, ref_checks=[check_references], text=text, context=context)

@@ -58,9 +58,11 @@ from rules.evaluator import (
     RuleState,
     SwitchOff,
     evaluate,
+    needs_interlocks,
+    quiet,
 )
 from rules.model import Rule
-from rules.window import DeviceTrack, Series
+from rules.window import DeviceTrack, RollingWindow, Series
 
 __all__ = [
     "Action",
@@ -114,6 +116,21 @@ class _SeriesRef:
     is_above: bool
 
 
+class _Source:
+    """A resolved _SeriesRef: direct references to its series, windows and device tracks."""
+
+    __slots__ = ("aggregate", "combine", "is_above", "items", "ref")
+
+    def __init__(
+        self, ref: _SeriesRef, items: list[tuple[Series, RollingWindow, DeviceTrack]]
+    ) -> None:
+        self.ref = ref
+        self.items = items
+        self.aggregate = ref.aggregate
+        self.combine = ref.combine
+        self.is_above = ref.is_above
+
+
 @dataclass(frozen=True, slots=True)
 class _Instance:
     rule: Rule
@@ -121,12 +138,16 @@ class _Instance:
     main: _SeriesRef
     background: _SeriesRef | None
     interlocks: tuple[tuple[str, _SeriesRef], ...]
+    src_main: _Source
+    src_background: _Source | None
+    src_interlocks: tuple[tuple[str, _Source], ...]
 
 
 class Engine:
     def __init__(self, rules_file: RulesFile, now: float | None = None) -> None:
         self.counters: Counter[str] = Counter()
-        self.last_inputs: dict[InstanceKey, RuleInputs] = {}
+        self.last_inputs: dict[InstanceKey, RuleInputs] = {}  # of the last full evaluation
+        self.last_values: dict[InstanceKey, float | None] = {}  # main value, every evaluation
         self._tracks: dict[tuple[str, str], DeviceTrack] = {}
         self._series: dict[tuple[str, str, str], Series] = {}
         self._states: dict[InstanceKey, RuleState] = {}
@@ -145,7 +166,7 @@ class Engine:
         self._stale = (d.stale_factor, d.min_staleness, d.max_staleness)
         self._default_lease = d.lease_s
         self._served: frozenset[str] | None = frozenset(rf.sites) if rf.sites is not None else None
-        instances: dict[InstanceKey, _Instance] = {}
+        refs: dict[InstanceKey, tuple[_SeriesRef, _SeriesRef | None, Any]] = {}
         needs: dict[tuple[str, str, str], dict[float, set[str]]] = {}
         dependents: dict[tuple[str, str], set[InstanceKey]] = {}
 
@@ -198,13 +219,10 @@ class Engine:
                     )
                     for il in rule.unless
                 )
-                inst = _Instance(rule, site, main, bg, ils)
-                instances[key] = inst
+                refs[key] = (main, bg, ils)
                 for ref in (main, bg, *(r for _, r in ils)):
                     if ref is not None:
                         need(ref, key)
-        self._instances = instances
-        self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
         by_device: dict[tuple[str, str], list[tuple[str, Series]]] = {}
         for (site, dev, metric), lengths in needs.items():
             series = self._series.get((site, dev, metric))
@@ -214,6 +232,39 @@ class Engine:
                 series.window(length, kinds)
             by_device.setdefault((site, dev), []).append((metric, series))
         self._by_device = by_device
+        for site, dev, _ in needs:
+            self._tracks.setdefault((site, dev), DeviceTrack(*self._stale))
+        sources: dict[_SeriesRef, _Source] = {}
+
+        def resolve(ref: _SeriesRef) -> _Source:
+            src = sources.get(ref)
+            if src is None:
+                items = []
+                for dev in ref.devices:
+                    series = self._series[(ref.site, dev, ref.metric)]
+                    items.append(
+                        (series, series.windows[ref.window], self._tracks[(ref.site, dev)])
+                    )
+                src = sources[ref] = _Source(ref, items)
+            return src
+
+        instances: dict[InstanceKey, _Instance] = {}
+        for rule in rf.rules:
+            for site in rule.site:
+                key = (rule.id, site)
+                if key not in refs:
+                    continue
+                main, bg, ils = refs[key]
+                instances[key] = _Instance(
+                    rule, site, main, bg, ils,
+                    resolve(main),
+                    resolve(bg) if bg is not None else None,
+                    tuple((name, resolve(ref)) for name, ref in ils),
+                )  # fmt: skip
+        self._instances = instances
+        self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
+        self._memo: dict[int, float | None] = {}
+        self._memo_now: float | None = None
         self._dependents = {k: sorted(v) for k, v in dependents.items()}
         for key in instances:
             self._states.setdefault(key, IDLE)
@@ -262,14 +313,13 @@ class Engine:
         if metrics is None:
             self.counters["unknown_device"] += 1
             return []
-        track = self._tracks.get((site, device))
-        if track is None:
-            track = self._tracks[(site, device)] = DeviceTrack()
+        track = self._tracks[(site, device)]
         rejected = track.accept(ts, seq)
         if rejected is not None:
             self.counters[rejected] += 1
             return []
         self.counters["readings"] += 1
+        self._memo_now = None
         dev_ok = status == "ok"
         for metric, series in metrics:
             value = values.get(metric)
@@ -329,48 +379,72 @@ class Engine:
 
     # ---------------------------------------------------------- evaluation
 
-    def _value(self, ref: _SeriesRef, now: float) -> float | None:
-        factor, lo, hi = self._stale
+    def _value(self, src: _Source, now: float) -> float | None:
+        if self._memo_now != now:
+            self._memo.clear()
+            self._memo_now = now
+        memo = self._memo
+        sid = id(src)
+        if sid in memo:
+            return memo[sid]
+        kind = src.aggregate
         vals: list[float | None] = []
-        for dev in ref.devices:
-            series = self._series.get((ref.site, dev, ref.metric))
-            track = self._tracks.get((ref.site, dev))
-            if series is None or track is None:
+        for series, window, track in src.items:
+            ok_ts = series.last_ok_ts
+            if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
                 vals.append(None)
-                continue
-            vals.append(
-                series.value(ref.aggregate, ref.window, now, track.stale_after(factor, lo, hi))
-            )
-        known = [v for v in vals if v is not None]
-        if ref.combine == "any":
-            if not known:
-                return None
-            return max(known) if ref.is_above else min(known)
-        if len(known) != len(vals):
-            return None
-        if ref.combine == "all":
-            return min(known) if ref.is_above else max(known)
-        return math.fsum(known) / len(known)
+            else:
+                vals.append(window.aggregate(kind, now))
+        if len(vals) == 1:
+            result = vals[0]
+        else:
+            known = [v for v in vals if v is not None]
+            if src.combine == "any":
+                result = (max(known) if src.is_above else min(known)) if known else None
+            elif len(known) != len(vals):
+                result = None
+            elif src.combine == "all":
+                result = min(known) if src.is_above else max(known)
+            else:
+                result = math.fsum(known) / len(known)
+        memo[sid] = result
+        return result
 
     def inputs(self, key: InstanceKey, now: float) -> RuleInputs:
-        inst = self._instances[key]
-        v = self._value(inst.main, now)
-        if v is not None and inst.background is not None:
-            b = self._value(inst.background, now)
+        """The aggregated inputs of one (rule, site) at ``now`` (interlocks always included)."""
+        return self._inputs(self._instances[key], now, with_interlocks=True)
+
+    def _main_value(self, inst: _Instance, now: float) -> float | None:
+        v = self._value(inst.src_main, now)
+        if v is not None and inst.src_background is not None:
+            b = self._value(inst.src_background, now)
             v = None if b is None else v - b
-        ils = {name: self._value(ref, now) for name, ref in inst.interlocks}
+        return v
+
+    def _inputs(self, inst: _Instance, now: float, with_interlocks: bool) -> RuleInputs:
+        v = self._main_value(inst, now)
+        ils = {}
+        if with_interlocks:
+            ils = {name: self._value(src, now) for name, src in inst.src_interlocks}
         return RuleInputs(inst.site, v, ils)
 
     def _never_seen(self, inst: _Instance) -> bool:
-        return any((inst.site, d) not in self._tracks for d in inst.main.devices)
+        return any(track.last_ts is None for _, _, track in inst.src_main.items)
 
     def _evaluate(self, key: InstanceKey, now: float) -> list[Action]:
         inst = self._instances[key]
-        inputs = self.inputs(key, now)
-        self.last_inputs[key] = inputs
         state = self._states[key]
-        if inputs.value is None and now < self._warmup_until and self._never_seen(inst):
+        v = self._main_value(inst, now)
+        self.last_values[key] = v
+        if quiet(inst.rule, state, v, now):
+            return []
+        if v is None and now < self._warmup_until and self._never_seen(inst):
             return []  # just restored: give the devices time to report
+        ils = {}
+        if inst.src_interlocks and needs_interlocks(inst.rule, state, v):
+            ils = {name: self._value(src, now) for name, src in inst.src_interlocks}
+        inputs = RuleInputs(inst.site, v, ils)
+        self.last_inputs[key] = inputs
         new, actions = evaluate(inst.rule, state, inputs, now, self._default_lease)
         self._states[key] = new
         if not actions:
@@ -515,6 +589,11 @@ class Engine:
     def state(self, rule: str, site: str) -> RuleState:
         return self._states[(rule, site)]
 
+    @property
+    def states(self) -> Mapping[InstanceKey, RuleState]:
+        """Current state of every (rule, site) instance (read-only view)."""
+        return self._states
+
     def instances(self) -> list[InstanceKey]:
         return list(self._instances)
 
@@ -636,5 +715,6 @@ class Engine:
                 out.append(SwitchOff(site, act, "actuator removed from the rules file", None))
         self._overrides = {k: o for k, o in self._overrides.items() if k in self._actuators}
         self.last_inputs = {k: v for k, v in self.last_inputs.items() if k in self._instances}
+        self.last_values = {k: v for k, v in self.last_values.items() if k in self._instances}
         self.counters["reloads"] += 1
         return out

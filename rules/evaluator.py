@@ -177,8 +177,61 @@ def _event(
     )
 
 
+class _CondText:
+    """The rule's condition as text, built only when an event needs it."""
+
+    __slots__ = ("rule",)
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def __str__(self) -> str:
+        return self.rule.describe_condition()
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def _fmt(v: float | None) -> str:
     return "unknown" if v is None else f"{v:.1f}"
+
+
+def beyond(rule: Rule, value: float) -> bool:
+    """Is ``value`` beyond the rule's ON threshold?"""
+    if rule.above is not None:
+        return value > rule.above
+    assert rule.below is not None
+    return value < rule.below
+
+
+def needs_interlocks(rule: Rule, state: RuleState, value: float | None) -> bool:
+    """Interlocks matter while the rule is pending or active, or its condition is met.
+
+    Otherwise they are not evaluated (that keeps a tick cheap) and their
+    hysteresis memory stays as it was when they last mattered. That errs on
+    the safe side: an interlock remembered as holding must show its clear
+    level again before it releases.
+    """
+    if not rule.unless:
+        return False
+    if state.phase in ("pending", "active"):
+        return True
+    return value is not None and beyond(rule, value)
+
+
+def quiet(rule: Rule, state: RuleState, value: float | None, now: float) -> bool:
+    """True when an evaluation could change nothing (the common case: idle, all clear)."""
+    phase = state.phase
+    if phase == "idle":
+        pass
+    elif phase == "cooldown":
+        if state.cooldown_until is None or now >= state.cooldown_until:
+            return False
+    else:
+        return False
+    if value is None:
+        return state.unknown
+    return not state.unknown and not beyond(rule, value)
 
 
 def evaluate(
@@ -189,20 +242,38 @@ def evaluate(
     default_lease_s: float = 60.0,
 ) -> tuple[RuleState, list[Action]]:
     """One step of the rule's state machine at time ``now``."""
-    site = inputs.site
     v = inputs.value
     known = v is not None
+    on_cond = known and beyond(rule, v)  # type: ignore[arg-type]
+    phase = state.phase
+    if (
+        not on_cond
+        and state.unknown == (not known)
+        and (
+            phase == "idle"
+            or (
+                phase == "cooldown"
+                and state.cooldown_until is not None
+                and now < state.cooldown_until
+            )
+        )
+    ):
+        return state, []  # fast path: nothing can change
+    site = inputs.site
     above = rule.above is not None
-    threshold = rule.threshold
-    on_cond = known and (v > threshold if above else v < threshold)  # type: ignore[operator]
     clear_level = rule.clear_level
     clear_cond = known and (v <= clear_level if above else v >= clear_level)  # type: ignore[operator]
-    holding = holding_interlocks(rule, inputs, state.blocked) if rule.unless else []
-    in_hours = rule.active is None or rule.active.contains(now)
+    if needs_interlocks(rule, state, v):
+        holding = holding_interlocks(rule, inputs, state.blocked)
+    else:
+        holding = list(state.blocked)  # not relevant now: keep the memory
     acts = rule.actions
     lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
     out: list[Action] = []
-    cond_text = rule.describe_condition()
+    cond_text = _CondText(rule)
+
+    def in_hours() -> bool:
+        return rule.active is None or rule.active.contains(now)
 
     # Transitions of the data and the interlocks, reported once each.
     if not known and not state.unknown:
@@ -224,7 +295,9 @@ def evaluate(
             )
         )
 
-    s = dataclasses.replace(state, blocked=tuple(holding), unknown=not known)
+    s = state
+    if tuple(holding) != state.blocked or state.unknown != (not known):
+        s = dataclasses.replace(state, blocked=tuple(holding), unknown=not known)
 
     if s.phase == "cooldown" and (s.cooldown_until is None or now >= s.cooldown_until):
         s = dataclasses.replace(s, phase="idle", since=now, cooldown_until=None)
@@ -238,7 +311,7 @@ def evaluate(
             reason = "stale"
         elif holding:
             reason = "interlock:" + ",".join(holding)
-        elif not in_hours:
+        elif not in_hours():
             reason = "outside_hours"
         elif acts.max_on is not None and ran >= acts.max_on:
             reason = "max_on"
@@ -282,14 +355,16 @@ def evaluate(
                 last_reason=reason,
             )
         else:
-            s = dataclasses.replace(s, clear_since=clear_since)
-            if s.last_lease is None or now - s.last_lease >= lease_s / 3:
+            renew = s.last_lease is None or now - s.last_lease >= lease_s / 3
+            if renew:
                 for act in acts.lease:
                     out.append(LeaseOn(site, act, lease_s, f"{rule.id}: renew", rule.id))
-                s = dataclasses.replace(s, last_lease=now)
+                s = dataclasses.replace(s, clear_since=clear_since, last_lease=now)
+            elif clear_since != s.clear_since:
+                s = dataclasses.replace(s, clear_since=clear_since)
         return s, out
 
-    startable = on_cond and not holding and in_hours
+    startable = on_cond and not holding and in_hours()
 
     if s.phase == "idle" and startable:
         s = dataclasses.replace(s, phase="pending", since=now)

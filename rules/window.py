@@ -220,15 +220,22 @@ class Series:
 _GAPS = 16
 
 
-@dataclass(slots=True)
 class DeviceTrack:
-    """One (site, device): duplicate/out-of-order guard and poll interval estimate."""
+    """One (site, device): duplicate/out-of-order guard and poll interval estimate.
 
-    last_ts: float | None = None
-    last_seq: int | None = None
-    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=_GAPS))
-    _interval: float | None = None
-    _dirty: bool = False
+    ``stale_after`` (seconds) is kept up to date on every accepted reading:
+    ``factor`` x the median gap, clamped to ``[lo, hi]``; ``hi`` before the
+    second reading.
+    """
+
+    __slots__ = ("factor", "gaps", "hi", "last_seq", "last_ts", "lo", "stale_after")
+
+    def __init__(self, factor: float = 3.0, lo: float = 10.0, hi: float = 600.0) -> None:
+        self.factor, self.lo, self.hi = factor, lo, hi
+        self.last_ts: float | None = None
+        self.last_seq: int | None = None
+        self.gaps: deque[float] = deque(maxlen=_GAPS)
+        self.stale_after = hi
 
     def accept(self, ts: float, seq: int) -> str | None:
         """None if the reading is new; else ``"duplicate"`` or ``"out_of_order"``."""
@@ -238,8 +245,16 @@ class DeviceTrack:
                 return "out_of_order"
             if ts == last:
                 return "duplicate"
-            self.gaps.append(ts - last)
-            self._dirty = True
+            gap = ts - last
+            gaps = self.gaps
+            # the median only changes when the multiset of gaps does
+            if len(gaps) < _GAPS or gaps[0] != gap:
+                gaps.append(gap)
+                iv = self.interval
+                assert iv is not None
+                self.stale_after = min(max(self.factor * iv, self.lo), self.hi)
+            else:
+                gaps.append(gap)
         self.last_ts = ts
         self.last_seq = seq
         return None
@@ -247,15 +262,8 @@ class DeviceTrack:
     @property
     def interval(self) -> float | None:
         """Median gap between the last readings, None before the second reading."""
-        if self._dirty:
-            g = sorted(self.gaps)
-            n = len(g)
-            self._interval = g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
-            self._dirty = False
-        return self._interval
-
-    def stale_after(self, factor: float, lo: float, hi: float) -> float:
-        iv = self.interval
-        if iv is None:
-            return hi
-        return min(max(factor * iv, lo), hi)
+        g = sorted(self.gaps)
+        n = len(g)
+        if n == 0:
+            return None
+        return g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
