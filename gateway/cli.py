@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not args or args[0] in ("-h", "--help") or args[0].startswith("--version"):
-        parser.parse_args(args or ["--help"])
+        try:
+            parser.parse_args(args or ["--help"])
+        except SystemExit as exc:  # argparse exits after printing help/version
+            return int(exc.code or 0)
         return 0
     name, rest = args[0], args[1:]
     if name == "check":

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
 )
 
 Loc = tuple[str | int, ...]
@@ -90,25 +91,36 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 """Seconds; written in YAML as ``30s``, ``5m``, ``1h`` or a number."""
 
 
-def _resolve_secret(value: Any) -> Any:
-    """A secret inline, or ``{env: NAME}``, or ``{file: PATH}`` (read, stripped)."""
+def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
+    """A secret inline, or ``{env: NAME}``, or ``{file: PATH}`` (read, stripped).
+
+    With ``context={"lenient_secrets": [...]}`` (``dustgate check`` on a machine
+    that is not the target) an unresolvable secret is noted there, not an error.
+    """
     if isinstance(value, dict):
+        problem = None
         if set(value) == {"env"}:
             name = str(value["env"])
-            if name not in os.environ:
-                raise ValueError(f"environment variable {name} is not set")
-            return os.environ[name]
-        if set(value) == {"file"}:
+            if name in os.environ:
+                return os.environ[name]
+            problem = f"environment variable {name} is not set"
+        elif set(value) == {"file"}:
             p = Path(str(value["file"])).expanduser()
             try:
                 return p.read_text().strip()
             except OSError as exc:
-                raise ValueError(f"cannot read secret file {p}: {exc.strerror}") from None
+                problem = f"cannot read secret file {p}: {exc.strerror}"
+        if problem is not None:
+            notes = (info.context or {}).get("lenient_secrets")
+            if notes is None:
+                raise ValueError(problem)
+            notes.append(problem)
+            return ""
         raise ValueError("expected a string, {env: NAME} or {file: PATH}")
     return value
 
 
-Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]  # type: ignore[arg-type]
 
 
 class TlsSettings(StrictModel):
@@ -256,31 +268,22 @@ def issue_at(
     return ConfigIssue(fname, line, col, _dotted(loc), message)
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> Loc:
-    # pydantic adds tags for unions / validators ("function-after[...]", "str"...);
-    # keep only parts that can be keys in the user's YAML.
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _PYD_TAGS))
-
-
-_PYD_TAGS = {
-    "str",
-    "int",
-    "float",
-    "bool",
-    "list",
-    "dict",
-    "tagged-union",
-    "union",
-    "function-after",
-    "function-before",
-    "function-wrap",
-    "lax-or-strict",
-    "json-or-python",
-    "SecretStr",
-    "constrained-str",
-    "is-instance",
-    "nullable",
-}
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> Loc:
+    """Drop the parts pydantic adds for unions and tags (``modbus``, ``str``,
+    ``function-after[...]``): walk the user's data and keep only real keys,
+    plus a final key that is missing or unknown."""
+    out: list[str | int] = []
+    cur = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if (isinstance(part, int) and isinstance(cur, list) and 0 <= part < len(cur)) or (
+            isinstance(cur, dict) and part in cur
+        ):
+            out.append(part)
+            cur = cur[part]
+        elif last and isinstance(cur, dict) and not isinstance(part, int):
+            out.append(part)
+    return tuple(out)
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -313,7 +316,7 @@ def validate(
         result = model.model_validate(data, context=context)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = _clean_loc(err["loc"])
+            loc = _clean_loc(err["loc"], data)
             issues.append(
                 issue_at(
                     fname,

@@ -1,0 +1,245 @@
+"""``site.yaml``: what the edge agent of one site talks to and how.
+
+A site has buses (RS485 serial lines, Modbus TCP device servers), devices on
+them (a device names a profile from ``drivers/profiles`` and may override any
+field of it), UART particulate sensors on their own ports, actuators (relay
+channels driving fog cannons) with local safety limits that no command can
+exceed, the MQTT uplink, and the outbox. See ``examples/site.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
+
+from gateway.actuation import ActuatorLimits
+from gateway.configfile import (
+    ConfigError,
+    Duration,
+    Loc,
+    MqttSettings,
+    StrictModel,
+    load,
+    parse_duration,
+)
+from gateway.protocol import ID_PATTERN, Status
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+RESERVED_IDS = {"gateway", "events"}  # topic segments of their own
+
+
+class SerialBus(StrictModel):
+    """An RS485 line (USB adapter or UART) carrying Modbus RTU."""
+
+    id: Id
+    type: Literal["rtu"] = "rtu"
+    port: str
+    baudrate: Annotated[int, Field(ge=300, le=921600)] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class TcpBus(StrictModel):
+    """Modbus TCP, or RTU framing tunnelled through a serial device server."""
+
+    id: Id
+    type: Literal["tcp", "rtu_over_tcp"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+
+def _tag(key: str, default: str) -> Any:
+    # the tag may be left out (type: rtu, driver: modbus are the usual case)
+    return Discriminator(
+        lambda v: v.get(key, default) if isinstance(v, dict) else getattr(v, key, default)
+    )
+
+
+Bus = Annotated[
+    Annotated[SerialBus, Tag("rtu")]
+    | Annotated[TcpBus, Tag("tcp")]
+    | Annotated[TcpBus, Tag("rtu_over_tcp")],
+    _tag("type", "rtu"),
+]
+
+
+class Quality(StrictModel):
+    """Data-quality checks applied by the agent before publishing."""
+
+    # metric -> [low, high]; outside -> over_range for that metric
+    valid_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # the same value for this long -> fault (a frozen sensor); 0 = off
+    stuck_after: Duration = 0.0
+    stuck_metrics: list[str] | None = None  # default: all metrics of the device
+    # operator-set state for the whole device (HJ 212 M / C flags)
+    mode: Literal["normal", "maintenance", "calibrating"] = "normal"
+
+
+class _DeviceBase(StrictModel):
+    id: Id
+    interval: Annotated[float, BeforeValidator(parse_duration), Field(ge=0.05)] = 10.0
+    quality: Quality = Field(default_factory=Quality)
+    enabled: bool = True
+    model: str | None = None  # InfluxDB tag; defaults to the profile or driver name
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> _DeviceBase:
+        if self.id in RESERVED_IDS:
+            raise ValueError(f"id {self.id!r} is reserved (it is a topic segment)")
+        return self
+
+
+class ModbusDevice(_DeviceBase):
+    driver: Literal["modbus"] = "modbus"
+    bus: Id
+    profile: str
+    slave_id: Annotated[int, Field(ge=0, le=255)] | None = None
+    # Any field of the profile may be overridden here (deep-merged).
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class UartDevice(_DeviceBase):
+    driver: Literal["sds011", "pms5003", "pms7003"]
+    port: str
+    baudrate: int = 9600
+    mode: Literal["active", "query"] = "active"
+    timeout: Duration = 3.0
+
+
+Device = Annotated[
+    Annotated[ModbusDevice, Tag("modbus")]
+    | Annotated[UartDevice, Tag("sds011")]
+    | Annotated[UartDevice, Tag("pms5003")]
+    | Annotated[UartDevice, Tag("pms7003")],
+    _tag("driver", "modbus"),
+]
+
+
+class Actuator(StrictModel):
+    """A relay channel switching a fog cannon or a spray valve."""
+
+    id: Id
+    bus: Id
+    profile: str = "relay-8ch"
+    slave_id: Annotated[int, Field(ge=0, le=255)] | None = None
+    channel: Annotated[int, Field(ge=0, le=255)] = 0
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    limits: ActuatorLimits = Field(default_factory=ActuatorLimits)
+    # arm the board's own off-timer (Waveshare "flash") so the relay drops even
+    # if this process dies; seconds, 0 = off
+    hardware_timer: Duration = 0.0
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> Actuator:
+        if self.id in RESERVED_IDS:
+            raise ValueError(f"id {self.id!r} is reserved (it is a topic segment)")
+        return self
+
+
+class OutboxSettings(StrictModel):
+    path: Path = Path("state/outbox.db")
+    max_rows: Annotated[int, Field(ge=100)] = 2_000_000
+    max_age: Duration = 7 * 86400.0
+    commit_interval: Duration = 1.0
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class StatusSettings(StrictModel):
+    interval: Duration = 30.0
+
+
+class SiteConfig(StrictModel):
+    site: Id
+    gateway: Id = "gw"
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    buses: list[Bus] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    actuators: list[Actuator] = Field(default_factory=list)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
+    # off-timer armed on each lease, in the board where supported
+    state_dir: Path = Path("state")
+
+    def bus(self, bus_id: str) -> SerialBus | TcpBus:
+        for b in self.buses:
+            if b.id == bus_id:
+                return b
+        raise KeyError(bus_id)
+
+
+def _check_references(data: Any) -> list[tuple[Loc, str]]:
+    """Cross-references and uniqueness, on the raw data so positions are known."""
+    out: list[tuple[Loc, str]] = []
+    if not isinstance(data, dict):
+        return out
+    buses = data.get("buses") or []
+    bus_ids = {b.get("id") for b in buses if isinstance(b, dict)}
+    seen: dict[str, str] = {}
+    for section in ("buses", "devices", "actuators"):
+        items = data.get(section) or []
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            ident = item.get("id")
+            if isinstance(ident, str) and section != "buses":
+                if ident in seen:
+                    out.append(
+                        ((section, i, "id"), f"duplicate id {ident!r} (also in {seen[ident]})")
+                    )
+                seen.setdefault(ident, section)
+            if section != "buses" and "bus" in item and item["bus"] not in bus_ids:
+                known = ", ".join(sorted(str(b) for b in bus_ids)) or "none defined"
+                out.append(((section, i, "bus"), f"undefined bus {item['bus']!r} (buses: {known})"))
+            if "profile" in item:
+                out.extend(_check_profile(section, i, item))
+    return out
+
+
+def _check_profile(section: str, i: int, item: dict[str, Any]) -> list[tuple[Loc, str]]:
+    from drivers.profiles import ProfileError, resolve_profile
+
+    try:
+        profile = resolve_profile(str(item["profile"]), _profile_overrides(item))
+    except ProfileError as exc:
+        return [((section, i, "profile"), str(exc))]
+    if section == "actuators":
+        if profile.relay is None:
+            return [((section, i, "profile"), f"profile {profile.name!r} is not a relay board")]
+        channel = item.get("channel", 0)
+        if isinstance(channel, int) and not 0 <= channel < profile.relay.channels:
+            return [
+                (
+                    (section, i, "channel"),
+                    f"channel {channel} outside 0..{profile.relay.channels - 1} of {profile.name}",
+                )
+            ]
+    return []
+
+
+def _profile_overrides(item: dict[str, Any]) -> dict[str, Any]:
+    overrides = dict(item.get("overrides") or {})
+    if item.get("slave_id") is not None:
+        overrides["slave_id"] = item["slave_id"]
+    return overrides
+
+
+def load_site_config(
+    path: Path | str, text: str | None = None, context: dict[str, Any] | None = None
+) -> SiteConfig:
+    """Load and validate a site.yaml; raise ConfigError with every problem."""
+    return load(SiteConfig, path, ref_checks=[_check_references], text=text, context=context)
+
+
+def device_status_mode(dev: _DeviceBase) -> Status | None:
+    return {"maintenance": Status.MAINTENANCE, "calibrating": Status.CALIBRATING}.get(
+        dev.quality.mode
+    )
+
+
+__all__ = ["ConfigError", "SiteConfig", "load_site_config"]

@@ -1,0 +1,341 @@
+"""``dustgate report``: the weekly site ranking, on the terminal and as CSV.
+
+    dustgate report [--url URL] [--db DB] [--site S] [--from T] [--to T] [--csv FILE]
+                    [--pm10-limit N] [--read-period S]
+
+Default range: this week, Monday 00:00 local time, to now.  The InfluxQL is
+:data:`DISTRICT_QUERIES` -- the very strings the Grafana district dashboard
+(``deploy/grafana/dashboards/district.json``) is generated from -- with
+Grafana's macros expanded by :func:`expand_macros`, so the report and the
+dashboard cannot drift apart (a test checks the JSON against these constants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+
+SITE_FILTER = '"site" =~ /^$site$/ AND $timeFilter'
+
+DISTRICT_QUERIES: dict[str, str] = {
+    # A: mean PM10 over the range (the ranking key)
+    "A": f'SELECT mean("pm10") AS "pm10_week" FROM "telemetry" WHERE {SITE_FILTER} GROUP BY "site"',
+    # B: mean PM10 since local midnight of the range's end
+    "B": 'SELECT mean("pm10") AS "pm10_today" FROM "telemetry" '
+    "WHERE \"site\" =~ /^$site$/ AND time >= '${__to:date:YYYY-MM-DD}T00:00:00${__to:date:Z}'"
+    ' AND $timeFilter GROUP BY "site"',
+    # C: minutes whose 1-minute site mean of PM10 is above the limit
+    "C": 'SELECT count("pm10_1m") AS "exceedance_min" FROM ('
+    'SELECT mean("pm10") AS "pm10_1m" FROM "telemetry" '
+    f'WHERE {SITE_FILTER} GROUP BY time(1m), "site") '
+    'WHERE "pm10_1m" > $pm10_limit AND $timeFilter GROUP BY "site"',
+    # D: minutes with a fog cannon on (summed over the site's actuators)
+    "D": 'SELECT sum("on_1m") AS "spray_min" FROM ('
+    'SELECT max("on") AS "on_1m" FROM "actuator" '
+    f'WHERE {SITE_FILTER} GROUP BY time(1m), "site", "actuator" fill(previous)) '
+    'WHERE $timeFilter GROUP BY "site"',
+    # E: readings received / expected, averaged over the site's devices
+    "E": 'SELECT mean("pct") AS "completeness_pct" FROM ('
+    'SELECT count("seq") * 100 * $read_period * 1000 / (${__to} - ${__from}) AS "pct" '
+    f'FROM "telemetry" WHERE {SITE_FILTER} GROUP BY "site", "device") '
+    'WHERE $timeFilter GROUP BY "site"',
+}
+
+DISTRICT_COLUMNS: dict[str, tuple[str, str]] = {
+    # refId: (column alias in the query, header shown)
+    "A": ("pm10_week", "PM10 mean, range (ug/m3)"),
+    "B": ("pm10_today", "PM10 mean, today (ug/m3)"),
+    "C": ("exceedance_min", "Exceedance minutes"),
+    "D": ("spray_min", "Spray minutes"),
+    "E": ("completeness_pct", "Data completeness (%)"),
+}
+
+DEFAULT_PM10_LIMIT = 150  # GB 3095-2012 grade II 24 h; the example rule's ON threshold
+DEFAULT_READ_PERIOD = 10
+
+
+class ReportError(RuntimeError):
+    """The database could not be queried or answered with an error."""
+
+
+# ------------------------------------------------------------ macros (pure)
+
+_MACRO = re.compile(r"\$\{(\w+)(?::([^}]*))?\}|\[\[(\w+)\]\]|\$(\w+)")
+_MOMENT = re.compile(r"YYYY|MM|DD|HH|mm|ss|Z")
+
+
+def _moment(dt: datetime, fmt: str) -> str:
+    """The few moment.js tokens our dashboards use."""
+    if fmt == "iso":
+        return dt.astimezone().isoformat()
+    if fmt == "seconds":
+        return str(int(dt.timestamp()))
+
+    def token(m: re.Match[str]) -> str:
+        t = m.group(0)
+        if t == "Z":
+            off = dt.strftime("%z")
+            return f"{off[:3]}:{off[3:]}"
+        return dt.strftime(
+            {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH": "%H", "mm": "%M", "ss": "%S"}[t]
+        )
+
+    return _MOMENT.sub(token, fmt)
+
+
+def regex_value(value: str | Sequence[str]) -> str:
+    """Grafana's regex formatting of a (multi-)value variable."""
+    if isinstance(value, str):
+        return value
+    escaped = [re.sub(r"([\\/.^$*+?()\[\]{}|-])", r"\\\1", v) for v in value]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+def expand_macros(
+    query: str,
+    *,
+    start_ms: int,
+    end_ms: int,
+    variables: Mapping[str, str | Sequence[str]] | None = None,
+    interval_ms: int | None = None,
+    tz: tzinfo | None = None,
+) -> str:
+    """Expand Grafana's InfluxQL macros the way Grafana does for an absolute range.
+
+    ``$timeFilter`` -> ``time >= Sms and time <= Ems``; ``$__interval`` /
+    ``$__interval_ms``; ``${__from}``/``${__to}`` (ms) and
+    ``${__to:date:FORMAT}`` (moment tokens YYYY MM DD HH mm ss Z, in ``tz``,
+    default local); template variables: a string is inserted as is, a list
+    is formatted as a regex alternation (Grafana's multi-value format).
+    Unknown ``$names`` are left alone.
+    """
+    variables = variables or {}
+    if interval_ms is None:
+        interval_ms = max(1000, (end_ms - start_ms) // 1000 // 1000 * 1000)
+    zone = tz
+    times = {
+        "__from": datetime.fromtimestamp(start_ms / 1000, zone).astimezone(zone),
+        "__to": datetime.fromtimestamp(end_ms / 1000, zone).astimezone(zone),
+    }
+    interval = f"{interval_ms // 1000}s" if interval_ms % 1000 == 0 else f"{interval_ms}ms"
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3) or m.group(4)
+        fmt = m.group(2)
+        if name == "timeFilter":
+            return f"time >= {start_ms}ms and time <= {end_ms}ms"
+        if name == "__interval":
+            return interval
+        if name == "__interval_ms":
+            return str(interval_ms)
+        if name in times:
+            if fmt is None:
+                return str(start_ms if name == "__from" else end_ms)
+            if fmt.startswith("date:"):
+                return _moment(times[name], fmt[5:])
+            return m.group(0)
+        if name in variables:
+            return regex_value(variables[name])
+        return m.group(0)
+
+    return _MACRO.sub(repl, query)
+
+
+# -------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    site: str
+    values: dict[str, float | None]
+
+    def get(self, alias: str) -> float | None:
+        return self.values.get(alias)
+
+
+def week_start(now: datetime) -> datetime:
+    """Monday 00:00 of ``now``'s week, in ``now``'s time zone."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
+
+
+def influx_query(url: str, db: str, q: str, timeout: float = 30.0) -> dict[str, object]:
+    data = urllib.parse.urlencode({"q": q, "db": db, "epoch": "ms"}).encode()
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/query", data=data, timeout=timeout) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        raise ReportError(f"{url}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{url}: {exc}") from None
+
+
+def rows_from_results(results: Mapping[str, dict[str, object]]) -> list[SiteRow]:
+    """Join the per-query answers (refId -> /query JSON) into one row per site."""
+    by_site: dict[str, dict[str, float | None]] = {}
+    for ref, answer in results.items():
+        alias = DISTRICT_COLUMNS[ref][0]
+        for result in answer.get("results", []):  # type: ignore[attr-defined]
+            if "error" in result:
+                raise ReportError(f"query {ref}: {result['error']}")
+            for series in result.get("series", []):
+                site = series.get("tags", {}).get("site", "")
+                cols = series["columns"]
+                idx = cols.index(alias)
+                for value_row in series["values"]:
+                    by_site.setdefault(site, {})[alias] = value_row[idx]
+    return [SiteRow(site, vals) for site, vals in by_site.items()]
+
+
+def rank(rows: list[SiteRow]) -> list[SiteRow]:
+    """Dirtiest first (highest mean PM10 over the range); sites without PM10 last."""
+
+    def key(r: SiteRow) -> tuple[int, float, str]:
+        v = r.get("pm10_week")
+        return (1, 0.0, r.site) if v is None else (0, -v, r.site)
+
+    return sorted(rows, key=key)
+
+
+def run_report(
+    url: str,
+    db: str,
+    start: datetime,
+    end: datetime,
+    *,
+    sites: Sequence[str] | None = None,
+    pm10_limit: float = DEFAULT_PM10_LIMIT,
+    read_period: float = DEFAULT_READ_PERIOD,
+) -> list[SiteRow]:
+    variables: dict[str, str | Sequence[str]] = {
+        "site": list(sites) if sites else ".*",
+        "pm10_limit": f"{pm10_limit:g}",
+        "read_period": f"{read_period:g}",
+    }
+    start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    answers = {}
+    for ref, query in DISTRICT_QUERIES.items():
+        q = expand_macros(
+            query, start_ms=start_ms, end_ms=end_ms, variables=variables, tz=end.tzinfo
+        )
+        answers[ref] = influx_query(url, db, q)
+    return rank(rows_from_results(answers))
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def format_table(rows: list[SiteRow]) -> str:
+    headers = ["#", "site", *(h for _, h in DISTRICT_COLUMNS.values())]
+    body = [
+        [str(i), r.site, *(_fmt(r.get(a)) for a, _ in DISTRICT_COLUMNS.values())]
+        for i, r in enumerate(rows, 1)
+    ]
+    widths = [max(len(row[c]) for row in [headers, *body]) for c in range(len(headers))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if c != 1 else cell.ljust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [headers, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_csv(rows: list[SiteRow]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["rank", "site", *(a for a, _ in DISTRICT_COLUMNS.values())])
+    for i, r in enumerate(rows, 1):
+        w.writerow(
+            [
+                i,
+                r.site,
+                *(
+                    "" if r.get(a) is None else f"{r.get(a):.3f}"
+                    for a, _ in DISTRICT_COLUMNS.values()
+                ),
+            ]
+        )
+    return out.getvalue()
+
+
+def _parse_time(text: str, now: datetime) -> datetime:
+    if text == "now":
+        return now
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date or time such as 2026-11-23 or 2026-11-23T08:00, got {text!r}"
+        ) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=now.tzinfo)
+
+
+def main(argv: list[str], now: datetime | None = None) -> int:
+    """Entry point of ``dustgate report``; returns the exit status."""
+    now = now or datetime.now().astimezone()
+    p = argparse.ArgumentParser(prog="dustgate report", description=__doc__.split("\n")[0])
+    p.add_argument("--url", default=os.environ.get("DUSTGATE_INFLUX_URL", "http://127.0.0.1:8086"))
+    p.add_argument("--db", default=os.environ.get("DUSTGATE_INFLUX_DB", "dustgate"))
+    p.add_argument("--site", action="append", help="only this site (repeatable)")
+    p.add_argument("--from", dest="start", help="start (ISO, local time); default Monday 00:00")
+    p.add_argument("--to", dest="end", help="end (ISO, local time, or 'now'); default now")
+    p.add_argument("--csv", help="also write the table as CSV to this file ('-' = stdout)")
+    p.add_argument("--pm10-limit", type=float, default=DEFAULT_PM10_LIMIT)
+    p.add_argument(
+        "--read-period",
+        type=float,
+        default=DEFAULT_READ_PERIOD,
+        help="expected seconds between readings of one device",
+    )
+    args = p.parse_args(argv)
+    try:
+        start = _parse_time(args.start, now) if args.start else week_start(now)
+        end = _parse_time(args.end, now) if args.end else now
+    except argparse.ArgumentTypeError as exc:
+        print(f"dustgate report: {exc}", file=sys.stderr)
+        return 2
+    if end <= start:
+        print("dustgate report: --to must be after --from", file=sys.stderr)
+        return 2
+    try:
+        rows = run_report(
+            args.url,
+            args.db,
+            start,
+            end,
+            sites=args.site,
+            pm10_limit=args.pm10_limit,
+            read_period=args.read_period,
+        )
+    except ReportError as exc:
+        print(f"dustgate report: {exc}", file=sys.stderr)
+        return 1
+    print(f"Site ranking {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} ({args.db})")
+    print(format_table(rows) if rows else "(no data)")
+    if args.csv:
+        text = format_csv(rows)
+        if args.csv == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.csv, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
