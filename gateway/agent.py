@@ -1,0 +1,347 @@
+"""``dustgate agent --config site.yaml``: the edge agent of one site.
+
+Wiring only: bus schedulers (``gateway.scheduler``) read devices and hand
+each result here; a result becomes a telemetry message with its read time,
+a per-device ``seq`` and a data-quality status, and goes into the outbox
+(``gateway.outbox``), from which the MQTT session (``gateway.session``)
+publishes it. Commands from the broker go to the actuator controllers
+(``gateway.actuators``). A 1 Hz tick enforces leases and the broker grace,
+publishes the retained status, and feeds the systemd watchdog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiomqtt
+
+from drivers.errors import DriverError
+from gateway import __version__
+from gateway import protocol as p
+from gateway.actuators import ActuatorController
+from gateway.config import ModbusDevice, SiteConfig, UartDevice, device_status_mode
+from gateway.configfile import ConfigError
+from gateway.devices import (
+    UartLink,
+    modbus_client_for,
+    modbus_poll,
+    modbus_spec,
+    model_name,
+    poll_budget,
+    uart_poll,
+    uart_reader,
+)
+from gateway.outbox import Outbox
+from gateway.quality import StuckTracker, assess
+from gateway.scheduler import BusScheduler
+from gateway.session import AgentSession
+
+log = logging.getLogger("dustgate.agent")
+
+TICK_S = 0.5
+
+
+class Agent:
+    def __init__(self, site: SiteConfig, base_dir: Path | None = None) -> None:
+        self.site = site
+        self.started = time.monotonic()
+        base = base_dir or Path.cwd()
+        path = site.outbox.path if site.outbox.path.is_absolute() else base / site.outbox.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(
+            path,
+            max_rows=site.outbox.max_rows,
+            max_age_s=site.outbox.max_age,
+            commit_interval_s=site.outbox.commit_interval,
+            synchronous=site.outbox.synchronous,
+        )
+        self.counters = {"commands_refused": 0, "commands_bad": 0, "readings": 0, "poll_errors": 0}
+        self.buses: dict[str, BusScheduler] = {}
+        self._devices: dict[str, ModbusDevice | UartDevice] = {}
+        self._models: dict[str, str] = {}
+        self._stuck: dict[str, StuckTracker] = {}
+        self.actuators: dict[str, ActuatorController] = {}
+        will = aiomqtt.Will(
+            p.status_topic(site.site, site.gateway),
+            p.encode(self._status("offline")),
+            qos=1,
+            retain=True,
+        )
+        self.session = AgentSession(
+            settings=site.mqtt,
+            client_id=site.mqtt.client_id or f"dustgate-{site.site}-{site.gateway}",
+            outbox=self.outbox,
+            will=will,
+            subscriptions=[p.subscription("cmd", site.site)],
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+        self._build()
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    # ------------------------------------------------------------ building
+
+    def _build(self) -> None:
+        site = self.site
+        clients = {}
+        for bus in site.buses:
+            client = modbus_client_for(bus)
+            clients[bus.id] = client
+            self.buses[bus.id] = BusScheduler(bus.id, client, self._on_result)
+        for dev in site.devices:
+            if not dev.enabled:
+                continue
+            self._devices[dev.id] = dev
+            self._models[dev.id] = model_name(dev)
+            self._stuck[dev.id] = StuckTracker()
+            if isinstance(dev, ModbusDevice):
+                spec = modbus_spec(dev)
+                sched = self.buses[dev.bus]
+                sched.pause_after_connect = max(sched.pause_after_connect, spec.pause_after_connect)
+                sched.add_device(
+                    dev.id, dev.interval, modbus_poll(clients[dev.bus], spec), poll_budget(spec)
+                )
+            else:
+                reader = uart_reader(dev)
+                sched = BusScheduler(f"uart:{dev.id}", UartLink(reader), self._on_result)
+                sched.add_device(
+                    dev.id, dev.interval, uart_poll(dev, reader), dev.timeout * 2 + 1.0
+                )
+                self.buses[f"uart:{dev.id}"] = sched
+        from drivers.profiles import resolve_profile
+        from drivers.relay import RelayOutput
+
+        for act in site.actuators:
+            overrides = dict(act.overrides)
+            if act.slave_id is not None:
+                overrides["slave_id"] = act.slave_id
+            profile = resolve_profile(act.profile, overrides)
+            relay = RelayOutput.from_profile(clients[act.bus], profile, act.channel)
+            self.actuators[act.id] = ActuatorController(
+                site.site, act, relay, self.buses[act.bus], self.session.publish
+            )
+
+    # ------------------------------------------------------------ readings
+
+    def _on_result(
+        self,
+        device_id: str,
+        wall: float,
+        values: dict[str, float] | None,
+        error: DriverError | None,
+    ) -> None:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            return
+        flags = None
+        if error is not None or values is None:
+            self.counters["poll_errors"] += 1
+            status, values = p.Status.COMM_ERROR, {}
+        else:
+            status, flags = assess(
+                values,
+                wall,
+                self._stuck[device_id],
+                dev.quality.valid_range,
+                dev.quality.stuck_after,
+                dev.quality.stuck_metrics,
+                device_status_mode(dev),
+            )
+        seq = self.outbox.next_seq(device_id)
+        reading = p.Telemetry(
+            ts=p.now_ms(wall),
+            seq=seq,
+            values=values,
+            status=status,
+            flags=flags,
+            model=self._models[device_id],
+        )
+        self.outbox.put(
+            device_id,
+            p.telemetry_topic(self.site.site, device_id),
+            p.encode(reading),
+            reading.ts,
+            time.time(),
+        )
+        self.counters["readings"] += 1
+        self.session.notify_data()
+
+    # ------------------------------------------------------------ commands
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle_command(topic, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle_command(self, topic: str, payload: bytes) -> None:
+        try:
+            t = p.parse_topic(topic)
+        except p.ProtocolError as exc:
+            self.counters["commands_bad"] += 1
+            log.warning("ignored message on %s: %s", topic, exc)
+            return
+        if t.kind != "cmd" or t.name is None:
+            return
+        ctl = self.actuators.get(t.name)
+        if t.site != self.site.site or ctl is None:
+            self.counters["commands_refused"] += 1
+            log.warning("refused command on %s: not an actuator of site %s", topic, self.site.site)
+            return
+        try:
+            cmd = p.decode(p.Command, payload)
+        except p.ProtocolError as exc:
+            self.counters["commands_bad"] += 1
+            await ctl.refuse(_cmd_id_hint(payload), f"malformed command: {exc}")
+            return
+        await ctl.handle_command(cmd)
+
+    # ------------------------------------------------------------ status
+
+    def _status(self, state: str = "online") -> p.GatewayStatus:
+        devices = {}
+        for sched in self.buses.values():
+            for slot in sched.devices.values():
+                devices[slot.id] = p.DeviceHealth(
+                    state=slot.state,  # type: ignore[arg-type]
+                    last_ok_ts=p.now_ms(slot.last_ok_wall) if slot.last_ok_wall else None,
+                    errors=slot.errors,
+                    consecutive_failures=slot.failures,
+                    last_error=slot.last_error,
+                    poll_interval_s=slot.interval,
+                )
+        stats = self.outbox.stats() if hasattr(self, "outbox") else None
+        return p.GatewayStatus(
+            state=state,  # type: ignore[arg-type]
+            ts=p.now_ms(time.time()),
+            version=__version__,
+            uptime_s=round(time.monotonic() - self.started, 1),
+            backlog=stats.backlog if stats else 0,
+            evicted=stats.evicted if stats else 0,
+            poll_errors=self.counters["poll_errors"],
+            refused_commands=self.counters["commands_refused"]
+            + self.counters["commands_bad"]
+            + sum(a.refused for a in self.actuators.values()),
+            devices=devices,
+        )
+
+    async def publish_status(self) -> None:
+        await self.session.publish(
+            p.status_topic(self.site.site, self.site.gateway),
+            p.encode(self._status()),
+            1,
+            True,
+        )
+
+    def _on_connect(self) -> None:
+        async def publish_all() -> None:
+            await self.publish_status()
+            for ctl in self.actuators.values():
+                await ctl.publish_state(force=True)
+
+        task = asyncio.get_running_loop().create_task(publish_all())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        notify = SdNotify()
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(s.run()) for s in self.buses.values()]
+            workers.append(tg.create_task(self.session.run()))
+            for ctl in self.actuators.values():
+                await ctl.apply(force=True)  # a known OFF at start-up
+            notify.send("READY=1")
+            last_status = 0.0
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TICK_S):
+                        await stop.wait()
+                stats = self.session.stats
+                for ctl in self.actuators.values():
+                    await ctl.tick(self.session.connected, stats.down_since)
+                self.outbox.maybe_commit(time.time())
+                if time.monotonic() - last_status >= self.site.status.interval:
+                    last_status = time.monotonic()
+                    await self.publish_status()
+                notify.send("WATCHDOG=1")
+            notify.send("STOPPING=1")
+            for ctl in self.actuators.values():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await ctl.shutdown()
+            with contextlib.suppress(Exception):
+                await self.session.publish(
+                    p.status_topic(self.site.site, self.site.gateway),
+                    p.encode(self._status("offline")),
+                    1,
+                    True,
+                )
+            for w in workers:
+                w.cancel()
+        self.outbox.close()
+
+
+def _cmd_id_hint(payload: bytes) -> str:
+    import json
+
+    try:
+        doc = json.loads(payload)
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            return str(doc["id"])[:64]
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        pass
+    return ""
+
+
+class SdNotify:
+    """systemd notifications (READY, WATCHDOG) when run under Type=notify."""
+
+    def __init__(self) -> None:
+        addr = os.environ.get("NOTIFY_SOCKET")
+        self._addr = ("\0" + addr[1:]) if addr and addr.startswith("@") else addr
+        self._sock: socket.socket | None = None
+        if self._addr:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(self, msg: str) -> None:
+        if self._sock and self._addr:
+            with contextlib.suppress(OSError):
+                self._sock.sendto(msg.encode(), self._addr)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dustgate agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", type=Path, required=True, help="site.yaml")
+    parser.add_argument("--log-level", default=os.environ.get("DUSTGATE_LOG", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from gateway.config import load_site_config
+
+    try:
+        site = load_site_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    agent = Agent(site, base_dir=args.config.resolve().parent)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.run(stop)
+
+    asyncio.run(runner())
+    return 0

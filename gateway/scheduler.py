@@ -1,0 +1,261 @@
+"""One task per bus: polls its devices in turn, writes jump the queue.
+
+A serial bus carries one transaction at a time, so a bus is a single task
+that owns its link. Each device has its own poll interval (phase-locked:
+the next poll is due one interval after the previous due time, so the rate
+does not drift with the bus's latency) and its own exponential backoff: a
+dead slave is retried at most once per backoff period and therefore costs
+the others at most one timeout per period. Actuator writes are queued
+separately and always run before the next poll. When the link itself drops
+(USB adapter unplugged, TCP device server rebooted) it is reopened with
+backoff, without restarting the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from drivers.errors import DriverError, LinkDown
+from gateway.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+OFFLINE_AFTER = 3  # consecutive failures before a device is reported offline
+
+
+class Link(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class DeviceSlot:
+    """Scheduling and health state of one device on a bus."""
+
+    id: str
+    interval: float
+    poll: Callable[[], Awaitable[dict[str, float]]]
+    timeout: float
+    due: float = 0.0
+    failures: int = 0
+    errors: int = 0
+    polls: int = 0
+    last_ok_wall: float | None = None
+    last_error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.polls == 0 and self.failures == 0:
+            return "starting"
+        if self.failures == 0:
+            return "online"
+        return "offline" if self.failures >= OFFLINE_AFTER else "backoff"
+
+
+ResultCallback = Callable[[str, float, dict[str, float] | None, DriverError | None], None]
+
+
+@dataclass
+class _Write:
+    run: Callable[[], Awaitable[Any]]
+    done: asyncio.Future[Any]
+
+
+@dataclass
+class BusScheduler:
+    """Owns one link; call :meth:`run` as a task."""
+
+    name: str
+    link: Link
+    on_result: ResultCallback
+    device_backoff: Backoff = field(default_factory=lambda: Backoff(base=2.0, maximum=300.0))
+    link_backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, maximum=60.0))
+    pause_after_connect: float = 0.0
+    pause_between: float = 0.0
+    wall: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.devices: dict[str, DeviceSlot] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._counter = 0
+        self.link_failures = 0
+        self.link_up = False
+        self.reconnects = 0
+
+    # ------------------------------------------------------------ setup
+
+    def add_device(
+        self,
+        device_id: str,
+        interval: float,
+        poll: Callable[[], Awaitable[dict[str, float]]],
+        timeout: float,
+    ) -> None:
+        self.devices[device_id] = DeviceSlot(device_id, interval, poll, timeout)
+        self._push(device_id, 0.0)
+
+    def _push(self, device_id: str, due: float) -> None:
+        self.devices[device_id].due = due
+        self._counter += 1
+        heapq.heappush(self._heap, (due, self._counter, device_id))
+        self._wake.set()
+
+    # ------------------------------------------------------------ writes
+
+    async def submit(self, run: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+        """Run ``run`` on this bus before any queued poll; returns its result."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._writes.put(_Write(run, fut))
+        self._wake.set()
+        async with asyncio.timeout(timeout):
+            return await fut
+
+    # ------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.link.connected:
+                await self._reconnect()
+                continue
+            if not self._writes.empty():
+                await self._run_write(self._writes.get_nowait())
+                continue
+            if not self._heap:
+                await self._wait(None)
+                continue
+            due, _, device_id = self._heap[0]
+            now = loop.time()
+            if due > now:
+                await self._wait(due - now)
+                continue
+            heapq.heappop(self._heap)
+            await self._poll(self.devices[device_id], due, loop)
+            if self.pause_between:
+                await asyncio.sleep(self.pause_between)
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    async def _reconnect(self) -> None:
+        was_up = self.link_up
+        self.link_up = False
+        try:
+            await self.link.connect()
+        except DriverError as exc:
+            self.link_failures += 1
+            delay = self.link_backoff.delay(self.link_failures, self.rng.random())
+            if self.link_failures == 1 or was_up:
+                log.warning("%s: link down (%s); retrying in %.1fs", self.name, exc, delay)
+            self._fail_writes(exc)
+            self._report_link_down(exc)
+            await self._wait_link(delay)
+            return
+        if self.link_failures or self.reconnects:
+            log.info("%s: link up again", self.name)
+        self.reconnects += 1
+        self.link_failures = 0
+        self.link_up = True
+        if self.pause_after_connect:
+            await asyncio.sleep(self.pause_after_connect)
+
+    async def _wait_link(self, delay: float) -> None:
+        # writes arriving while the link is down fail fast instead of waiting
+        deadline = asyncio.get_running_loop().time() + delay
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await self._wait(left)
+            self._fail_writes(LinkDown(f"{self.name}: link down"))
+
+    def _fail_writes(self, exc: DriverError) -> None:
+        while not self._writes.empty():
+            w = self._writes.get_nowait()
+            if not w.done.done():
+                w.done.set_exception(exc)
+
+    def _report_link_down(self, exc: DriverError) -> None:
+        # every device on a dead link is unreachable: count it once per attempt
+        now = asyncio.get_running_loop().time()
+        for slot in self.devices.values():
+            if slot.due <= now:
+                self._record_failure(slot, exc, now)
+
+    async def _run_write(self, w: _Write) -> None:
+        try:
+            result = await w.run()
+        except DriverError as exc:
+            if not w.done.done():
+                w.done.set_exception(exc)
+            if isinstance(exc, LinkDown):
+                await self.link.close()
+        except Exception as exc:  # a bug in the caller's write must not kill the bus
+            log.exception("%s: write failed unexpectedly", self.name)
+            if not w.done.done():
+                w.done.set_exception(exc)
+        else:
+            if not w.done.done():
+                w.done.set_result(result)
+
+    async def _poll(self, slot: DeviceSlot, due: float, loop: asyncio.AbstractEventLoop) -> None:
+        slot.polls += 1
+        try:
+            async with asyncio.timeout(slot.timeout):
+                values = await slot.poll()
+        except TimeoutError:
+            from drivers.errors import DeviceTimeout
+
+            self._record_failure(
+                slot, DeviceTimeout(f"{slot.id}: poll exceeded {slot.timeout}s"), loop.time()
+            )
+            return
+        except DriverError as exc:
+            if isinstance(exc, LinkDown):
+                await self.link.close()
+            self._record_failure(slot, exc, loop.time())
+            return
+        except Exception as exc:  # a driver bug must not stop the bus
+            log.exception("%s: %s: poll failed unexpectedly", self.name, slot.id)
+            self._record_failure(slot, DriverError(f"internal error: {exc!r}"), loop.time())
+            return
+        wall = self.wall()
+        now = loop.time()
+        slot.failures = 0
+        slot.last_ok_wall = wall
+        slot.last_error = None
+        # phase-locked: keep the rhythm, but never queue up missed polls
+        nxt = due + slot.interval
+        if nxt < now:
+            nxt = now + slot.interval * 0.5 if now - due > slot.interval * 2 else nxt
+            nxt = max(nxt, now)
+        self._push(slot.id, nxt)
+        self.on_result(slot.id, wall, values, None)
+
+    def _record_failure(self, slot: DeviceSlot, exc: DriverError, now: float) -> None:
+        slot.failures += 1
+        slot.errors += 1
+        slot.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        delay = max(slot.interval, self.device_backoff.delay(slot.failures, self.rng.random()))
+        if slot.failures == OFFLINE_AFTER:
+            log.warning("%s: %s offline (%s); retrying with backoff", self.name, slot.id, exc)
+        # remove any pending entry for this device (the heap may hold none: polled)
+        self._heap = [e for e in self._heap if e[2] != slot.id]
+        heapq.heapify(self._heap)
+        self._push(slot.id, now + delay)
+        self.on_result(slot.id, self.wall(), None, exc)

@@ -1,0 +1,209 @@
+"""The agent's MQTT 5 session: reconnects forever, drains the outbox, takes commands.
+
+- Readings go through the outbox (``gateway.outbox``): committed to SQLite
+  first, published with QoS 1, deleted when the broker's PUBACK arrives. Many
+  publishes are in flight at once (a window), so a backlog after an outage
+  drains at thousands of readings per second while new readings keep joining
+  the queue behind it.
+- The retained gateway status carries a last will: the broker itself marks
+  the gateway offline if the link dies.
+- Commands arrive on a persistent session (stable client id, clean start off,
+  session expiry), so a command sent during a short blip is still delivered.
+- Reconnects use exponential backoff with jitter, forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.backoff import Backoff
+from gateway.configfile import MqttSettings
+from gateway.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+PUBLISH_WINDOW = 500  # QoS 1 publishes awaiting PUBACK at once
+SESSION_EXPIRY_S = 3600  # broker keeps our command subscription for an hour
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls.insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def make_client(
+    settings: MqttSettings,
+    client_id: str,
+    will: aiomqtt.Will | None = None,
+    persistent: bool = False,
+) -> aiomqtt.Client:
+    """An aiomqtt client for MQTT 5 built from the shared settings."""
+    props = None
+    if persistent:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+    return aiomqtt.Client(
+        settings.host,
+        settings.port,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        will=will,
+        clean_start=False if persistent else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        properties=props,
+        keepalive=int(settings.keepalive),
+        tls_context=tls_context(settings),
+        max_inflight_messages=PUBLISH_WINDOW,
+        timeout=30,
+    )
+
+
+@dataclass
+class SessionStats:
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0
+    publish_failures: int = 0
+    received: int = 0
+    connected_since: float | None = None
+    down_since: float | None = field(default_factory=time.monotonic)
+
+
+@dataclass
+class AgentSession:
+    """Run :meth:`run` as a task. ``on_connect`` publishes retained state."""
+
+    settings: MqttSettings
+    client_id: str
+    outbox: Outbox
+    will: aiomqtt.Will
+    subscriptions: list[str]
+    on_message: Callable[[str, bytes], None]
+    on_connect: Callable[[], None] = lambda: None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.stats = SessionStats()
+        self._client: aiomqtt.Client | None = None
+        self._data = asyncio.Event()
+        self._backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def notify_data(self) -> None:
+        """New rows in the outbox: wake the pump."""
+        self._data.set()
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Publish outside the outbox (status, state, ack); False when offline."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
+        except aiomqtt.MqttError as exc:
+            log.debug("publish to %s failed: %s", topic, exc)
+            return False
+        return True
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            client = make_client(self.settings, self.client_id, self.will, persistent=True)
+            try:
+                async with client:
+                    failures = 0
+                    self._client = client
+                    self.stats.connects += 1
+                    self.stats.connected_since = time.monotonic()
+                    self.stats.down_since = None
+                    log.info("connected to mqtt %s:%d", self.settings.host, self.settings.port)
+                    for sub in self.subscriptions:
+                        await client.subscribe(sub, qos=1)
+                    self.on_connect()
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._pump(client))
+                        tg.create_task(self._receive(client))
+            except* aiomqtt.MqttError as group:
+                failures += 1
+                log.warning("mqtt: %s", group.exceptions[0])
+            finally:
+                if self._client is not None:
+                    self.stats.disconnects += 1
+                self._client = None
+                self.stats.connected_since = None
+                if self.stats.down_since is None:
+                    self.stats.down_since = time.monotonic()
+                self.outbox.requeue_inflight()
+            await asyncio.sleep(self._backoff.delay(max(failures, 1), self.rng.random()))
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.stats.received += 1
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = str(payload if payload is not None else "").encode()
+            try:
+                self.on_message(str(message.topic), bytes(payload))
+            except Exception:  # a handler bug must not take the session down
+                log.exception("command handler failed")
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self.outbox.maybe_commit(time.time())
+                room = PUBLISH_WINDOW - len(inflight)
+                rows = self.outbox.pending_for_publish(room) if room > 0 else []
+                for row in rows:
+                    task = asyncio.create_task(
+                        self._publish_row(client, row.id, row.topic, row.payload)
+                    )
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                if rows and len(rows) == room:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not rows:
+                    self._data.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.outbox.commit_interval_s):
+                            await self._data.wait()
+        finally:
+            for t in inflight:
+                t.cancel()
+
+    async def _publish_row(
+        self, client: aiomqtt.Client, row_id: int, topic: str, payload: bytes
+    ) -> None:
+        try:
+            await client.publish(topic, payload, qos=1, timeout=30)
+        except aiomqtt.MqttError:
+            # the link is gone; _receive sees the disconnect and the row is
+            # handed out again after the reconnect (requeue_inflight)
+            self.stats.publish_failures += 1
+            return
+        self.outbox.ack(row_id)
+        self.stats.published += 1
