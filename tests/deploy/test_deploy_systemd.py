@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,33 @@ def test_common_unit_policy(name: str) -> None:
     # An unattended gateway must keep retrying after repeated failures.
     assert one(unit, "Unit", "StartLimitIntervalSec") == "0"
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
+def exec_lines() -> list[tuple[str, list[str]]]:
+    lines = []
+    for name in UNITS:
+        unit = parse_unit(SYSTEMD_DIR / name)
+        for key in ("ExecStartPre", "ExecStart"):
+            for value in unit["Service"][key]:
+                argv = value.split()
+                assert argv[0] == DUSTGATE, value
+                lines.append((f"{name}:{key}", argv[1:]))
+    return lines
+
+
+@pytest.mark.parametrize(("where", "args"), exec_lines(), ids=[w for w, _ in exec_lines()])
+def test_unit_commands_are_accepted_by_the_cli(where: str, args: list[str]) -> None:
+    """Every option a unit passes exists in `dustgate SUBCOMMAND --help`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", args[0], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    if "not available in this build" in proc.stderr:
+        pytest.skip(f"{where}: `dustgate {args[0]}` is not implemented yet ({proc.stderr.strip()})")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for option in (a for a in args[1:] if a.startswith("-")):
+        assert option in proc.stdout, f"{where}: `dustgate {args[0]}` has no {option}"
