@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
+from rules.report import DISTRICT_COLUMNS, DISTRICT_QUERIES
+
 DS = {"type": "influxdb", "uid": "dustgate-influxdb"}
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "dashboards"
@@ -384,36 +387,9 @@ def site_dashboard() -> dict[str, Any]:
 
 # -------------------------------------------------------------- district
 
-DISTRICT_COLUMNS = {
-    # refId: (column alias, header shown)
-    "A": ("pm10_week", "PM10 mean, range (ug/m3)"),
-    "B": ("pm10_today", "PM10 mean, today (ug/m3)"),
-    "C": ("exceedance_min", "Exceedance minutes"),
-    "D": ("spray_min", "Spray minutes"),
-    "E": ("completeness_pct", "Data completeness (%)"),
-}
-
 
 def district_dashboard() -> dict[str, Any]:
-    queries = {
-        "A": 'SELECT mean("pm10") AS "pm10_week" FROM "telemetry" '
-        f'WHERE {SITE_ONLY} GROUP BY "site"',
-        "B": 'SELECT mean("pm10") AS "pm10_today" FROM "telemetry" '
-        "WHERE \"site\" =~ /^$site$/ AND time >= '${__to:date:YYYY-MM-DD}T00:00:00${__to:date:Z}'"
-        ' AND $timeFilter GROUP BY "site"',
-        "C": 'SELECT count("pm10_1m") AS "exceedance_min" FROM ('
-        'SELECT mean("pm10") AS "pm10_1m" FROM "telemetry" '
-        f'WHERE {SITE_ONLY} GROUP BY time(1m), "site") '
-        'WHERE "pm10_1m" > $pm10_limit AND $timeFilter GROUP BY "site"',
-        "D": 'SELECT sum("on_1m") AS "spray_min" FROM ('
-        'SELECT max("on") AS "on_1m" FROM "actuator" '
-        f'WHERE {SITE_ONLY} GROUP BY time(1m), "site", "actuator" fill(previous)) '
-        'WHERE $timeFilter GROUP BY "site"',
-        "E": 'SELECT mean("pct") AS "completeness_pct" FROM ('
-        'SELECT count("seq") * 100 * $read_period * 1000 / (${__to} - ${__from}) AS "pct" '
-        f'FROM "telemetry" WHERE {SITE_ONLY} GROUP BY "site", "device") '
-        'WHERE $timeFilter GROUP BY "site"',
-    }
+    queries = DISTRICT_QUERIES
     targets = [target(ref, q, fmt="table") for ref, q in queries.items()]
     rename = {alias: header for alias, header in DISTRICT_COLUMNS.values()}
     ranking = panel(

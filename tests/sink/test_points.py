@@ -1,0 +1,123 @@
+"""Protocol models -> points: the storage schema Grafana and the report rely on."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.protocol import ActuatorState, DeviceHealth, Event, GatewayStatus, Status, Telemetry
+from rules.lineprotocol import parse_line
+from rules.points import (
+    EngineStats,
+    actuator_line,
+    engine_line,
+    event_line,
+    gateway_line,
+    metric_field,
+    telemetry_line,
+)
+
+
+def test_telemetry_schema():
+    msg = Telemetry(
+        ts=1_700_000_000_123,
+        seq=42,
+        values={"pm10": 88, "pm25": 40.5, "wind_dir": 270.0},
+        status=Status.OK,
+        flags={"pm10": Status.OVER_RANGE, "pm25": Status.OK},
+        model="sds011",
+    )
+    p = parse_line(telemetry_line("site-1", "gate", msg) or "")
+    assert p.measurement == "telemetry"
+    assert p.tags == {"site": "site-1", "device": "gate", "model": "sds011"}
+    assert p.ts_ms == 1_700_000_000_123  # the sensor read time
+    assert p.fields == {
+        "pm10": 88.0, "pm25": 40.5, "wind_dir": 270.0, "status": "ok", "seq": 42,
+        "pm10_flag": "over_range",
+    }  # fmt: skip
+    assert isinstance(p.fields["pm10"], float)  # an int reading must not change the field type
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"^[a-z0-9_]{1,32}$", fullmatch=True), st.floats(-1e9, 1e9), max_size=8
+    )
+)
+def test_telemetry_field_types_never_vary(values: dict[str, float]):
+    msg = Telemetry(ts=1, seq=0, values=values)
+    p = parse_line(telemetry_line("s", "d", msg) or "")
+    for metric, value in values.items():
+        assert p.fields[metric_field(metric)] == float(value)
+        assert isinstance(p.fields[metric_field(metric)], float)
+    assert p.fields["status"] == "ok" and p.fields["seq"] == 0
+
+
+def test_reserved_metric_names_do_not_collide():
+    p = parse_line(telemetry_line("s", "d", Telemetry(ts=1, seq=3, values={"seq": 1.5})) or "")
+    assert p.fields["seq"] == 3 and p.fields["seq_value"] == 1.5
+
+
+def test_actuator_schema():
+    st_ = ActuatorState(
+        state="on", since=5000, source="rule", cmd_id="c1", lease_until=65000, reason="pm10-gate"
+    )
+    p = parse_line(actuator_line("s", "cannon-1", st_))
+    assert (p.measurement, p.ts_ms) == ("actuator", 5000)
+    assert p.tags == {"site": "s", "actuator": "cannon-1", "source": "rule"}
+    assert p.fields == {
+        "on": 1,
+        "readback_ok": 1,
+        "reason": "pm10-gate",
+        "cmd_id": "c1",
+        "lease_until": 65000,
+    }
+    off = parse_line(
+        actuator_line("s", "cannon-1", ActuatorState(state="off", since=9, source="failsafe"))
+    )
+    assert off.fields["on"] == 0 and off.tags["source"] == "failsafe"
+
+
+def test_event_schema():
+    ev = Event(
+        ts=7000,
+        kind="rule_on",
+        text='PM10 "high", spraying\nnow',
+        severity="warning",
+        rule="pm10-gate",
+    )
+    p = parse_line(event_line("s", ev))
+    assert p.measurement == "rule_event" and p.ts_ms == 7000
+    assert p.tags == {"site": "s", "kind": "rule_on", "severity": "warning", "rule": "pm10-gate"}
+    assert p.fields == {"text": 'PM10 "high", spraying\nnow'}
+
+
+def test_gateway_and_engine_schema():
+    gs = GatewayStatus(
+        state="online",
+        ts=9000,
+        uptime_s=12.5,
+        backlog=3,
+        evicted=1,
+        poll_errors=7,
+        refused_commands=2,
+        devices={
+            "a": DeviceHealth(state="online"),
+            "b": DeviceHealth(state="backoff"),
+            "c": DeviceHealth(state="offline"),
+        },
+    )
+    p = parse_line(gateway_line("s", "gw1", gs))
+    assert p.tags == {"site": "s", "gateway": "gw1"} and p.ts_ms == 9000
+    assert p.fields == {
+        "online": 1,
+        "backlog": 3,
+        "evicted": 1,
+        "poll_errors": 7,
+        "refused_commands": 2,
+        "devices": 3,
+        "devices_offline": 2,
+        "uptime": 12.5,
+    }
+    e = parse_line(engine_line("eng-1", EngineStats(10, 55.5, 2, 1), {"written": 9}))
+    assert e.measurement == "gateway" and e.tags == {"engine": "eng-1"}
+    assert e.fields == {"messages_per_s": 55.5, "decode_errors": 2, "dropped": 1, "sink_written": 9}
