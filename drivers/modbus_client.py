@@ -357,7 +357,10 @@ class ModbusClient:
             cached = self._plans[id(spec)] = (spec, spec.plan())
         return cached[1]
 
-    async def _write(self, unit: int, request: bytes, timeout: float, retries: int) -> None:
+    async def write(
+        self, unit: int, request: bytes, *, timeout: float = DEFAULT_TIMEOUT, retries: int = 1
+    ) -> None:
+        """Send a write request PDU (FC 05/06/15/16) and check that the reply echoes it."""
         reply = await self.transact(unit, request, timeout=timeout, retries=retries)
         pdu.check_write_reply(reply, request)
 
@@ -371,7 +374,7 @@ class ModbusClient:
         retries: int = 1,
     ) -> None:
         request = _request(pdu.write_single_coil_request, address, on)
-        await self._write(unit, request, timeout, retries)
+        await self.write(unit, request, timeout=timeout, retries=retries)
 
     async def write_coils(
         self,
@@ -383,7 +386,7 @@ class ModbusClient:
         retries: int = 1,
     ) -> None:
         request = _request(pdu.write_multiple_coils_request, address, values)
-        await self._write(unit, request, timeout, retries)
+        await self.write(unit, request, timeout=timeout, retries=retries)
 
     async def write_register(
         self,
@@ -395,7 +398,7 @@ class ModbusClient:
         retries: int = 1,
     ) -> None:
         request = _request(pdu.write_single_register_request, address, value)
-        await self._write(unit, request, timeout, retries)
+        await self.write(unit, request, timeout=timeout, retries=retries)
 
     async def write_registers(
         self,
@@ -407,7 +410,7 @@ class ModbusClient:
         retries: int = 1,
     ) -> None:
         request = _request(pdu.write_multiple_registers_request, address, values)
-        await self._write(unit, request, timeout, retries)
+        await self.write(unit, request, timeout=timeout, retries=retries)
 
 
 def _request(build: Callable[..., bytes], *args: object) -> bytes:

@@ -98,6 +98,15 @@ def write_single_coil_request(address: int, on: bool) -> bytes:
     return _REQUEST_HEAD.pack(WRITE_SINGLE_COIL, address, COIL_ON if on else 0)
 
 
+def write_single_coil_value_request(address: int, value: int) -> bytes:
+    """FC05 with a raw value; boards use values other than FF00/0000 for extras (Waveshare
+    "flash": the value is an on-time in 100 ms units)."""
+    _check_address(address)
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"coil value {value} outside 0..65535")
+    return _REQUEST_HEAD.pack(WRITE_SINGLE_COIL, address, value)
+
+
 def write_single_register_request(address: int, value: int) -> bytes:
     _check_address(address)
     if not 0 <= value <= 0xFFFF:

@@ -99,15 +99,15 @@ class RelayOutput:
         return state
 
     async def _write_plain(self, on: bool) -> None:
-        s, c = self.spec, self.client
-        kw = {"timeout": self.timeout, "retries": self.retries}
+        s = self.spec
         if s.mode == "register":
             address = s.register_base + self.channel
-            await c.write_register(self.unit, address, s.on_value if on else 0, **kw)
+            request = pdu.write_single_register_request(address, s.on_value if on else 0)
         elif s.write_function == pdu.WRITE_MULTIPLE_COILS:
-            await c.write_coils(self.unit, s.coil_base + self.channel, [on], **kw)
+            request = pdu.write_multiple_coils_request(s.coil_base + self.channel, [on])
         else:
-            await c.write_coil(self.unit, s.coil_base + self.channel, on, **kw)
+            request = pdu.write_single_coil_request(s.coil_base + self.channel, on)
+        await self.client.write(self.unit, request, timeout=self.timeout, retries=self.retries)
 
     async def _write_flash(self, seconds: float) -> None:
         s = self.spec
@@ -117,16 +117,7 @@ class RelayOutput:
         tenths = max(1, round(seconds * 10))
         address = s.flash_base + self.channel
         if s.flash_function == pdu.WRITE_SINGLE_REGISTER:
-            await self.client.write_register(
-                self.unit, address, tenths, timeout=self.timeout, retries=self.retries
-            )
-            return
-        # FC05 with a time instead of FF00: not a standard coil write, so framed by hand;
-        # the board echoes the request like any FC05 reply
-        request = (
-            bytes([pdu.WRITE_SINGLE_COIL]) + address.to_bytes(2, "big") + tenths.to_bytes(2, "big")
-        )
-        reply = await self.client.transact(
-            self.unit, request, timeout=self.timeout, retries=self.retries
-        )
-        pdu.check_write_reply(reply, request)
+            request = pdu.write_single_register_request(address, tenths)
+        else:  # Waveshare: FC05 with the time instead of FF00, echoed like any FC05
+            request = pdu.write_single_coil_value_request(address, tenths)
+        await self.client.write(self.unit, request, timeout=self.timeout, retries=self.retries)

@@ -126,7 +126,8 @@ class RtuPtyServer(_Units):
             del self._buffer[:length]
             reply = self._answer(frame, now)
             if reply:
-                os.write(self._master, reply)
+                with contextlib.suppress(OSError):  # nobody reading: the reply is lost on the line
+                    os.write(self._master, reply)
 
     def _answer(self, frame: bytes, now: float) -> bytes | None:
         try:

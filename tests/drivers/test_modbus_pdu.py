@@ -153,7 +153,7 @@ def test_any_single_bit_flip_is_caught_by_the_crc(body: bytes) -> None:
 
 
 @given(
-    st.integers(0, 0xFF00),
+    st.integers(0, 0xFE00),
     st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=123),
     st.lists(st.booleans(), min_size=1, max_size=200),
 )
