@@ -77,10 +77,10 @@ class _FrameProtocol(asyncio.Protocol):
     def expect(self, frame_length: FrameLength) -> asyncio.Future[bytes]:
         """A future for the next frame whose length ``frame_length`` tells from its head."""
         self._frame_length = frame_length
-        self._waiter = self._loop.create_future()
+        waiter = self._waiter = self._loop.create_future()
         if self.buffer:
-            self._try_complete()
-        return self._waiter
+            self._try_complete()  # may complete (and forget) the waiter right away
+        return waiter
 
     def drop_waiter(self) -> None:
         self._waiter = None

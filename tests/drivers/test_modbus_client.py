@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.errors import (
     CrcError,
@@ -197,3 +199,79 @@ async def test_concurrent_callers_are_serialised(link: Setup) -> None:
     results = await asyncio.gather(*(client.read_device(STATION) for _ in range(8)))
     assert all(r["pm10"] == 133 for r in results)
     assert server.requests == 8
+
+
+class _ScriptedTransport(asyncio.Transport):
+    """Answers every write with the given byte chunks, each in its own loop turn."""
+
+    def __init__(self, protocol: asyncio.Protocol, chunks: list[bytes]) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._chunks = chunks
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        loop = asyncio.get_running_loop()
+        for chunk in self._chunks:
+            loop.call_soon(self._protocol.data_received, chunk)
+
+    def close(self) -> None:
+        self._closing = True
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+
+def _mutated(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    out = bytearray(data)
+    for position, value in edits:
+        if out:
+            out[position % len(out)] = value
+    return bytes(out[:cut] if cut is not None else out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    framing=st.sampled_from(["rtu", "mbap"]),
+    base=st.sampled_from(["valid", "exception", "random"]),
+    noise=st.binary(max_size=40),
+    edits=st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), max_size=3),
+    cut=st.none() | st.integers(0, 12),
+    split=st.integers(1, 7),
+)
+def test_any_reply_bytes_give_values_or_a_driver_error(
+    framing: str, base: str, noise: bytes, edits: list[tuple[int, int]], cut: int | None, split: int
+) -> None:
+    from drivers import modbus_pdu as pdu
+
+    body = {"valid": bytes([3, 4, 0, 7, 0, 9]), "exception": bytes([0x83, 2])}.get(base)
+    if body is None:
+        reply = noise
+    elif framing == "rtu":
+        reply = _mutated(pdu.build_rtu(1, body), edits, cut)
+    else:
+        reply = _mutated(pdu.build_mbap(1, 1, body), edits, cut)
+    chunks = [reply[i : i + split] for i in range(0, len(reply), split)]
+
+    async def opener(factory: Any) -> tuple[asyncio.BaseTransport, object]:
+        protocol = factory()
+        transport = _ScriptedTransport(protocol, chunks)
+        protocol.connection_made(transport)
+        return transport, protocol
+
+    async def run() -> None:
+        client = ModbusClient("scripted", framing, opener)  # type: ignore[arg-type]
+        await client.connect()
+        try:
+            words = await client.read_registers(1, 0, 2, timeout=0.02, retries=1)
+        except DriverError:
+            return
+        finally:
+            await client.close()
+        assert len(words) == 2 and all(0 <= w <= 0xFFFF for w in words)
+        if framing == "rtu" and len(edits) <= 1:
+            # one corrupted byte is a burst the CRC always catches: only an intact reply
+            # passes (MBAP has no checksum of its own; TCP guards the bytes)
+            assert words == (7, 9)
+
+    asyncio.run(run())
