@@ -29,7 +29,7 @@
 #   2. system user "dustgate", member of "dialout" (serial ports)
 #   3. venv in /opt/dustgate/venv with dustgate pip-installed from REPO_DIR
 #   4. /etc/dustgate/{site,rules}.yaml from REPO_DIR/examples when missing,
-#      /etc/dustgate/secrets.env (root only) when missing
+#      /etc/dustgate/secrets.env and rules.env (root only) when missing
 #   5. systemd units dustgate-agent (and dustgate-rules), enabled; systemctl
 #      is only called when systemd is running (not in a chroot/image build)
 #   6. with --with-mosquitto: /etc/mosquitto/conf.d/dustgate.conf,
@@ -218,6 +218,12 @@ install_configs() {
     write_new 0600 root:root "$ETC_DIR/secrets.env" <<'EOF'
 # dustgate secrets, read by systemd for dustgate-agent and dustgate-rules.
 # KEY=value lines, no quotes needed. Keep this file mode 0600, owner root.
+#DUSTGATE_MQTT_PASSWORD=
+#DUSTGATE_INFLUX_TOKEN=
+EOF
+    write_new 0600 root:root "$ETC_DIR/rules.env" <<'EOF'
+# Secrets for dustgate-rules only, read after secrets.env (values here win).
+# The rule engine logs in to MQTT as dustgate-rules, with its own password.
 #DUSTGATE_MQTT_PASSWORD=
 #DUSTGATE_INFLUX_TOKEN=
 EOF

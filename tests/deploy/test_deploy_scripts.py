@@ -150,18 +150,18 @@ def test_dry_run_install_mentions_every_step_and_changes_nothing(fake_root: Path
 def test_dry_run_never_overwrites_existing_configs(fake_root: Path) -> None:
     etc = fake_root / "etc" / "dustgate"
     etc.mkdir(parents=True)
-    for name in ("site.yaml", "rules.yaml", "secrets.env"):
+    for name in ("site.yaml", "rules.yaml", "secrets.env", "rules.env"):
         (etc / name).write_text(f"# the technician's own {name}\n")
     (fake_root / "etc" / "mosquitto" / "conf.d" / "dustgate.conf").write_text("# edited\n")
     proc = dry_run(fake_root, "--with-mosquitto")
     assert proc.returncode == 0, proc.stderr
-    for name in ("site.yaml", "rules.yaml", "secrets.env"):
+    for name in ("site.yaml", "rules.yaml", "secrets.env", "rules.env"):
         assert f"keep existing {etc / name}" in proc.stdout
         assert not [c for c in commands(proc.stdout) if str(etc / name) in c]
     assert "keep existing" in proc.stdout and "conf.d/dustgate.conf" in proc.stdout
     # The broker config the technician edited is not copied over either.
     assert not [c for c in commands(proc.stdout) if "conf.d/dustgate.conf" in c]
-    for name in ("site.yaml", "rules.yaml", "secrets.env"):
+    for name in ("site.yaml", "rules.yaml", "secrets.env", "rules.env"):
         assert (etc / name).read_text() == f"# the technician's own {name}\n"
 
 
@@ -304,6 +304,7 @@ def test_install_twice_then_uninstall_then_purge(fake_root: Path, shimmed: dict[
     secrets = etc / "secrets.env"
     assert oct(secrets.stat().st_mode & 0o777) == "0o600"
     assert "DUSTGATE_MQTT_PASSWORD" in secrets.read_text()
+    assert oct((etc / "rules.env").stat().st_mode & 0o777) == "0o600"
     for example in ("site.yaml", "rules.yaml"):
         if (REPO / "examples" / example).exists():
             assert (etc / example).read_bytes() == (REPO / "examples" / example).read_bytes()

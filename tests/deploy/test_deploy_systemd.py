@@ -169,6 +169,11 @@ def test_rules_unit_settings() -> None:
     )
     assert "SupplementaryGroups" not in unit["Service"]  # no serial ports for the engine
     assert one(unit, "Service", "PrivateDevices") == "yes"
+    # The engine's own MQTT password overrides the site's when both run on one board.
+    assert unit["Service"]["EnvironmentFile"] == [
+        "-/etc/dustgate/secrets.env",
+        "-/etc/dustgate/rules.env",
+    ]
 
 
 @pytest.mark.parametrize("name", UNITS)
@@ -180,9 +185,10 @@ def test_common_unit_policy(name: str) -> None:
         "ProtectSystem": "strict",
         "ProtectHome": "yes",
         "PrivateTmp": "yes",
-        "EnvironmentFile": "-/etc/dustgate/secrets.env",
     }.items():
         assert one(unit, "Service", key) == value, key
+    # Secrets from root-only files; the optional "-" lets the service start without them.
+    assert unit["Service"]["EnvironmentFile"][0] == "-/etc/dustgate/secrets.env"
     assert float(one(unit, "Service", "RestartSec")) > 0
     # An unattended gateway must keep retrying after repeated failures.
     assert one(unit, "Unit", "StartLimitIntervalSec") == "0"
