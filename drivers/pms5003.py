@@ -25,6 +25,7 @@ The sensor does not confirm commands in a documented way, so the reader does not
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import astuple, dataclass
 
 from drivers.serial_reader import (
@@ -215,6 +216,7 @@ class Pms5003Reader:
     def __init__(self, port: str, *, baudrate: int = 9600) -> None:
         self.link: SerialFrameLink[PmsFrame] = SerialFrameLink(port, PmsParser(), baudrate=baudrate)
         self._consumed = 0
+        self.woke_at: float | None = None  # loop time of the last wake (data good 30 s later)
 
     @property
     def is_open(self) -> bool:
@@ -268,4 +270,6 @@ class Pms5003Reader:
         self._send(build_sleep())
 
     async def wake(self) -> None:
+        """Wake the sensor; its fan needs ~30 s before the data is trustworthy (``woke_at``)."""
         self._send(build_wake())
+        self.woke_at = asyncio.get_running_loop().time()

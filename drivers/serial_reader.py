@@ -55,6 +55,7 @@ class ReportingMode(enum.StrEnum):
     PASSIVE = "passive"  # the sensor answers only when asked ("query mode" for SDS011)
 
 
+LINK_CHECK_S = 1.0  # longest a waiting caller goes without re-checking the port
 NEED_MORE = -1  # _candidate_length: not enough bytes yet to judge the candidate
 NOT_A_FRAME = 0  # _candidate_length: the bytes at this position cannot start a frame
 
@@ -163,7 +164,8 @@ class _LinkProtocol(asyncio.Protocol):
         self._link = link
 
     def data_received(self, data: bytes) -> None:
-        self._link._on_data(data)
+        if self._link._protocol is self:  # ignore a stale transport after a reopen
+            self._link._on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._link._on_lost(self, exc)
@@ -311,7 +313,9 @@ class SerialFrameLink(Generic[F]):
                 raise DeviceTimeout(f"{self.port}: no valid frame within {timeout:g} s")
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                # Re-check at least once a second: the transport reports a dead port only after
+                # closing it in an executor thread, which a wedged adapter could delay.
+                await asyncio.wait_for(changed.wait(), min(remaining, LINK_CHECK_S))
 
     def _find(
         self, predicate: Callable[[F], bool], after_seq: int, newest: bool, not_before: float | None

@@ -208,7 +208,9 @@ async def test_pms_passive_query_sleep_and_wake(pms, plume: Plume) -> None:
     with pytest.raises(DeviceTimeout):
         await reader.query(SHORT)
     assert sim.asleep
+    assert reader.woke_at is None
     await reader.wake()
+    assert reader.woke_at is not None
     assert (await reader.query(OK)).pm10 == 29.0
 
 
