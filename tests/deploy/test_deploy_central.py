@@ -9,7 +9,10 @@ site broker's authentication rules.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +164,30 @@ def test_central_broker_keeps_the_site_brokers_auth_rules() -> None:
     for line in central:
         for path in re.findall(r"/mosquitto/config/\S+", line):
             assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounted), path
+
+
+def test_documented_container_rules_config_passes_check(tmp_path: Path) -> None:
+    """examples/rules.yaml with the settings config/README.md tells the operator to change."""
+    example = REPO / "examples" / "rules.yaml"
+    if not example.exists():
+        pytest.skip("examples/rules.yaml not written yet")
+    readme = (CENTRAL / "config" / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert block, "config/README.md lost its rules.yaml snippet"
+    snippet = yaml.safe_load(block.group(1))
+    assert snippet["mqtt"]["host"] == "mosquitto"  # the compose service names
+    assert snippet["influx"]["url"] == "http://influxdb:8086"
+    config = yaml.safe_load(example.read_text())
+    config.update(snippet)
+    target = tmp_path / "rules.yaml"
+    target.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "DUSTGATE_MQTT_PASSWORD": "from-compose-env"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
