@@ -174,6 +174,17 @@ async def test_serial_close_and_reopen(rtu: Setup) -> None:
     assert (await client.read_device(STATION))["pm10"] == 133
 
 
+async def test_serial_port_vanishing_is_link_down(rtu: Setup) -> None:
+    client, server, _ = rtu
+    await server.stop()  # like a USB adapter pulled out: the pty is gone
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while client.connected and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    with pytest.raises(LinkDown):
+        await client.read_device(STATION)
+
+
 async def test_unopenable_links_raise_link_down() -> None:
     with pytest.raises(LinkDown):
         await ModbusClient.rtu("/dev/does-not-exist-dustgate").connect()
