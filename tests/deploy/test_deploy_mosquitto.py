@@ -17,11 +17,13 @@ it to every subscriber).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +33,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.localservices import LOOPBACK, Mosquitto, ServiceError, find_binary, free_port
+from gateway.localservices import (
+    LOOPBACK,
+    Mosquitto,
+    ServiceError,
+    find_binary,
+    free_port,
+    mqtt_answers,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MOSQ_DIR = REPO / "deploy" / "mosquitto"
@@ -553,3 +562,65 @@ def test_central_broker_config(central_broker: tuple[Mosquitto, int], certs: Pat
     finally:
         engine.close()
         gw.close()
+
+
+# --------------------------------------------------------------------------- Debian layout
+
+# Debian 12's stock /etc/mosquitto/mosquitto.conf (package mosquitto 2.0.11),
+# used when this machine has none.
+DEBIAN_MAIN_CONF = """\
+pid_file /run/mosquitto/mosquitto.pid
+persistence true
+persistence_location /var/lib/mosquitto/
+log_dest file /var/log/mosquitto/mosquitto.log
+include_dir /etc/mosquitto/conf.d
+"""
+
+
+def test_conf_works_as_a_conf_d_include_of_debians_main_config(broker_dir: Path) -> None:
+    """How install.sh deploys it: /etc/mosquitto/conf.d/dustgate.conf under the stock file."""
+    stock = Path("/etc/mosquitto/mosquitto.conf")
+    main = stock.read_text() if stock.exists() else DEBIAN_MAIN_CONF
+    root = broker_dir / "debian"
+    (root / "conf.d").mkdir(parents=True)
+    swaps = {
+        "/run/mosquitto/": f"{root}/",
+        "/var/lib/mosquitto/": f"{root}/",
+        "/var/log/mosquitto/": f"{root}/",
+        "/etc/mosquitto/conf.d": f"{root}/conf.d",
+    }
+    for old, new in swaps.items():
+        assert old in main, f"Debian's main config changed: no {old}"
+        main = main.replace(old, new)
+    (root / "mosquitto.conf").write_text(main)
+    port = free_port()
+    ours = deploy_conf_for_test(broker_dir, port)
+    # Stay the current user (as root, mosquitto would switch to "mosquitto").
+    ours += f"\nuser {pwd.getpwuid(os.getuid()).pw_name}\n"
+    (root / "conf.d" / "dustgate.conf").write_text(ours)
+    proc = subprocess.Popen(
+        [find_binary("mosquitto"), "-c", str(root / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not mqtt_answers(LOOPBACK, port):
+            log = (root / "mosquitto.log").read_text() if (root / "mosquitto.log").exists() else ""
+            assert proc.poll() is None, f"mosquitto refused the layout:\n{log}"
+            assert time.monotonic() < deadline, f"mosquitto did not answer:\n{log}"
+            time.sleep(0.05)
+        assert Peer(port, username=None).connect() == "Not authorized"
+        gw = Peer(port, SITE_A, PASSWORDS[SITE_A])
+        try:
+            assert gw.connect() == 0
+        finally:
+            gw.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
