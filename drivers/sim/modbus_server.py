@@ -75,9 +75,12 @@ class _Units:
 class RtuPtyServer(_Units):
     """Modbus RTU slaves on the master side of a new pty; clients open :attr:`path`."""
 
-    def __init__(self, units: Iterable[SimUnit], gap_s: float = 0.05) -> None:
+    def __init__(
+        self, units: Iterable[SimUnit], gap_s: float = 0.05, local_echo: bool = False
+    ) -> None:
         super().__init__(units)
         self.gap_s = gap_s
+        self.local_echo = local_echo  # like a 2-wire RS485 adapter that hears itself
         self.path = ""
         self._master = -1
         self._slave = -1
@@ -109,6 +112,9 @@ class RtuPtyServer(_Units):
             return
         except OSError:
             return  # EIO while no client holds the slave open
+        if self.local_echo:
+            with contextlib.suppress(OSError):
+                os.write(self._master, data)
         now = self._loop.time()
         if now - self._last_rx > self.gap_s:
             self._buffer.clear()  # silence on the line: a new frame starts

@@ -174,6 +174,19 @@ async def test_serial_close_and_reopen(rtu: Setup) -> None:
     assert (await client.read_device(STATION))["pm10"] == 133
 
 
+async def test_local_echo_of_the_adapter_is_skipped() -> None:
+    server = RtuPtyServer([ProfileUnit(STATION, lambda: VALUES)], local_echo=True)
+    path = await server.start()
+    try:
+        async with ModbusClient.rtu(path, baudrate=115200, local_echo=True) as client:
+            assert (await client.read_device(STATION))["pm10"] == 133
+        async with ModbusClient.rtu(path, baudrate=115200) as unaware:
+            with pytest.raises(CrcError):  # its own request taken for the reply
+                await unaware.read_registers(1, 0x01F4, 10, retries=0)
+    finally:
+        await server.stop()
+
+
 async def test_serial_port_vanishing_is_link_down(rtu: Setup) -> None:
     client, server, _ = rtu
     await server.stop()  # like a USB adapter pulled out: the pty is gone
