@@ -144,7 +144,11 @@ class Peer:
         if self.username is not None:
             self.client.username_pw_set(self.username, self.password)
         if self.tls is not None:
-            self.client.tls_set(**self.tls)
+            self.client.tls_set(
+                ca_certs=self.tls.get("ca_certs"),
+                certfile=self.tls.get("certfile"),
+                keyfile=self.tls.get("keyfile"),
+            )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -158,7 +162,7 @@ class Peer:
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append((msg.topic, msg.payload))
+            self.messages.append((msg.topic, bytes(msg.payload)))
             self._cond.notify_all()
 
     def _on_subscribe(
@@ -190,6 +194,7 @@ class Peer:
 
     def subscribe(self, topic: str) -> list[ReasonCode]:
         _, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None, f"subscribe to {topic} was not sent"
         self._wait(lambda: mid in self._subacks, f"SUBACK for {topic}")
         return self._subacks[mid]
 
