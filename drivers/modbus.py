@@ -90,10 +90,6 @@ class FieldSpec(BaseModel):
         """Registers (or bits, for coil/discrete) this field occupies."""
         return 1 if self.table in BIT_TABLES else _TYPE_LAYOUT[self.type][1]
 
-    @property
-    def is_boolean(self) -> bool:
-        return self.type == "bool" or self.bit is not None
-
 
 class DeviceSpec(BaseModel):
     """A Modbus device: its unit id, its fields and how gently it must be polled."""

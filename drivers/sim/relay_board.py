@@ -14,7 +14,13 @@ own: every read, write or :meth:`active_count` call first expires what is due.
 
 from __future__ import annotations
 
-from drivers.sim.units import ILLEGAL_FUNCTION, ILLEGAL_VALUE, SimException, SimUnit
+from drivers.sim.units import (
+    ILLEGAL_ADDRESS,
+    ILLEGAL_FUNCTION,
+    ILLEGAL_VALUE,
+    SimException,
+    SimUnit,
+)
 
 
 class RelayBoardUnit(SimUnit):
@@ -84,7 +90,9 @@ class RelayBoardUnit(SimUnit):
     def write(self, table: str, address: int, values: list[int], now: float) -> None:
         self.refresh(now)
         if table == "coil":
-            super().write(table, address, values, now)  # validates the range
+            coils = self.tables["coil"]
+            if any(a not in coils for a in range(address, address + len(values))):
+                raise SimException(ILLEGAL_ADDRESS)
             for i, value in enumerate(values):
                 self._set(address + i - self.coil_base, bool(value))
             return

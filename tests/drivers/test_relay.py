@@ -48,6 +48,7 @@ async def test_coil_relay_switches_and_reads_back(rig: Rig) -> None:
     assert await out.read() is True
     assert await out.switch(False) is False
     assert not board.is_on(2, _now())
+    assert board.switch_count == 2
 
 
 async def test_fc15_for_boards_that_reject_fc05(rig: Rig) -> None:
