@@ -61,6 +61,9 @@ DISTRICT_COLUMNS: dict[str, tuple[str, str]] = {
     "E": ("completeness_pct", "Data completeness (%)"),
 }
 
+# count()/sum() return no row for a site with nothing to count: that is a zero.
+ZERO_IF_MISSING = ("exceedance_min", "spray_min")
+
 DEFAULT_PM10_LIMIT = 150  # GB 3095-2012 grade II 24 h; the example rule's ON threshold
 DEFAULT_READ_PERIOD = 10
 
@@ -195,6 +198,10 @@ def rows_from_results(results: Mapping[str, dict[str, object]]) -> list[SiteRow]
                 idx = cols.index(alias)
                 for value_row in series["values"]:
                     by_site.setdefault(site, {})[alias] = value_row[idx]
+    for vals in by_site.values():
+        for alias in ZERO_IF_MISSING:
+            if vals.get(alias) is None:
+                vals[alias] = 0
     return [SiteRow(site, vals) for site, vals in by_site.items()]
 
 

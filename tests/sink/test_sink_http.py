@@ -9,7 +9,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import FakeInflux, Reply, Request
+from sinkhelpers import FakeInflux, Reply, Request
 
 from gateway.localservices import free_port
 from rules.settings import InfluxSettings

@@ -1,0 +1,407 @@
+"""Grafana provisioning and dashboards: every InfluxQL query runs against a real influxd
+loaded through the sink with synthetic data, and returns the expected series and values.
+Also: ``dustgate report`` on the same data (it shares the district dashboard's queries)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.localservices import Influxd
+from gateway.protocol import ActuatorState, DeviceHealth, Event, GatewayStatus, Telemetry
+from rules import points, report
+from rules.report import DISTRICT_COLUMNS, DISTRICT_QUERIES, expand_macros
+from rules.settings import InfluxSettings
+from rules.sink import InfluxSink
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+DB = "dustgate"
+
+# Synthetic week: Monday 2026-11-23 00:00 UTC to Wednesday 12:00 UTC, one reading per
+# device per minute (at :30), read period 60 s.
+T0 = datetime(2026, 11, 23, tzinfo=UTC)
+END = T0 + timedelta(days=2, hours=12)
+WED = T0 + timedelta(days=2)
+START_MS, END_MS = int(T0.timestamp() * 1000), int(END.timestamp() * 1000)
+MIN = 60_000
+N_MIN = (END_MS - START_MS) // MIN  # 3600 minutes
+
+
+def pm10(site: str, device: str, t_ms: int) -> float | None:
+    """The data, as a function: None = no reading that minute."""
+    minute = (t_ms - START_MS) // MIN
+    if site == "site-a" and device == "gate":
+        wed_min = (t_ms - int(WED.timestamp() * 1000)) // MIN
+        return 260.0 if 0 <= wed_min < 30 else 100.0 + (minute % 5)
+    if site == "site-a" and device == "north":
+        return 80.0
+    if site == "site-b" and device == "gate":
+        return 50.0 + (minute % 3) if minute % 2 == 0 else None  # half the readings missing
+    raise AssertionError(device)
+
+
+DEVICES = [("site-a", "gate"), ("site-a", "north"), ("site-b", "gate")]
+
+
+def readings() -> Iterator[tuple[str, str, int, float]]:
+    for site, device in DEVICES:
+        for k in range(N_MIN):
+            t = START_MS + k * MIN + 30_000
+            v = pm10(site, device, t)
+            if v is not None:
+                yield site, device, t, v
+
+
+def wed(minutes: int) -> int:
+    return int((WED + timedelta(minutes=minutes)).timestamp() * 1000)
+
+
+# (site, actuator, since, on): site-a sprays Wed 00:05-00:35, site-b Tue 10:00-10:10
+ACTUATIONS = [
+    ("site-a", "cannon-1", START_MS, False),
+    ("site-a", "cannon-1", wed(5), True),
+    ("site-a", "cannon-1", wed(35), False),
+    ("site-b", "cannon-1", START_MS, False),
+    ("site-b", "cannon-1", START_MS + 34 * 3600_000, True),
+    ("site-b", "cannon-1", START_MS + 34 * 3600_000 + 10 * MIN, False),
+]
+
+
+async def load(url: str, state: Path) -> None:
+    s = InfluxSettings(url=url, database=DB, flush_interval=0.1)
+    async with InfluxSink(s, state) as sink:
+        seqs: dict[tuple[str, str], int] = {}
+        for site, device, t, v in readings():
+            seq = seqs.get((site, device), 0)
+            seqs[(site, device)] = seq + 1
+            msg = Telemetry(
+                ts=t,
+                seq=seq,
+                values={
+                    "pm10": v,
+                    "pm25": v / 2,
+                    "tsp": v * 2,
+                    "noise": 60.0,
+                    "wind_speed": 2.5,
+                    "wind_dir": 90.0,
+                },
+            )
+            sink.add(points.telemetry_line(site, device, msg))
+        for site, act, since, on in ACTUATIONS:
+            sink.add(
+                points.actuator_line(
+                    site,
+                    act,
+                    ActuatorState(
+                        state="on" if on else "off", since=since, source="rule", cmd_id="c"
+                    ),
+                )
+            )
+        sink.add(
+            points.event_line(
+                "site-a",
+                Event(
+                    ts=wed(5),
+                    kind="rule_on",
+                    rule="pm10-gate",
+                    severity="warning",
+                    text="PM10 170 > 150",
+                ),
+            )
+        )
+        for k in range(0, N_MIN, 10):
+            t = START_MS + k * MIN
+            sink.add(
+                points.gateway_line(
+                    "site-a",
+                    "gw1",
+                    GatewayStatus(
+                        state="online",
+                        ts=t,
+                        uptime_s=k * 60.0,
+                        backlog=k % 4,
+                        poll_errors=k // 10,
+                        devices={
+                            "gate": DeviceHealth(state="online"),
+                            "north": DeviceHealth(state="offline"),
+                        },
+                    ),
+                )
+            )
+            sink.add(
+                points.engine_line(
+                    "eng-1",
+                    points.EngineStats(t, 3.0, k // 100, 0),
+                    {"spooled": 0, "dead_lettered": k // 1000},
+                )
+            )
+        assert await sink.flush(60)
+        assert sink.counters.dead_lettered == 0
+
+
+@pytest.fixture(scope="module")
+def loaded_influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    ix = Influxd(tmp_path_factory.mktemp("influxd")).start()
+    try:
+        asyncio.run(load(ix.url, tmp_path_factory.mktemp("sinkstate")))
+        yield ix
+    finally:
+        ix.stop()
+
+
+VARS: dict[str, Any] = {
+    "site": ["site-a"],
+    "device": ".*",
+    "read_period": "60",
+    "pm10_limit": "150",
+}
+
+
+def expand(q: str, **variables: Any) -> str:
+    return expand_macros(
+        q,
+        start_ms=START_MS,
+        end_ms=END_MS,
+        interval_ms=MIN,
+        variables={**VARS, **variables},
+        tz=UTC,
+    )
+
+
+def run(ix: Influxd, q: str) -> list[dict[str, Any]]:
+    res = ix.query(q, db=DB)["results"][0]  # type: ignore[index]
+    assert "error" not in res, f"{res['error']}\n  in: {q}"
+    return res.get("series", [])  # type: ignore[no-any-return]
+
+
+def all_queries() -> list[tuple[str, str]]:
+    """(where, query) for every InfluxQL string in every dashboard."""
+    out = []
+    for path in DASHBOARDS:
+        d = json.loads(path.read_text())
+        for var in d["templating"]["list"]:
+            if var["type"] == "query":
+                out.append((f"{path.name} var {var['name']}", var["query"]))
+        for ann in d["annotations"]["list"]:
+            if "target" in ann and "query" in ann["target"]:
+                out.append((f"{path.name} annotation {ann['name']}", ann["target"]["query"]))
+        for panel in d["panels"]:
+            for t in panel.get("targets", []):
+                out.append((f"{path.name} {panel['title']} {t['refId']}", t["query"]))
+    return out
+
+
+# ----------------------------------------------------------- static checks
+
+
+def _generate_module() -> Any:
+    spec = importlib.util.spec_from_file_location("dg_generate", GRAFANA / "generate.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_committed_dashboards_match_the_generator():
+    gen = _generate_module()
+    assert sorted(gen.DASHBOARDS) == [p.name for p in DASHBOARDS]
+    for path in DASHBOARDS:
+        assert path.read_text(encoding="utf-8") == gen.render(path.name), (
+            f"{path.name} is stale: run python deploy/grafana/generate.py"
+        )
+
+
+def test_provisioning_files():
+    ds = yaml.safe_load((GRAFANA / "provisioning/datasources/dustgate.yaml").read_text())
+    [source] = ds["datasources"]
+    assert source["type"] == "influxdb" and source["jsonData"]["version"] == "InfluxQL"
+    assert re.fullmatch(r"\$\{DUSTGATE_INFLUX_URL:-http://[^}]+\}", source["url"])
+    assert source["jsonData"]["dbName"] == "${DUSTGATE_INFLUX_DB:-dustgate}"
+    prov = yaml.safe_load((GRAFANA / "provisioning/dashboards/dustgate.yaml").read_text())
+    [provider] = prov["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards/dustgate"
+    for path in DASHBOARDS:
+        d = json.loads(path.read_text())
+        assert d["schemaVersion"] >= 36 and d["uid"].startswith("dustgate-")
+        for panel in d["panels"]:
+            assert panel["datasource"]["uid"] == source["uid"]
+            for t in panel["targets"]:
+                assert t["rawQuery"] is True and t["datasource"]["uid"] == source["uid"]
+    site = json.loads((GRAFANA / "dashboards/site.json").read_text())
+    assert {v["name"] for v in site["templating"]["list"]} >= {"site", "device"}
+
+
+def test_district_dashboard_uses_the_report_queries():
+    d = json.loads((GRAFANA / "dashboards/district.json").read_text())
+    [table] = d["panels"]
+    assert {t["refId"]: t["query"] for t in table["targets"]} == DISTRICT_QUERIES
+
+
+def test_site_dashboard_thresholds_are_the_documented_limits():
+    d = json.loads((GRAFANA / "dashboards/site.json").read_text())
+    by_title = {p["title"]: p for p in d["panels"]}
+
+    def steps(title: str) -> list[float]:
+        th = by_title[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        return [s["value"] for s in th if s["value"] is not None]
+
+    assert steps("PM2.5") == [75] and steps("PM10") == [100, 150] and steps("TSP") == [300]
+
+
+# -------------------------------------------------------- against influxd
+
+
+@pytest.mark.parametrize("where,query", all_queries(), ids=[w for w, _ in all_queries()])
+def test_every_query_runs_and_returns_data(loaded_influxd: Influxd, where: str, query: str):
+    series = run(loaded_influxd, expand(query))
+    assert series, f"{where}: no data for\n  {expand(query)}"
+    assert any(any(v is not None for row in s["values"] for v in row[1:]) for s in series)
+
+
+def test_multi_value_and_all_site_selection(loaded_influxd: Influxd):
+    q = next(q for w, q in all_queries() if w == "site.json PM10 A")
+    for value in (["site-a", "site-b"], ".*"):
+        series = run(loaded_influxd, expand(q, site=value))
+        assert {s["tags"]["device"] for s in series} == {"gate", "north"}
+
+
+def _at(series: list[dict[str, Any]], tag: str, value: str, ts: int) -> Any:
+    [s] = [s for s in series if s["tags"][tag] == value]
+    [row] = [r for r in s["values"] if r[0] == ts]
+    return row[1]
+
+
+def test_site_panels_exact_values(loaded_influxd: Influxd):
+    q = dict((w, q) for w, q in all_queries())
+    pm = run(loaded_influxd, expand(q["site.json PM10 A"]))
+    assert _at(pm, "device", "gate", wed(0)) == 260.0
+    assert _at(pm, "device", "north", wed(0)) == 80.0
+    cannons = run(loaded_influxd, expand(q["site.json Fog cannons A"]))
+    assert _at(cannons, "actuator", "cannon-1", wed(10)) == 1
+    assert _at(cannons, "actuator", "cannon-1", wed(40)) == 0
+    per_interval = run(loaded_influxd, expand(q["site.json Data completeness per interval A"]))
+    assert _at(per_interval, "device", "gate", wed(0)) == 100
+    total = run(
+        loaded_influxd, expand(q["site.json Data completeness (time range) A"], site=["site-b"])
+    )
+    assert _at(total, "device", "gate", START_MS) == pytest.approx(50.0)
+    [anno] = run(loaded_influxd, expand(q["site.json annotation Rule events"]))
+    assert anno["columns"] == ["time", "text", "kind", "rule", "severity"]
+    assert anno["values"] == [[wed(5), "PM10 170 > 150", "rule_on", "pm10-gate", "warning"]]
+    sites = run(loaded_influxd, expand(q["site.json var site"]))
+    assert [v[1] for v in sites[0]["values"]] == ["site-a", "site-b"]
+    devs = run(loaded_influxd, expand(q["site.json var device"], site=["site-b"]))
+    assert [v[1] for v in devs[0]["values"]] == ["gate"]
+
+
+def test_gateway_panels_exact_values(loaded_influxd: Influxd):
+    q = dict((w, q) for w, q in all_queries())
+    offline = run(loaded_influxd, expand(q["gateway.json Devices offline A"]))
+    assert _at(offline, "gateway", "gw1", START_MS) == 1
+    errors = run(loaded_influxd, expand(q["gateway.json Poll errors per interval A"]))
+    assert _at(errors, "gateway", "gw1", START_MS + 10 * MIN) == 1  # counter went 0 -> 1
+    rate = run(loaded_influxd, expand(q["gateway.json Rule engine: messages/s A"]))
+    assert _at(rate, "engine", "eng-1", START_MS) == 3.0
+
+
+def expected_district() -> dict[str, dict[str, float]]:
+    """The ranking computed in plain Python from the generator functions."""
+    out: dict[str, dict[str, float]] = {}
+    wed_ms = int(WED.timestamp() * 1000)
+    for site in ("site-a", "site-b"):
+        rows = [(d, t, v) for s, d, t, v in readings() if s == site]
+        minute_means: dict[int, list[float]] = {}
+        for _, t, v in rows:
+            minute_means.setdefault(t // MIN, []).append(v)
+        counts = [sum(1 for d, _, _ in rows if d == dev) for s, dev in DEVICES if s == site]
+        out[site] = {
+            "pm10_week": sum(v for _, _, v in rows) / len(rows),
+            "pm10_today": (
+                sum(v for _, t, v in rows if t >= wed_ms)
+                / sum(1 for _, t, _ in rows if t >= wed_ms)
+            ),
+            "exceedance_min": sum(1 for vs in minute_means.values() if sum(vs) / len(vs) > 150),
+            "completeness_pct": sum(c * 100 * 60 * 1000 / (END_MS - START_MS) for c in counts)
+            / len(counts),
+        }
+    out["site-a"]["spray_min"] = 30
+    out["site-b"]["spray_min"] = 10
+    return out
+
+
+def test_district_ranking_values(loaded_influxd: Influxd):
+    want = expected_district()
+    assert want["site-a"]["exceedance_min"] == 30  # the synthetic data do what we meant
+    answers = {
+        ref: loaded_influxd.query(expand(q, site=".*"), db=DB)
+        for ref, q in DISTRICT_QUERIES.items()
+    }
+    rows = {r.site: r for r in report.rank(report.rows_from_results(answers))}
+    assert set(rows) == {"site-a", "site-b"}
+    for site, values in want.items():
+        for alias, value in values.items():
+            assert rows[site].get(alias) == pytest.approx(value), (site, alias)
+    assert rows["site-b"].get("exceedance_min") == 0  # count() gives no row; the report says 0
+
+
+def test_report_cli_on_known_data(
+    loaded_influxd: Influxd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    out_csv = tmp_path / "ranking.csv"
+    status = report.main(
+        [
+            "--url",
+            loaded_influxd.url,
+            "--db",
+            DB,
+            "--from",
+            T0.isoformat(),
+            "--to",
+            END.isoformat(),
+            "--read-period",
+            "60",
+            "--csv",
+            str(out_csv),
+        ],
+        now=END,
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "site-a" in printed and "site-b" in printed
+    assert printed.index("site-a") < printed.index("site-b")  # dirtier site ranked first
+    with out_csv.open() as f:
+        table = list(csv.DictReader(f))
+    want = expected_district()
+    assert [r["site"] for r in table] == ["site-a", "site-b"]
+    assert [r["rank"] for r in table] == ["1", "2"]
+    for r in table:
+        for alias, _ in DISTRICT_COLUMNS.values():
+            expected = want[r["site"]][alias]
+            assert float(r[alias]) == pytest.approx(expected, abs=1e-3), (r["site"], alias)
+
+
+def test_report_default_range_is_this_week(monkeypatch: pytest.MonkeyPatch):
+    now = datetime(2026, 11, 27, 4, 30, tzinfo=UTC)  # a Friday
+    assert report.week_start(now) == datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def test_report_unreachable_database_is_a_clean_error(capsys: pytest.CaptureFixture[str]):
+    from gateway.localservices import free_port
+
+    assert report.main(["--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "dustgate report:" in capsys.readouterr().err
