@@ -149,7 +149,11 @@ async def _modbus(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {} if args.slave_id is None else {"slave_id": args.slave_id}
     profile = resolve_profile(args.profile, overrides)
     plume = LivePlume(seed=args.seed, time_scale=args.time_scale)
-    unit = ProfileUnit(profile, plume.readings)
+    unit: SimUnit
+    if profile.relay is not None:
+        unit = RelayBoardUnit.from_profile(profile)  # switchable, not fed by the plume
+    else:
+        unit = ProfileUnit(profile, plume.readings)
     server, where = await _start_server([unit], args.tcp, args.rtu_over_tcp, args.pymodbus)
     plume.start()
     try:
@@ -159,6 +163,8 @@ async def _modbus(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
         def status() -> str:
+            if isinstance(unit, RelayBoardUnit):
+                return _board_status(unit)
             r = plume.readings()
             return "  ".join(f"{f.name} {r[f.name]}" for f in profile.fields if f.name in r)
 
@@ -183,18 +189,16 @@ async def _relay(args: argparse.Namespace) -> int:
     try:
         print(f"{board.describe()} on {where}")
         sys.stdout.flush()
-        loop = asyncio.get_running_loop()
-
-        def status() -> str:
-            states = "".join(
-                "1" if board.is_on(ch, loop.time()) else "0" for ch in range(board.channels)
-            )
-            return f"relays {states}  switches {board.switch_count}"
-
-        await _serve(args, None, status)
+        await _serve(args, None, lambda: _board_status(board))
     finally:
         await server.stop()
     return 0
+
+
+def _board_status(board: RelayBoardUnit) -> str:
+    now = asyncio.get_running_loop().time()
+    states = "".join("1" if board.is_on(ch, now) else "0" for ch in range(board.channels))
+    return f"relays {states}  switches {board.switch_count}"
 
 
 async def _start_server(

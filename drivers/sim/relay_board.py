@@ -14,6 +14,7 @@ own: every read, write or :meth:`active_count` call first expires what is due.
 
 from __future__ import annotations
 
+from drivers.profiles import Profile
 from drivers.sim.units import (
     ILLEGAL_ADDRESS,
     ILLEGAL_FUNCTION,
@@ -50,6 +51,22 @@ class RelayBoardUnit(SimUnit):
                 self.tables["holding"][register_base + ch] = 0
             if flash_base is not None:
                 self.tables["holding"][flash_base + ch] = 0
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> RelayBoardUnit:
+        """The board a relay profile (``relay:`` section) describes."""
+        r = profile.relay
+        if r is None:
+            raise ValueError(f"profile {profile.name!r} is not a relay board")
+        return cls(
+            profile.slave_id,
+            channels=r.channels,
+            coil_base=r.coil_base,
+            register_base=r.register_base if r.mode == "register" else None,
+            on_value=r.on_value,
+            flash_base=r.flash_base,
+            reject_fc05=False,
+        )
 
     # ------------------------------------------------------------ state
 

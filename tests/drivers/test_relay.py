@@ -119,3 +119,13 @@ def test_board_rejects_illegal_values() -> None:
     with pytest.raises(units.SimException) as info:
         board.write("coil", 2, [1], now=0.0)
     assert info.value.code == units.ILLEGAL_ADDRESS
+
+
+def test_board_from_relay_profiles() -> None:
+    lctech = RelayBoardUnit.from_profile(resolve_profile("relay-lctech"))
+    assert (lctech.unit_id, lctech.register_base, lctech.on_value) == (255, 1, 0x0100)
+    assert lctech.flash_base is None
+    waveshare = RelayBoardUnit.from_profile(resolve_profile("relay-8ch"))
+    assert (waveshare.channels, waveshare.register_base, waveshare.flash_base) == (8, None, 0x200)
+    with pytest.raises(ValueError):
+        RelayBoardUnit.from_profile(resolve_profile("noise"))
