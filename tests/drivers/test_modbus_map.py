@@ -42,7 +42,7 @@ def test_word_orders_on_a_known_float() -> None:
         "DCBA": [0x79E9, 0xF642],
     }
     for order, words in expected.items():
-        f = FieldSpec(name="x", address=0, type="float32", order=order)
+        f = FieldSpec.model_validate({"name": "x", "address": 0, "type": "float32", "order": order})
         assert encode_field(f, 123.456) == words
         assert decode_field(f, words, 0) == pytest.approx(123.456, rel=1e-6)
 
@@ -112,7 +112,16 @@ def typed_values(draw: st.DrawFn) -> tuple[FieldSpec, float | int]:
     order = draw(st.sampled_from(ORDERS))
     scale = draw(st.sampled_from([1.0, 0.1, 0.01, 10.0, 0.5]))
     offset = draw(st.sampled_from([0.0, -40.0, 273.15]))
-    f = FieldSpec(name="v", address=100, type=vtype, order=order, scale=scale, offset=offset)
+    f = FieldSpec.model_validate(
+        {
+            "name": "v",
+            "address": 100,
+            "type": vtype,
+            "order": order,
+            "scale": scale,
+            "offset": offset,
+        }
+    )
     if vtype in INT_RANGES:
         lo, hi = INT_RANGES[vtype]
         if (scale, offset) != (1.0, 0.0):
@@ -121,8 +130,10 @@ def typed_values(draw: st.DrawFn) -> tuple[FieldSpec, float | int]:
         raw = draw(st.integers(lo, hi))
         value: float | int = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
         return f, value
-    width = 32 if vtype == "float32" else 64
-    raw_float = draw(st.floats(allow_nan=False, allow_infinity=False, width=width))
+    if vtype == "float32":
+        raw_float = draw(st.floats(allow_nan=False, allow_infinity=False, width=32))
+    else:
+        raw_float = draw(st.floats(allow_nan=False, allow_infinity=False))
     assume(abs(raw_float) < 1e30)
     return f, raw_float * scale + offset
 
@@ -153,7 +164,10 @@ def field_strategy(draw: st.DrawFn) -> FieldSpec:
     vtype = "bool"
     if table in ("holding", "input"):
         vtype = draw(st.sampled_from(["uint16", "int32", "float64", "bool"]))
-    return FieldSpec(name="placeholder", table=table, address=draw(st.integers(0, 400)), type=vtype)
+    address = draw(st.integers(0, 400))
+    return FieldSpec.model_validate(
+        {"name": "placeholder", "table": table, "address": address, "type": vtype}
+    )
 
 
 @given(
