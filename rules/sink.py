@@ -123,6 +123,7 @@ class InfluxSink:
         self._spool = Spool(self.spool_dir, settings.spool_max_bytes, settings.spool_segment_bytes)
         self._http = InfluxHttp(settings)
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._attempt = 0
         self._retry_at = 0.0
         self._db_ready = not (settings.api == "v1" and settings.create_database)
@@ -133,8 +134,8 @@ class InfluxSink:
 
     async def start(self) -> None:
         """Open (and recover) the spool, start the writer thread."""
-        if self._thread is not None:
-            raise RuntimeError("sink already started")
+        if self._thread is not None or self._closed:
+            raise RuntimeError("an InfluxSink can be started once (make a new one)")
         await asyncio.to_thread(self._spool.open)
         if self._spool.has_data():
             log.info(
@@ -155,6 +156,8 @@ class InfluxSink:
         """Queue one line of line protocol (``None`` is ignored, for ``points.*`` results)."""
         if line is None:
             return
+        if self._closed:
+            raise RuntimeError("InfluxSink.add() after close(): the line would be lost")
         buf = self._buf
         buf.append(line)
         self.counters.added += 1
@@ -164,6 +167,8 @@ class InfluxSink:
             self._wake.set()
 
     def add_many(self, lines: Iterable[str | None]) -> None:
+        if self._closed:
+            raise RuntimeError("InfluxSink.add_many() after close(): the lines would be lost")
         kept = [line for line in lines if line is not None]
         self._buf.extend(kept)
         self.counters.added += len(kept)
@@ -183,6 +188,7 @@ class InfluxSink:
     async def close(self) -> None:
         """Send what is buffered (spooling it if the database does not answer within
         ``close_timeout``), fsync the spool, stop the thread."""
+        self._closed = True
         if self._thread is None:
             return
         self._close_deadline = self._clock() + self.settings.close_timeout
@@ -243,6 +249,9 @@ class InfluxSink:
                     continue
             except SpoolError as exc:
                 self._spool_failed(exc)
+            except Exception:  # a bug must not stop the writer: log, pause, carry on
+                log.exception("influx sink: unexpected error in the writer thread")
+                self._retry_at = self._clock() + self.settings.max_retry_delay
             if stopping and not self._buf:
                 return
             if not self._buf and not self._spool.has_data():
@@ -297,7 +306,13 @@ class InfluxSink:
             )
 
     def _send_live(self, chunk: list[str]) -> None:
-        failure = self._deliver(chunk)
+        try:
+            failure = self._deliver(chunk)
+        except Exception as exc:  # never lose the batch to a bug: keep it in the spool
+            self._to_spool(chunk)
+            failure = _Retry([], None, f"internal error: {exc!r}")
+            self._failed(failure)
+            raise
         if failure is None:
             self._succeeded()
             return

@@ -35,6 +35,7 @@ from pathlib import Path
 
 _SEGMENT = re.compile(r"^seg-(\d{12})\.lp$")
 CURSOR_FILE = "cursor.json"
+_READ_CHUNK = 256 * 1024
 
 
 class SpoolError(OSError):
@@ -219,7 +220,8 @@ class Spool:
     # -------------------------------------------------------------- replay
 
     def peek(self, max_lines: int, max_bytes: int = 8 * 1024 * 1024) -> tuple[list[str], Cursor]:
-        """Up to ``max_lines`` oldest lines and the cursor just after them (not consumed)."""
+        """Up to ``max_lines`` oldest lines (about ``max_bytes`` at most, but always at
+        least one line) and the cursor just after them.  Nothing is consumed."""
         lines: list[str] = []
         cur = self._head
         order = self._order
@@ -228,29 +230,27 @@ class Spool:
         while idx < len(order) and len(lines) < max_lines and budget > 0:
             seg = order[idx]
             size = self._sizes[seg]
-            offset = cur.offset if seg == cur.segment else 0
-            if offset < size:
-                with self._path(seg).open("rb") as f:
-                    f.seek(offset)
-                    block = f.read(min(size - offset, budget))
-                end = block.rfind(b"\n") + 1
-                if end == 0:  # one line longer than the budget: take it whole anyway
-                    with self._path(seg).open("rb") as f:
-                        f.seek(offset)
-                        block = f.read(size - offset)
-                    end = block.find(b"\n") + 1 or len(block)
-                consumed = 0
-                for raw in block[:end].split(b"\n")[:-1]:
-                    if len(lines) >= max_lines:
+            pos = cur.offset if seg == cur.segment else 0
+            with self._path(seg).open("rb") as f:
+                while pos < size and len(lines) < max_lines and budget > 0:
+                    f.seek(pos)
+                    chunk = f.read(min(size - pos, _READ_CHUNK))
+                    while b"\n" not in chunk and pos + len(chunk) < size:  # a very long line
+                        chunk += f.read(min(size - pos - len(chunk), _READ_CHUNK))
+                    end = chunk.rfind(b"\n") + 1
+                    if end == 0:  # cannot happen: appends are whole lines, torn tails cut
                         break
-                    lines.append(raw.decode("utf-8", "replace"))
-                    consumed += len(raw) + 1
-                budget -= consumed
-                cur = Cursor(seg, offset + consumed)
-                if offset + consumed < size:
-                    break
+                    for raw in chunk[:end].split(b"\n")[:-1]:
+                        if len(lines) >= max_lines or budget <= 0:
+                            break
+                        lines.append(raw.decode("utf-8", "replace"))
+                        pos += len(raw) + 1
+                        budget -= len(raw) + 1
+            cur = Cursor(seg, pos)
+            if pos < size:
+                break
             idx += 1
-            if idx < len(order) and len(lines) < max_lines:
+            if idx < len(order) and len(lines) < max_lines and budget > 0:
                 cur = Cursor(order[idx], 0)
         return lines, cur
 

@@ -22,7 +22,7 @@ from gateway.protocol import ActuatorState, DeviceHealth, Event, GatewayStatus, 
 from rules import points, report
 from rules.report import DISTRICT_COLUMNS, DISTRICT_QUERIES, expand_macros
 from rules.settings import InfluxSettings
-from rules.sink import InfluxSink
+from rules.sink import InfluxSink, SinkCounters
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ async def load(url: str, state: Path) -> None:
                 points.engine_line(
                     "eng-1",
                     points.EngineStats(t, 3.0, k // 100, 0),
-                    {"spooled": 0, "dead_lettered": k // 1000},
+                    SinkCounters(dead_lettered=k // 1000).as_dict(),
                 )
             )
         assert await sink.flush(60)

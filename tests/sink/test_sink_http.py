@@ -187,3 +187,17 @@ def test_backoff_is_bounded_exponential_with_jitter(attempt: int):
     hi = backoff_delay(attempt, 0.5, 30.0, 1.0)
     d = min(30.0, 0.5 * 2 ** (attempt - 1))
     assert (lo, hi) == (d / 2, d)
+
+
+async def test_a_sink_is_used_once_and_refuses_lines_after_close(
+    fake_influx: FakeInflux, tmp_path: Path
+):
+    sink = InfluxSink(settings(fake_influx.url), tmp_path)
+    await sink.start()
+    sink.add("m v=1i 1")
+    await sink.close()
+    assert fake_influx.accepted_lines() == ["m v=1i 1"]  # close() flushed
+    with pytest.raises(RuntimeError):
+        sink.add("m v=2i 2")
+    with pytest.raises(RuntimeError):
+        await sink.start()

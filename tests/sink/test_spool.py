@@ -107,3 +107,17 @@ def test_model_fifo_with_restarts(tmp_path_factory: object, ops: list[tuple[str,
             sp = Spool(d, max_bytes=10**7, segment_bytes=256)
             sp.open()
     assert drain(sp) == model
+
+
+def test_peek_takes_at_least_one_line_and_handles_long_lines(tmp_path: Path):
+    sp = Spool(tmp_path, max_bytes=10**8)
+    sp.open()
+    long_line = 'm,site=s text="' + "x" * 600_000 + '" 1'
+    sp.append(["m v=1i 1", long_line, "m v=2i 2"])
+    got, cur = sp.peek(100, max_bytes=5)  # byte budget smaller than one line
+    assert got == ["m v=1i 1"]
+    sp.commit(cur)
+    got, cur = sp.peek(100, max_bytes=5)
+    assert got == [long_line]
+    sp.commit(cur)
+    assert drain(sp) == ["m v=2i 2"]
