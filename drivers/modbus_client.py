@@ -326,12 +326,17 @@ class ModbusClient:
     ) -> list[bool]:
         return await self.read_bits(unit, address, count, table="coil", timeout=timeout)
 
+    async def settle(self, pause_after_connect: float) -> None:
+        """Wait until ``pause_after_connect`` seconds have passed since the link opened
+        (devices and gateways that drop requests sent right after a connect)."""
+        if pause_after_connect > 0:
+            left = self._connected_at + pause_after_connect - asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.sleep(left)
+
     async def read_device(self, spec: DeviceSpec) -> dict[str, Value]:
         """Read every field of ``spec`` with the fewest requests; all or nothing."""
-        loop = asyncio.get_running_loop()
-        settle = self._connected_at + spec.pause_after_connect - loop.time()
-        if settle > 0:
-            await asyncio.sleep(settle)
+        await self.settle(spec.pause_after_connect)
         values: dict[str, Value] = {}
         for request in self._plan(spec):
             reply = await self.transact(

@@ -38,6 +38,7 @@ class RelayOutput:
         *,
         timeout: float = 1.0,
         retries: int = 1,
+        pause_after_connect: float = 0.0,
     ) -> None:
         if not 0 <= channel < spec.channels:
             raise ValueError(f"channel {channel} outside 0..{spec.channels - 1}")
@@ -47,6 +48,7 @@ class RelayOutput:
         self.spec = spec
         self.timeout = timeout
         self.retries = retries
+        self.pause_after_connect = pause_after_connect
 
     @classmethod
     def from_profile(cls, client: ModbusClient, profile: Profile, channel: int) -> RelayOutput:
@@ -60,6 +62,7 @@ class RelayOutput:
             profile.relay,
             timeout=profile.timeout,
             retries=profile.retries,
+            pause_after_connect=profile.pause_after_connect,
         )
 
     @property
@@ -89,6 +92,7 @@ class RelayOutput:
         With ``hardware_timer_s > 0`` (and a board with a flash timer) "on" arms the board's own
         off-timer instead of a plain on; renew it by calling again before it runs out.
         """
+        await self.client.settle(self.pause_after_connect)
         if on and hardware_timer_s > 0 and self.has_hardware_timer:
             await self._write_flash(hardware_timer_s)
         else:

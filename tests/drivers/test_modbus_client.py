@@ -187,6 +187,28 @@ async def test_local_echo_of_the_adapter_is_skipped() -> None:
         await server.stop()
 
 
+async def test_first_request_waits_for_pause_after_connect() -> None:
+    seen: list[float] = []
+
+    class Recording(ProfileUnit):
+        def refresh(self, now: float) -> None:
+            seen.append(now)
+            super().refresh(now)
+
+    slow = resolve_profile("noise", {"pause_after_connect": 0.3})
+    server = TcpServer([Recording(slow, lambda: {"noise": 60.0})])
+    port = await server.start()
+    try:
+        before_connect = asyncio.get_running_loop().time()
+        async with ModbusClient.tcp("127.0.0.1", port) as client:
+            assert (await client.read_device(slow))["noise"] == 60.0
+            assert seen[0] >= before_connect + 0.3  # a lower bound: a slow box cannot break it
+            await client.read_device(slow)  # later polls do not wait again
+            assert len(seen) == 2
+    finally:
+        await server.stop()
+
+
 async def test_serial_port_vanishing_is_link_down(rtu: Setup) -> None:
     client, server, _ = rtu
     await server.stop()  # like a USB adapter pulled out: the pty is gone
