@@ -204,9 +204,3 @@ class FakeSite:
         self._uart_sims.clear()
         await self.relay_server.stop()
         await self.sensor_bus.stop()
-
-    async def __aenter__(self) -> FakeSite:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
