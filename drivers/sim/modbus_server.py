@@ -71,6 +71,19 @@ class _Units:
         self.faults = Faults()
         self.requests = 0
 
+    def answer_rtu(self, frame: bytes, now: float) -> bytes | None:
+        """The RTU reply to an RTU request; None (silence) on a bad CRC or a foreign unit."""
+        try:
+            pdu.check_rtu_crc(frame)
+        except FrameError:
+            return None
+        unit = self.by_id.get(frame[0])
+        if unit is None:
+            return None  # another device's frame on the bus
+        self.requests += 1
+        reply = handle_request(unit, frame[1:-2], now)
+        return apply_rtu_fault(self.faults.take(), unit.unit_id, reply)
+
 
 class RtuPtyServer(_Units):
     """Modbus RTU slaves on the master side of a new pty; clients open :attr:`path`."""
@@ -130,23 +143,10 @@ class RtuPtyServer(_Units):
                 return
             frame = bytes(self._buffer[:length])
             del self._buffer[:length]
-            reply = self._answer(frame, now)
+            reply = self.answer_rtu(frame, now)
             if reply:
                 with contextlib.suppress(OSError):  # nobody reading: the reply is lost on the line
                     os.write(self._master, reply)
-
-    def _answer(self, frame: bytes, now: float) -> bytes | None:
-        try:
-            pdu.check_rtu_crc(frame)
-        except FrameError:
-            return None
-        unit = self.by_id.get(frame[0])
-        if unit is None:
-            return None  # another device's frame on the bus
-        self.requests += 1
-        return apply_rtu_fault(
-            self.faults.take(), unit.unit_id, handle_request(unit, frame[1:-2], now)
-        )
 
 
 class TcpServer(_Units):
@@ -213,23 +213,14 @@ class TcpServer(_Units):
 
     def _answer(self, frame: bytes, now: float) -> bytes | None:
         if self.framing == "rtu":
-            try:
-                pdu.check_rtu_crc(frame)
-            except FrameError:
-                return None
-            unit_id, request = frame[0], frame[1:-2]
-        else:
-            transaction, unit_id, request = pdu.parse_mbap(frame)
+            return self.answer_rtu(frame, now)
+        transaction, unit_id, request = pdu.parse_mbap(frame)
         unit = self.by_id.get(unit_id)
-        if unit is None:
-            if self.framing == "rtu":
-                return None
+        if unit is None:  # as a TCP gateway: "target device failed to respond"
             return pdu.build_mbap(transaction, unit_id, bytes([request[0] | 0x80, 0x0B]))
         self.requests += 1
         reply = handle_request(unit, request, now)
         mode = self.faults.take()
-        if self.framing == "rtu":
-            return apply_rtu_fault(mode, unit_id, reply)
         if mode == "silent":
             return None
         if mode == "exception":
