@@ -121,10 +121,8 @@ class RtuPtyServer(_Units):
         assert self._loop is not None
         try:
             data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # EAGAIN; EIO cannot happen while we hold the slave open
             return
-        except OSError:
-            return  # EIO while no client holds the slave open
         if self.local_echo:
             with contextlib.suppress(OSError):
                 os.write(self._master, data)
