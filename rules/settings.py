@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from gateway.configfile import Duration, Secret, StrictModel
 
@@ -39,3 +39,16 @@ class InfluxSettings(StrictModel):
     # segment files rotate at this size (default: spool_max_bytes / 16, 64 KiB .. 8 MiB)
     spool_segment_bytes: Annotated[int, Field(ge=256)] | None = None
     dead_letter_file: Path | None = None  # default: <state_dir>/dead-letter.jsonl
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected http://host:port or https://host:port")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _v2_needs_org(self) -> InfluxSettings:
+        if self.api == "v2" and not self.org:
+            raise ValueError("api: v2 needs org: (and usually bucket: and token:)")
+        return self

@@ -395,11 +395,6 @@ def test_report_cli_on_known_data(
             assert float(r[alias]) == pytest.approx(expected, abs=1e-3), (r["site"], alias)
 
 
-def test_report_default_range_is_this_week(monkeypatch: pytest.MonkeyPatch):
-    now = datetime(2026, 11, 27, 4, 30, tzinfo=UTC)  # a Friday
-    assert report.week_start(now) == datetime(2026, 11, 23, tzinfo=UTC)
-
-
 def test_report_unreachable_database_is_a_clean_error(capsys: pytest.CaptureFixture[str]):
     from gateway.localservices import free_port
 
