@@ -238,7 +238,8 @@ class Spool:
                     while b"\n" not in chunk and pos + len(chunk) < size:  # a very long line
                         chunk += f.read(min(size - pos - len(chunk), _READ_CHUNK))
                     end = chunk.rfind(b"\n") + 1
-                    if end == 0:  # cannot happen: appends are whole lines, torn tails cut
+                    if end == 0:  # a torn tail (cut on open, so not expected): skip it
+                        pos = size
                         break
                     for raw in chunk[:end].split(b"\n")[:-1]:
                         if len(lines) >= max_lines or budget <= 0:
