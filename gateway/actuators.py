@@ -10,21 +10,22 @@ relay answers again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from drivers.errors import DriverError
 from drivers.relay import RelayMismatch, RelayOutput
 from gateway import protocol as p
-from gateway.actuation import Decision, LeaseMachine, to_ack, to_state_payload
+from gateway.actuation import LeaseMachine, to_ack, to_state_payload
 from gateway.config import Actuator
 from gateway.scheduler import BusScheduler
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes, int, bool], Awaitable[bool]]
+Post = Callable[[str, bytes, int, bool], None]  # queue a message; never blocks
 
 
 class ActuatorController:
@@ -34,7 +35,7 @@ class ActuatorController:
         cfg: Actuator,
         relay: RelayOutput,
         bus: BusScheduler,
-        publish: Publish,
+        post: Post,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = datetime.now,
     ) -> None:
@@ -42,7 +43,8 @@ class ActuatorController:
         self.cfg = cfg
         self.relay = relay
         self.bus = bus
-        self._publish = publish
+        self._post = post
+        self._lock = asyncio.Lock()  # one apply at a time: tick and commands interleave
         self._mono = monotonic
         self._wall = wall
         self.machine = LeaseMachine(cfg.limits, monotonic(), wall())
@@ -70,7 +72,7 @@ class ActuatorController:
             self.refused += 1
             log.info("%s: refused %s %s: %s", self.id, cmd.action, cmd.id, decision.reason)
         ack = to_ack(decision, cmd, p.now_ms(time.time()))
-        await self._publish(p.ack_topic(self.site, self.id), p.encode(ack), 1, False)
+        self._post(p.ack_topic(self.site, self.id), p.encode(ack), 1, False)
         await self.apply()
         return ack
 
@@ -80,7 +82,7 @@ class ActuatorController:
         ack = p.Ack(
             cmd_id=cmd_id[:64], accepted=False, reason=reason[:200], ts=p.now_ms(time.time())
         )
-        await self._publish(p.ack_topic(self.site, self.id), p.encode(ack), 1, False)
+        self._post(p.ack_topic(self.site, self.id), p.encode(ack), 1, False)
 
     async def tick(self, broker_up: bool, broker_down_since: float | None) -> None:
         self.machine.tick(self._mono(), self._wall(), broker_up, broker_down_since, self.bus_ok)
@@ -94,12 +96,13 @@ class ActuatorController:
 
     async def apply(self, force: bool = False) -> None:
         """Bring the relay to the machine's output; read it back; publish state."""
-        want = self.machine.state.output
-        timer = self.cfg.hardware_timer if self.relay.has_hardware_timer else 0.0
-        rearm = want and timer > 0 and self._mono() - self._armed_at > timer / 2
-        if force or want != self.written or rearm:
-            await self._write(want, timer)
-        await self.publish_state()
+        async with self._lock:
+            want = self.machine.state.output
+            timer = self.cfg.hardware_timer if self.relay.has_hardware_timer else 0.0
+            rearm = want and timer > 0 and self._mono() - self._armed_at > timer / 2
+            if force or want != self.written or rearm:
+                await self._write(want, timer)
+        self.publish_state()
 
     async def _write(self, on: bool, timer: float) -> None:
         try:
@@ -121,12 +124,9 @@ class ActuatorController:
         self.written = actual
         self.machine.on_readback(actual, self._mono())
 
-    async def publish_state(self, force: bool = False) -> None:
+    def publish_state(self, force: bool = False) -> None:
         payload = to_state_payload(self.machine.state, p.now_ms(time.time()))
         if not force and payload == self._last_published:
             return
-        if await self._publish(p.state_topic(self.site, self.id), p.encode(payload), 1, True):
-            self._last_published = payload
-
-    def describe(self, decision: Decision) -> str:
-        return decision.reason
+        self._post(p.state_topic(self.site, self.id), p.encode(payload), 1, True)
+        self._last_published = payload

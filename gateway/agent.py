@@ -28,6 +28,7 @@ from drivers.errors import DriverError
 from gateway import __version__
 from gateway import protocol as p
 from gateway.actuators import ActuatorController
+from gateway.backoff import Backoff
 from gateway.config import ModbusDevice, SiteConfig, UartDevice, device_status_mode
 from gateway.configfile import ConfigError
 from gateway.devices import (
@@ -64,6 +65,8 @@ class Agent:
             commit_interval_s=site.outbox.commit_interval,
             synchronous=site.outbox.synchronous,
         )
+        # commands_refused: refusals no actuator counts (unknown actuator, bad topic);
+        # commands_bad: malformed payloads (also refused, and counted by their actuator)
         self.counters = {"commands_refused": 0, "commands_bad": 0, "readings": 0, "poll_errors": 0}
         self.buses: dict[str, BusScheduler] = {}
         self._devices: dict[str, ModbusDevice | UartDevice] = {}
@@ -96,7 +99,12 @@ class Agent:
         for bus in site.buses:
             client = modbus_client_for(bus)
             clients[bus.id] = client
-            self.buses[bus.id] = BusScheduler(bus.id, client, self._on_result)
+            self.buses[bus.id] = BusScheduler(
+                bus.id,
+                client,
+                self._on_result,
+                device_backoff=Backoff(base=min(2.0, bus.backoff_max), maximum=bus.backoff_max),
+            )
         for dev in site.devices:
             if not dev.enabled:
                 continue
@@ -127,7 +135,7 @@ class Agent:
             profile = resolve_profile(act.profile, overrides)
             relay = RelayOutput.from_profile(clients[act.bus], profile, act.channel)
             self.actuators[act.id] = ActuatorController(
-                site.site, act, relay, self.buses[act.bus], self.session.publish
+                site.site, act, relay, self.buses[act.bus], self.session.post
             )
 
     # ------------------------------------------------------------ readings
@@ -186,7 +194,7 @@ class Agent:
         try:
             t = p.parse_topic(topic)
         except p.ProtocolError as exc:
-            self.counters["commands_bad"] += 1
+            self.counters["commands_refused"] += 1
             log.warning("ignored message on %s: %s", topic, exc)
             return
         if t.kind != "cmd" or t.name is None:
@@ -228,28 +236,20 @@ class Agent:
             evicted=stats.evicted if stats else 0,
             poll_errors=self.counters["poll_errors"],
             refused_commands=self.counters["commands_refused"]
-            + self.counters["commands_bad"]
             + sum(a.refused for a in self.actuators.values()),
             devices=devices,
         )
 
-    async def publish_status(self) -> None:
-        await self.session.publish(
-            p.status_topic(self.site.site, self.site.gateway),
-            p.encode(self._status()),
-            1,
-            True,
+    def publish_status(self) -> None:
+        self.session.post(
+            p.status_topic(self.site.site, self.site.gateway), p.encode(self._status()), 1, True
         )
 
     def _on_connect(self) -> None:
-        async def publish_all() -> None:
-            await self.publish_status()
-            for ctl in self.actuators.values():
-                await ctl.publish_state(force=True)
-
-        task = asyncio.get_running_loop().create_task(publish_all())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # the will (offline) may have replaced our status while we were away
+        self.publish_status()
+        for ctl in self.actuators.values():
+            ctl.publish_state(force=True)
 
     # ------------------------------------------------------------ run
 
@@ -267,25 +267,33 @@ class Agent:
                     async with asyncio.timeout(TICK_S):
                         await stop.wait()
                 stats = self.session.stats
-                for ctl in self.actuators.values():
-                    await ctl.tick(self.session.connected, stats.down_since)
+                # concurrently: a relay on a stalled bus must not delay the others
+                await asyncio.gather(
+                    *(
+                        ctl.tick(self.session.connected, stats.down_since)
+                        for ctl in self.actuators.values()
+                    )
+                )
                 self.outbox.maybe_commit(time.time())
                 if time.monotonic() - last_status >= self.site.status.interval:
                     last_status = time.monotonic()
-                    await self.publish_status()
+                    self.publish_status()
                 notify.send("WATCHDOG=1")
             notify.send("STOPPING=1")
-            for ctl in self.actuators.values():
+
+            async def off(ctl: ActuatorController) -> None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
                         await ctl.shutdown()
-            with contextlib.suppress(Exception):
-                await self.session.publish(
-                    p.status_topic(self.site.site, self.site.gateway),
-                    p.encode(self._status("offline")),
-                    1,
-                    True,
-                )
+
+            await asyncio.gather(*(off(ctl) for ctl in self.actuators.values()))
+            self.session.post(
+                p.status_topic(self.site.site, self.site.gateway),
+                p.encode(self._status("offline")),
+                1,
+                True,
+            )
+            await self.session.flush(timeout=3.0)
             for w in workers:
                 w.cancel()
         self.outbox.close()
@@ -294,6 +302,8 @@ class Agent:
 def _cmd_id_hint(payload: bytes) -> str:
     import json
 
+    if len(payload) > p.MAX_PAYLOAD:
+        return ""  # not worth parsing
     try:
         doc = json.loads(payload)
         if isinstance(doc, dict) and isinstance(doc.get("id"), str):

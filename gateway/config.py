@@ -40,6 +40,8 @@ class SerialBus(StrictModel):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
+    # cap of a failing device's retry backoff (a dead slave is retried this often at least)
+    backoff_max: Duration = 300.0
 
 
 class TcpBus(StrictModel):
@@ -49,6 +51,7 @@ class TcpBus(StrictModel):
     type: Literal["tcp", "rtu_over_tcp"]
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] = 502
+    backoff_max: Duration = 300.0  # as SerialBus.backoff_max
 
 
 def _tag(key: str, default: str) -> Any:

@@ -7,6 +7,10 @@
   the queue behind it.
 - The retained gateway status carries a last will: the broker itself marks
   the gateway offline if the link dies.
+- Status, actuator state and acks are *posted* (:meth:`AgentSession.post`):
+  queued without waiting, sent by a task of their own, and the latest
+  retained payload per topic is sent again after every reconnect. The
+  safety tick therefore never waits for a slow or dead broker.
 - Commands arrive on a persistent session (stable client id, clean start off,
   session expiry), so a command sent during a short blip is still delivered.
 - Reconnects use exponential backoff with jitter, forever.
@@ -20,6 +24,7 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_WINDOW = 500  # QoS 1 publishes awaiting PUBACK at once
 SESSION_EXPIRY_S = 3600  # broker keeps our command subscription for an hour
+TRANSIENT_QUEUE = 256  # acks waiting for the broker; older ones are dropped
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
@@ -107,6 +113,10 @@ class AgentSession:
         self._client: aiomqtt.Client | None = None
         self._data = asyncio.Event()
         self._backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
+        self._retained: dict[str, tuple[bytes, int]] = {}
+        self._retained_dirty: set[str] = set()
+        self._transient: deque[tuple[str, bytes, int]] = deque(maxlen=TRANSIENT_QUEUE)
+        self._posted = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -116,16 +126,44 @@ class AgentSession:
         """New rows in the outbox: wake the pump."""
         self._data.set()
 
+    def post(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message outside the outbox (status, state, ack); never blocks.
+
+        A retained message replaces any not yet sent on the same topic and is
+        sent again after every reconnect (so the broker always ends up with the
+        latest); other messages are dropped when the queue is full or the
+        broker is away. The caller (the 1 Hz safety tick, a command handler)
+        must never wait for the network.
+        """
+        if retain:
+            self._retained[topic] = (payload, qos)
+            self._retained_dirty.add(topic)
+        else:
+            self._transient.append((topic, payload, qos))
+        self._posted.set()
+
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Publish outside the outbox (status, state, ack); False when offline."""
+        """Publish now and wait for the broker (at most 5 s); False when offline."""
         client = self._client
         if client is None:
             return False
+        if retain:
+            self._retained[topic] = (payload, qos)
+            self._retained_dirty.discard(topic)
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=5)
         except aiomqtt.MqttError as exc:
             log.debug("publish to %s failed: %s", topic, exc)
             return False
+        return True
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every posted message has been sent (False on timeout or offline)."""
+        deadline = time.monotonic() + timeout
+        while self._retained_dirty or self._transient:
+            if self._client is None or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
         return True
 
     async def run(self) -> None:
@@ -140,12 +178,15 @@ class AgentSession:
                     self.stats.connected_since = time.monotonic()
                     self.stats.down_since = None
                     log.info("connected to mqtt %s:%d", self.settings.host, self.settings.port)
+                    client.pending_calls_threshold = PUBLISH_WINDOW + 64  # no warning spam
                     for sub in self.subscriptions:
                         await client.subscribe(sub, qos=1)
+                    self._retained_dirty.update(self._retained)  # the broker may have lost them
                     self.on_connect()
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._pump(client))
                         tg.create_task(self._receive(client))
+                        tg.create_task(self._send_posted(client))
             except* aiomqtt.MqttError as group:
                 failures += 1
                 log.warning("mqtt: %s", group.exceptions[0])
@@ -158,6 +199,23 @@ class AgentSession:
                     self.stats.down_since = time.monotonic()
                 self.outbox.requeue_inflight()
             await asyncio.sleep(self._backoff.delay(max(failures, 1), self.rng.random()))
+
+    async def _send_posted(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._posted.clear()
+            while self._transient:
+                item = self._transient[0]
+                await client.publish(item[0], item[1], qos=item[2], timeout=10)
+                if self._transient and self._transient[0] is item:
+                    self._transient.popleft()
+            while self._retained_dirty:
+                topic = next(iter(self._retained_dirty))
+                payload, qos = self._retained[topic]
+                await client.publish(topic, payload, qos=qos, retain=True, timeout=10)
+                if self._retained[topic][0] is payload:  # not replaced meanwhile
+                    self._retained_dirty.discard(topic)
+            if not self._transient and not self._retained_dirty:
+                await self._posted.wait()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
