@@ -1,0 +1,1016 @@
+"""``dustgate rules --config rules.yaml``: the rule engine as a long-running MQTT service.
+
+The decisions are made by the pure :class:`rules.engine.Engine`; this module
+is the imperative shell around it:
+
+- **MQTT 5** (aiomqtt, persistent session so QoS 1 readings queued while the
+  service restarts still reach InfluxDB). Subscriptions, QoS 1, per served
+  site (``sites:``) or ``+``: ``telemetry`` (into the engine and the sink),
+  ``state`` (actuator changes -> ``actuator`` points), ``status`` (gateway
+  health -> ``gateway`` points), ``events`` (agent events -> ``rule_event``
+  points; *no local*, our own events are written directly) and ``override``
+  (:mod:`rules.override`). ``--shared-group G`` subscribes telemetry, state
+  and status as ``$share/G/...`` to spread sites over several engines.
+  Subscriptions dropped from the config are unsubscribed on the next start
+  (they are remembered in the state file, the session being persistent).
+- **Actions -> wire**: ``LeaseOn`` -> ``Command(action="on", lease_s, ...)``
+  on ``{site}/{actuator}/cmd`` (QoS 1, MQTT 5 message expiry = lease_s: a
+  command is never delivered after its lease would have ended),
+  ``SwitchOff`` -> an ``off`` command, ``EmitEvent`` -> ``{site}/events``
+  (and the sink), ``Notify`` -> :class:`rules.notify.Notifier`. While the
+  broker is away, commands and events are dropped and counted (a late
+  command is worse than none: leases run out on the agent by themselves).
+- **Bad input** never crashes or sprays: undecodable payloads and topics
+  (``decode_errors``), readings stamped more than ``max_future_s`` ahead of
+  our clock (``future_ts``: one such reading would otherwise make every
+  later, correct reading of that device look out of order), telemetry for a
+  site we do not serve (``other_site``, not stored either); the engine
+  itself drops duplicates / out-of-order readings and marks negative
+  particulates bad (stored with ``<metric>_flag=fault``). Readings of devices
+  no rule reads are still stored.
+- **Timers**: ``engine.tick(now)`` every ``tick_interval`` (1 s).
+- **State**: ``engine.snapshot()`` is written atomically (temp file, fsync,
+  rename, fsync of the directory) to ``<state_dir>/engine-state.json`` when
+  it changed (checked every ``persist_interval``) and on shutdown, and
+  restored on start, so a restart in the middle of ``for`` or a cooldown
+  resumes the timers. An unreadable state file is kept aside as
+  ``engine-state.json.bad`` and the engine starts fresh.
+- **Hot reload**: the rules file is polled (mtime, size, inode; then a hash
+  of the text) every ``watch_interval`` and must be unchanged for one more
+  poll before it is read (no half-written files). Valid -> ``engine.reload``
+  (unchanged rules keep their state), a ``reload`` event; invalid -> every
+  ``file:line:col`` error logged, a ``reload_error`` event (warning) and the
+  running rules stay. Changes of ``mqtt:``, ``influx:`` or ``state_dir:``
+  need a restart (logged); changed ``sites:`` resubscribe.
+- **Health**: every ``stats_interval`` (10 s) a ``gateway`` point tagged
+  ``engine=<name>``: ``messages_per_s``, cumulative ``messages``,
+  ``decode_errors``, ``dropped``, ``commands_sent``, ``events_sent``,
+  ``publish_failures``, ``notify_*`` and the sink's counters as ``sink_*``;
+  a summary log line every minute.
+- **Stop**: SIGTERM/SIGINT -> state saved, notifications given a few seconds,
+  sink flushed (unsent points go to its disk spool). No OFF is sent: the
+  restarted engine resumes, and a dead one lets the leases run out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway import protocol as p
+from gateway.backoff import Backoff
+from gateway.configfile import ConfigError
+from gateway.session import make_client
+from rules.config import RulesFile, load_rules_file
+from rules.engine import (
+    PARTICULATES,
+    Action,
+    EmitEvent,
+    Engine,
+    LeaseOn,
+    Notify,
+    SwitchOff,
+    rule_digest,
+)
+from rules.lineprotocol import FieldValue, encode_line
+from rules.notify import Message, Notifier
+from rules.override import (
+    EVENT_APPLIED,
+    EVENT_REFUSED,
+    MAX_AGE_S,
+    OverrideRequest,
+    decode_request,
+    override_subscription,
+    parse_override_topic,
+)
+from rules.points import GATEWAY, actuator_line, event_line, gateway_line, telemetry_line
+
+log = logging.getLogger("rules.service")
+
+STATE_FILE = "engine-state.json"
+STATE_VERSION = 1
+PUBLISH_TIMEOUT_S = 10.0
+OFF_EXPIRY_S = 60  # an OFF that could not be delivered within a minute is moot
+EVENT_EXPIRY_S = 3600
+WARN_EVERY_S = 60.0  # bad-input warnings: at most one per kind per minute
+SUMMARY_EVERY_S = 60.0
+TOPIC_CACHE_MAX = 100_000
+
+
+class LineSink(Protocol):
+    """What the service needs of :class:`rules.sink.InfluxSink`."""
+
+    def add(self, line: str | None) -> None: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class ServiceOptions:
+    tick_interval: float = 1.0
+    persist_interval: float = 5.0
+    persist_max_age: float = 60.0  # rewrite at least this often while counters move
+    watch_interval: float = 1.0
+    stats_interval: float = 10.0
+    max_future_s: float = 300.0
+    client_id: str | None = None  # default: mqtt.client_id or dustgate-rules-<host>
+    shared_group: str | None = None
+    engine_name: str | None = None  # the `engine` tag of the health points
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    expiry_s: int | None = None
+    kind: str = "event"  # "command" | "event": for counters and logs
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # not every file system lets us fsync a directory
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class FileWatch:
+    """Change detection for the rules file by polling (robust on SD cards and editors).
+
+    :meth:`poll` returns the new text once a change has been seen on two
+    consecutive polls with the same (mtime, size, inode) and the text's hash
+    differs from the last one returned or given as ``text``.
+    """
+
+    def __init__(self, path: Path, text: str | None = None) -> None:
+        self.path = path
+        self._sig = self._stat()
+        self._pending: tuple[int, int, int] | None = None
+        self._hash = _digest(text) if text is not None else None
+        self.missing = False
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def poll(self) -> str | None:
+        sig = self._stat()
+        if sig is None:
+            if not self.missing:
+                log.warning("rules file %s is missing; keeping the running rules", self.path)
+            self.missing = True
+            return None
+        self.missing = False
+        if sig == self._sig:
+            self._pending = None
+            return None
+        if sig != self._pending:
+            self._pending = sig  # wait one more poll: the editor may still be writing
+            return None
+        self._sig, self._pending = sig, None
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot read %s: %s; keeping the running rules", self.path, exc)
+            return None
+        h = _digest(text)
+        if h == self._hash:
+            return None
+        self._hash = h
+        return text
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def served_sites(rf: RulesFile) -> frozenset[str]:
+    """Sites whose telemetry we take: ``sites:``, or every site a rule reads
+    (its own, its background's and its interlocks')."""
+    if rf.sites is not None:
+        return frozenset(rf.sites)
+    out: set[str] = set()
+    for r in rf.rules:
+        out.update(r.site)
+        if r.relative_to is not None and r.relative_to.site:
+            out.add(r.relative_to.site)
+        out.update(il.site for il in r.unless if il.site)
+    return frozenset(out)
+
+
+def default_client_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
+    return f"dustgate-rules-{host}"[:64]
+
+
+def _expiry_props(seconds: int) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = max(1, seconds)
+    return props
+
+
+# ------------------------------------------------------------------ service
+
+
+@dataclass
+class _Rate:
+    last_t: float
+    last_n: int = 0
+    rate: float = 0.0
+
+
+class RulesService:
+    """The engine plus its MQTT, sink, notifier, persistence and reload shell.
+
+    The synchronous methods (:meth:`on_message`, :meth:`on_tick`,
+    :meth:`reload_text`, :meth:`apply`) take ``now`` and return the MQTT
+    publishes to make; :meth:`run` is the asynchronous shell that does them.
+    """
+
+    def __init__(
+        self,
+        rules_path: Path,
+        rules_file: RulesFile,
+        options: ServiceOptions | None = None,
+        *,
+        sink: LineSink | None = None,
+        notifier: Notifier | None = None,
+        now: float | None = None,
+        rules_text: str | None = None,
+    ) -> None:
+        self.rules_path = Path(rules_path)
+        self.rules_file = rules_file
+        self.options = options or ServiceOptions()
+        self.sink = sink
+        self.notifier = notifier if notifier is not None else Notifier(rules_file.notifiers)
+        self.counters: Counter[str] = Counter()
+        self.state_path = Path(rules_file.state_dir) / STATE_FILE
+        self.client_id = self.options.client_id or rules_file.mqtt.client_id or default_client_id()
+        self.engine_name = self.options.engine_name or self.client_id
+        self._boot = format(int(time.time()) % 36**6, "x")
+        self._off_seq = 0
+        self._served = served_sites(rules_file)
+        self._topic_cache: dict[str, tuple[str, str] | None] = {}
+        self._warned: dict[str, tuple[float, int]] = {}
+        self._old_subscriptions: list[str] = []
+        t = time.time() if now is None else now
+        self.engine = self._restore(t)
+        self._saved_key: str | None = None
+        self._saved_at = -1e18
+        self.watch = FileWatch(self.rules_path, rules_text)
+        self._client: aiomqtt.Client | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._reconnect = asyncio.Event()
+        self._rate = _Rate(time.monotonic())
+        self._last_summary = time.monotonic()
+        self.connected = asyncio.Event()  # set while the broker session is up
+
+    # ----------------------------------------------------------- state file
+
+    def _restore(self, now: float) -> Engine:
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            log.info("no saved state at %s: starting fresh", self.state_path)
+            return Engine(self.rules_file, now)
+        except OSError as exc:
+            log.warning("cannot read %s (%s): starting fresh", self.state_path, exc)
+            return Engine(self.rules_file, now)
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+                raise ValueError(f"state file version {doc.get('version')!r} is not supported")
+            subs = doc.get("subscriptions", [])
+            self._old_subscriptions = [s for s in subs if isinstance(s, str)]
+            engine = Engine.restore(self.rules_file, doc["engine"], now)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad = self.state_path.with_name(self.state_path.name + ".bad")
+            log.error(
+                "saved state %s is unreadable (%s): kept as %s, starting fresh",
+                self.state_path,
+                exc,
+                bad,
+            )
+            with contextlib.suppress(OSError):
+                os.replace(self.state_path, bad)
+            return Engine(self.rules_file, now)
+        busy = [
+            f"{r}@{s}: {st.phase}" for (r, s), st in engine.states.items() if st.phase != "idle"
+        ]
+        log.info(
+            "restored state from %s (saved %s)%s",
+            self.state_path,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("saved_at", 0))),
+            ("; resuming " + ", ".join(busy)) if busy else "",
+        )
+        return engine
+
+    def state_document(self, now: float) -> tuple[str, bytes]:
+        """(change key, file bytes) of the current state."""
+        snap = self.engine.snapshot()
+        key = json.dumps({k: v for k, v in snap.items() if k != "counters"}, sort_keys=True)
+        doc = {
+            "version": STATE_VERSION,
+            "saved_at": now,
+            "rules_file": str(self.rules_path),
+            "subscriptions": self.subscriptions(),
+            "engine": snap,
+        }
+        return key, json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    def save_state_due(self, now: float, force: bool = False) -> bytes | None:
+        """The bytes to write if the state changed (or ``force``/max age), else None."""
+        key, data = self.state_document(now)
+        if force or key != self._saved_key or now - self._saved_at >= self.options.persist_max_age:
+            self._saved_key, self._saved_at = key, now
+            return data
+        return None
+
+    def save_state(self, now: float) -> None:
+        """Write the state now (blocking; used on shutdown)."""
+        data = self.save_state_due(now, force=True)
+        assert data is not None
+        write_atomic(self.state_path, data)
+
+    # -------------------------------------------------------- subscriptions
+
+    def subscriptions(self) -> list[str]:
+        sites = sorted(self.rules_file.sites) if self.rules_file.sites is not None else ["+"]
+        out = []
+        share = f"$share/{self.options.shared_group}/" if self.options.shared_group else ""
+        for s in sites:
+            out.append(share + p.subscription("telemetry", s))
+            out.append(share + p.subscription("state", s))
+            out.append(share + p.subscription("status", s))
+            out.append(share + p.subscription("events", s))
+            out.append(override_subscription(s))
+        return out
+
+    def _subscribe_options(self, topic: str) -> SubscribeOptions:
+        # our own events are written to the sink directly; no_local is not
+        # allowed on shared subscriptions
+        no_local = topic.endswith(f"/{p.EVENTS_SEGMENT}") and not topic.startswith("$share/")
+        return SubscribeOptions(qos=1, noLocal=no_local)
+
+    # -------------------------------------------------------------- inbound
+
+    def _warn(self, kind: str, now: float, fmt: str, *args: object) -> None:
+        """Log bad input at most once per kind per minute, with the count in between."""
+        last, skipped = self._warned.get(kind, (-1e18, 0))
+        if now - last >= WARN_EVERY_S:
+            more = f" (+{skipped} more since the last warning)" if skipped else ""
+            log.warning(fmt + more, *args)
+            self._warned[kind] = (now, 0)
+        else:
+            self._warned[kind] = (last, skipped + 1)
+
+    def on_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
+        """Handle one inbound message; never raises for bad input."""
+        self.counters["messages"] += 1
+        if topic.endswith("/telemetry"):
+            where = self._telemetry_topic(topic)
+            if where is None:
+                self.counters["decode_errors"] += 1
+                self._warn("topic", now, "ignored message on malformed topic %r", topic[:200])
+                return []
+            try:
+                msg = p.decode(p.Telemetry, payload)
+            except p.ProtocolError as exc:
+                self.counters["decode_errors"] += 1
+                self._warn("telemetry", now, "dropped undecodable telemetry on %s: %s", topic, exc)
+                return []
+            return self.on_telemetry(where[0], where[1], msg, now)
+        try:
+            if topic.endswith(f"/{p.EVENTS_SEGMENT}") or topic.endswith(("/state", "/status")):
+                return self._other(p.parse_topic(topic), payload, now)
+            if topic.endswith("/override"):
+                site, actuator = parse_override_topic(topic)
+                return self.on_override(site, actuator, decode_request(payload), now)
+            raise p.ProtocolError(f"unexpected topic {topic!r}")
+        except p.ProtocolError as exc:
+            self.counters["decode_errors"] += 1
+            self._warn("other", now, "dropped message on %s: %s", topic[:200], exc)
+            return []
+
+    def _telemetry_topic(self, topic: str) -> tuple[str, str] | None:
+        cache = self._topic_cache
+        if topic in cache:
+            return cache[topic]
+        try:
+            t = p.parse_topic(topic)
+            where = (t.site, t.name) if t.kind == "telemetry" and t.name else None
+        except p.ProtocolError:
+            where = None
+        if len(cache) >= TOPIC_CACHE_MAX:
+            cache.clear()
+        cache[topic] = where
+        return where
+
+    def on_telemetry(self, site: str, device: str, msg: p.Telemetry, now: float) -> list[Publish]:
+        if site not in self._served:
+            self.counters["other_site"] += 1
+            self._warn("site", now, "dropped telemetry from %s/%s: site not served", site, device)
+            return []
+        if msg.ts > (now + self.options.max_future_s) * 1000.0:
+            self.counters["future_ts"] += 1
+            self._warn(
+                "future",
+                now,
+                "dropped reading of %s/%s stamped %.0fs in the future (clock wrong?)",
+                site,
+                device,
+                msg.ts / 1000.0 - now,
+            )
+            return []
+        sink = self.sink
+        if sink is not None:
+            stored = msg
+            bad = [m for m, v in msg.values.items() if v < 0 and m in PARTICULATES]
+            if bad:
+                flags = dict(msg.flags or {})
+                for m in bad:
+                    flags[m] = p.Status.FAULT
+                stored = msg.model_copy(update={"flags": flags})
+            sink.add(telemetry_line(site, device, stored))
+        actions = self.engine.ingest(site, device, msg, now)
+        return self.apply(actions, now) if actions else []
+
+    def _other(self, t: p.Topic, payload: bytes, now: float) -> list[Publish]:
+        sink = self.sink
+        if t.kind == "state" and t.name:
+            st = p.decode(p.ActuatorState, payload)
+            self.counters["states"] += 1
+            log.debug("%s/%s is %s (%s)", t.site, t.name, st.state, st.source)
+            if sink is not None:
+                sink.add(actuator_line(t.site, t.name, st))
+        elif t.kind == "status" and t.name:
+            gs = p.decode(p.GatewayStatus, payload)
+            self.counters["statuses"] += 1
+            if gs.state == "offline":
+                log.warning("gateway %s of site %s is offline", t.name, t.site)
+            if sink is not None:
+                sink.add(gateway_line(t.site, t.name, gs))
+        elif t.kind == "events":
+            ev = p.decode(p.Event, payload)
+            self.counters["events_in"] += 1
+            if sink is not None:
+                sink.add(event_line(t.site, ev))
+        else:
+            raise p.ProtocolError(f"unexpected {t.kind} message")
+        return []
+
+    # ------------------------------------------------------------- override
+
+    def on_override(
+        self, site: str, actuator: str, req: OverrideRequest, now: float
+    ) -> list[Publish]:
+        if site not in self._served:
+            return []  # another engine's site
+        age = now - req.ts / 1000.0
+        why = ""
+        if age > MAX_AGE_S:
+            why = f"request is {age:.0f}s old (limit {MAX_AGE_S:g}s)"
+        elif self.rules_file.actuator(site, actuator) is None:
+            why = f"actuator {site}/{actuator} is not declared in {self.rules_path.name}"
+        if why:
+            self.counters["override_refused"] += 1
+            log.warning(
+                "override %s of %s/%s by %s refused: %s", req.mode, site, actuator, req.who, why
+            )
+            ev = p.Event(
+                ts=p.now_ms(now),
+                kind=EVENT_REFUSED,
+                text=f"override {req.mode} of {actuator} by {req.who} refused: {why}"[:1000],
+                severity="warning",
+                actuator=actuator,
+                data={"request": req.id, "mode": req.mode, "who": req.who, "why": why},
+            )
+            return self.apply([EmitEvent(site, ev)], now)
+        until = None if req.mode == "auto" or req.for_s is None else now + req.for_s
+        try:
+            actions = self.engine.set_override(site, actuator, req.mode, until, req.who, now)
+        except (KeyError, ValueError) as exc:  # raced with a reload
+            self.counters["override_refused"] += 1
+            ev = p.Event(
+                ts=p.now_ms(now),
+                kind=EVENT_REFUSED,
+                text=f"override refused: {exc}"[:1000],
+                severity="warning",
+                actuator=actuator,
+                data={"request": req.id, "why": str(exc)[:200]},
+            )
+            return self.apply([EmitEvent(site, ev)], now)
+        self.counters["overrides"] += 1
+        log.warning(
+            "override: %s/%s %s%s by %s%s",
+            site,
+            actuator,
+            req.mode,
+            f" for {req.for_s:g}s" if until is not None and req.for_s else "",
+            req.who,
+            f" ({req.reason})" if req.reason else "",
+        )
+        tagged: list[Action] = []
+        for a in actions:
+            if isinstance(a, EmitEvent) and a.event.kind == EVENT_APPLIED:
+                data = dict(a.event.data or {})
+                data["request"] = req.id
+                if until is not None:
+                    data["until"] = p.now_ms(until)
+                if req.reason:
+                    data["reason"] = req.reason
+                a = EmitEvent(a.site, a.event.model_copy(update={"data": data}))
+            tagged.append(a)
+        return self.apply(tagged, now, override=True)
+
+    # -------------------------------------------------------------- actions
+
+    def on_tick(self, now: float) -> list[Publish]:
+        actions = self.engine.tick(now)
+        return self.apply(actions, now) if actions else []
+
+    def apply(self, actions: Iterable[Action], now: float, override: bool = False) -> list[Publish]:
+        """Turn engine actions into publishes (and sink lines, notifications)."""
+        out: list[Publish] = []
+        ts = p.now_ms(now)
+        for a in actions:
+            if isinstance(a, LeaseOn):
+                source = "rule" if a.rule is not None and not override else "override"
+                cmd = p.Command(
+                    id=a.cmd_id or self._off_id(a.rule),
+                    action="on",
+                    lease_s=a.lease_s,
+                    reason=a.reason[:200],
+                    source=source,  # type: ignore[arg-type]
+                    ts=ts,
+                    rule=a.rule,
+                )
+                level = logging.DEBUG if a.reason.endswith(": renew") else logging.INFO
+                log.log(
+                    level, "cmd %s/%s on, lease %gs: %s", a.site, a.actuator, a.lease_s, a.reason
+                )
+                out.append(
+                    Publish(
+                        p.cmd_topic(a.site, a.actuator),
+                        p.encode(cmd),
+                        1,
+                        max(1, int(a.lease_s)),
+                        "command",
+                    )
+                )
+            elif isinstance(a, SwitchOff):
+                cmd = p.Command(
+                    id=self._off_id(a.rule),
+                    action="off",
+                    reason=a.reason[:200],
+                    source="override" if override else "rule",
+                    ts=ts,
+                    rule=a.rule,
+                )
+                log.info("cmd %s/%s off: %s", a.site, a.actuator, a.reason)
+                out.append(
+                    Publish(
+                        p.cmd_topic(a.site, a.actuator), p.encode(cmd), 1, OFF_EXPIRY_S, "command"
+                    )
+                )
+            elif isinstance(a, EmitEvent):
+                ev = a.event
+                level = logging.INFO if ev.severity == "info" else logging.WARNING
+                log.log(level, "event %s %s: %s", a.site, ev.kind, ev.text)
+                if self.sink is not None:
+                    self.sink.add(event_line(a.site, ev))
+                out.append(
+                    Publish(p.events_topic(a.site), p.encode(ev), 1, EVENT_EXPIRY_S, "event")
+                )
+            elif isinstance(a, Notify):
+                self.counters["notify_requested"] += 1
+                self.notifier.submit(Message(a.notifier, a.rule, a.site, a.text, a.severity, ts))
+        return out
+
+    def _off_id(self, rule: str | None) -> str:
+        self._off_seq += 1
+        return f"{rule or 'engine'}-off-{self._boot}-{self._off_seq}"[-64:]
+
+    # --------------------------------------------------------------- reload
+
+    def check_reload(self, now: float) -> list[Publish]:
+        text = self.watch.poll()
+        if text is None:
+            return []
+        return self.reload_text(text, now)
+
+    def reload_text(self, text: str, now: float) -> list[Publish]:
+        """Validate ``text`` as the new rules file; swap it in or report why not."""
+        old = self.rules_file
+        sites = sorted(self._served)
+        try:
+            new = load_rules_file(self.rules_path, text=text)
+        except ConfigError as exc:
+            self.counters["reload_errors"] += 1
+            log.error(
+                "rules file %s has %d error(s); keeping the running rules:",
+                self.rules_path,
+                len(exc.issues),
+            )
+            for issue in exc.issues:
+                log.error("  %s", issue)
+            lines = [str(i) for i in exc.issues]
+            body = "\n".join(lines)
+            text_ = f"rules not reloaded, {len(lines)} error(s); running rules kept:\n{body}"
+            events: list[Action] = [
+                EmitEvent(
+                    s,
+                    p.Event(
+                        ts=p.now_ms(now),
+                        kind="reload_error",
+                        text=text_[:1000],
+                        severity="warning",
+                        data={"file": str(self.rules_path), "errors": lines[:20]},
+                    ),
+                )
+                for s in sites
+            ]
+            return self.apply(events, now)
+        old_d = {r.id: rule_digest(r) for r in old.rules}
+        new_d = {r.id: rule_digest(r) for r in new.rules}
+        added = sorted(set(new_d) - set(old_d))
+        removed = sorted(set(old_d) - set(new_d))
+        changed = sorted(r for r in set(old_d) & set(new_d) if old_d[r] != new_d[r])
+        kept = len(new_d) - len(added) - len(changed)
+        actions = self.engine.reload(new, now)
+        self.rules_file = new
+        self._served = served_sites(new)
+        self.notifier.update(new.notifiers)
+        self.counters["reloads"] += 1
+        for what in ("mqtt", "influx", "state_dir"):
+            if getattr(old, what) != getattr(new, what):
+                log.warning(
+                    "%s: changed in %s; restart the service to apply", what, self.rules_path
+                )
+        if old.sites != new.sites:
+            self._reconnect.set()  # new subscriptions
+        parts = [f"{len(new_d)} rules, {kept} unchanged (state kept)"]
+        for label, ids in (("added", added), ("changed", changed), ("removed", removed)):
+            if ids:
+                parts.append(f"{label}: {', '.join(ids)}")
+        summary = f"rules reloaded from {self.rules_path.name}: " + "; ".join(parts)
+        data: dict[str, Any] = {"added": added, "changed": changed, "removed": removed}
+        out_actions: list[Action] = [
+            EmitEvent(s, p.Event(ts=p.now_ms(now), kind="reload", text=summary[:1000], data=data))
+            for s in sorted(self._served | set(sites))
+        ]
+        return self.apply([*out_actions, *actions], now)
+
+    # ---------------------------------------------------------------- stats
+
+    def stats_line(self, now: float) -> str:
+        mono = time.monotonic()
+        r = self._rate
+        n = self.counters["messages"]
+        dt = mono - r.last_t
+        if dt > 0:
+            r.rate = (n - r.last_n) / dt
+        r.last_t, r.last_n = mono, n
+        ec = self.engine.counters
+        fields: dict[str, FieldValue] = {
+            "messages_per_s": float(r.rate),
+            "messages": int(n),
+            "readings": int(ec["readings"]),
+            "decode_errors": int(self.counters["decode_errors"]),
+            "dropped": int(self.dropped()),
+            "commands_sent": int(self.counters["commands_sent"]),
+            "events_sent": int(self.counters["events_sent"]),
+            "publish_failures": int(self.counters["publish_failures"]),
+            "publish_dropped_offline": int(self.counters["publish_dropped_offline"]),
+            "reloads": int(self.counters["reloads"]),
+            "reload_errors": int(self.counters["reload_errors"]),
+        }
+        for k in ("sent", "failed", "suppressed", "dropped_full"):
+            fields[f"notify_{k}"] = int(self.notifier.counters[k])
+        counters = getattr(getattr(self.sink, "counters", None), "as_dict", None)
+        if callable(counters):
+            for k, v in counters().items():
+                fields[f"sink_{k}"] = int(v)
+        line = encode_line(GATEWAY, {"engine": self.engine_name}, fields, p.now_ms(now))
+        assert line is not None
+        return line
+
+    def dropped(self) -> int:
+        ec = self.engine.counters
+        return (
+            self.counters["other_site"]
+            + self.counters["future_ts"]
+            + ec["duplicate"]
+            + ec["out_of_order"]
+            + ec["other_site"]
+        )
+
+    def summary(self) -> str:
+        ec = self.engine.counters
+        return (
+            f"{self._rate.rate:.1f} msg/s, {self.counters['messages']} messages, "
+            f"{ec['readings']} readings, {self.counters['decode_errors']} decode errors, "
+            f"{self.dropped()} dropped (dup {ec['duplicate']}, out of order "
+            f"{ec['out_of_order']}, other site {self.counters['other_site']}, future "
+            f"{self.counters['future_ts']}), {ec['negative_value']} negative, "
+            f"{ec['unknown_device']} from devices no rule reads, "
+            f"{self.counters['commands_sent']} commands, {self.counters['events_sent']} events"
+        )
+
+    # ------------------------------------------------------------ the shell
+
+    def _send(self, pubs: list[Publish]) -> None:
+        if not pubs:
+            return
+        client = self._client
+        if client is None:
+            self.counters["publish_dropped_offline"] += len(pubs)
+            for pub in pubs:
+                if pub.kind == "command":
+                    log.warning("broker unreachable: command to %s dropped", pub.topic)
+            return
+        for pub in pubs:
+            # tasks start in creation order, so paho queues the publishes in order
+            task = asyncio.create_task(self._publish(client, pub))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, client: aiomqtt.Client, pub: Publish) -> None:
+        props = _expiry_props(pub.expiry_s) if pub.expiry_s else None
+        try:
+            await client.publish(
+                pub.topic, pub.payload, qos=pub.qos, properties=props, timeout=PUBLISH_TIMEOUT_S
+            )
+        except aiomqtt.MqttError as exc:
+            self.counters["publish_failures"] += 1
+            log.warning("publish to %s failed: %s", pub.topic, exc)
+            return
+        self.counters["commands_sent" if pub.kind == "command" else "events_sent"] += 1
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        clock = time.time
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = b"" if payload is None else str(payload).encode()
+            now = clock()
+            try:
+                pubs = self.on_message(message.topic.value, bytes(payload), now)
+            except Exception:  # a bug must not take the service down
+                self.counters["internal_errors"] += 1
+                log.exception("handling a message on %s failed", message.topic.value)
+                continue
+            if pubs:
+                self._send(pubs)
+
+    async def _connection(self, stop: asyncio.Event) -> None:
+        settings = self.rules_file.mqtt
+        backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
+        rng = random.Random()
+        failures = 0
+        while not stop.is_set():
+            client = make_client(settings, self.client_id, persistent=True)
+            try:
+                async with client:
+                    subs = self.subscriptions()
+                    stale = [s for s in self._old_subscriptions if s not in subs]
+                    if stale:
+                        await client.unsubscribe(stale)
+                    for sub in subs:
+                        await client.subscribe(sub, options=self._subscribe_options(sub))
+                    self._old_subscriptions = subs
+                    if failures:
+                        log.info("reconnected to mqtt %s:%d", settings.host, settings.port)
+                    else:
+                        log.info(
+                            "connected to mqtt %s:%d as %s; subscribed to %s",
+                            settings.host,
+                            settings.port,
+                            self.client_id,
+                            ", ".join(subs),
+                        )
+                    failures = 0
+                    self._client = client
+                    self.connected.set()
+                    self._reconnect.clear()
+                    receiver = asyncio.create_task(self._receive(client))
+                    waiter = asyncio.create_task(self._reconnect.wait())
+                    try:
+                        done, _ = await asyncio.wait(
+                            {receiver, waiter}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        receiver.cancel()
+                        waiter.cancel()
+                        await asyncio.gather(receiver, waiter, return_exceptions=True)
+                    if receiver in done and receiver.exception() is not None:
+                        raise receiver.exception()  # type: ignore[misc]
+                    log.info("resubscribing (sites changed)")
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "mqtt %s:%d: %s (attempt %d)", settings.host, settings.port, exc, failures
+                    )
+            finally:
+                self._client = None
+                self.connected.clear()
+            if failures:
+                delay = backoff.delay(failures, rng.random())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+
+    async def _every(self, interval: float, what: str, fn: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("%s failed", what)
+
+    async def _tick(self) -> None:
+        self._send(self.on_tick(time.time()))
+
+    async def _persist(self) -> None:
+        data = self.save_state_due(time.time())
+        if data is not None:
+            try:
+                await asyncio.to_thread(write_atomic, self.state_path, data)
+            except OSError as exc:
+                self._saved_key = None  # try again next time
+                log.error("cannot save state to %s: %s", self.state_path, exc)
+
+    async def _watch(self) -> None:
+        self._send(self.check_reload(time.time()))
+
+    async def _stats(self) -> None:
+        now = time.time()
+        line = self.stats_line(now)
+        if self.sink is not None:
+            self.sink.add(line)
+        mono = time.monotonic()
+        if mono - self._last_summary >= SUMMARY_EVERY_S:
+            self._last_summary = mono
+            log.info("engine: %s", self.summary())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then save state and flush."""
+        o = self.options
+        if self.sink is not None:
+            await self.sink.start()
+        await self.notifier.start()
+        tasks = [
+            asyncio.create_task(self._connection(stop), name="mqtt"),
+            asyncio.create_task(self._every(o.tick_interval, "tick", self._tick), name="tick"),
+            asyncio.create_task(
+                self._every(o.persist_interval, "saving state", self._persist), name="persist"
+            ),
+            asyncio.create_task(
+                self._every(o.watch_interval, "rules file watch", self._watch), name="watch"
+            ),
+            asyncio.create_task(self._every(o.stats_interval, "stats", self._stats), name="stats"),
+        ]
+        log.info(
+            "rule engine %s: %d rules for sites %s from %s",
+            self.engine_name,
+            len(self.rules_file.rules),
+            ", ".join(sorted(self._served)) or "(none)",
+            self.rules_path,
+        )
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: saving state, flushing")
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._publishing:
+                await asyncio.wait(list(self._publishing), timeout=2.0)
+            try:
+                self.save_state(time.time())
+            except OSError as exc:
+                log.error("cannot save state to %s: %s", self.state_path, exc)
+            await self.notifier.close(timeout=3.0)
+            if self.sink is not None:
+                await self.sink.close()
+            log.info("stopped: %s", self.summary())
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dustgate rules",
+        description="Run the rule engine: telemetry in over MQTT, lease commands and events out.",
+    )
+    ap.add_argument("--config", type=Path, required=True, help="rules.yaml")
+    ap.add_argument("--client-id", default=None, help="MQTT client id (default from config/host)")
+    ap.add_argument(
+        "--shared-group",
+        default=None,
+        help="subscribe via $share/GROUP/... to spread sites over several engines",
+    )
+    ap.add_argument("--tick", type=float, default=1.0, help="seconds between timer ticks (1)")
+    ap.add_argument(
+        "--watch-interval", type=float, default=1.0, help="rules file poll interval (1 s)"
+    )
+    ap.add_argument(
+        "--persist-interval", type=float, default=5.0, help="state save check interval (5 s)"
+    )
+    ap.add_argument("--stats-interval", type=float, default=10.0, help="health points (10 s)")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return ap
+
+
+def build_sink(rules_file: RulesFile) -> LineSink | None:
+    if rules_file.influx is None:
+        return None
+    from rules.sink import InfluxSink
+
+    return InfluxSink(rules_file.influx, rules_file.state_dir)
+
+
+async def serve(service: RulesService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await service.run(stop)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.shared_group is not None and not re.fullmatch(
+        r"[A-Za-z0-9_-]{1,64}", args.shared_group
+    ):
+        print("dustgate rules: --shared-group must be [A-Za-z0-9_-]{1,64}", file=sys.stderr)
+        return 2
+    try:
+        text = args.config.read_text(encoding="utf-8")
+        rules_file = load_rules_file(args.config, text=text)
+    except ConfigError as exc:
+        print(f"dustgate rules: {args.config} has errors:\n{exc}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"dustgate rules: cannot read {args.config}: {exc}", file=sys.stderr)
+        return 2
+    options = ServiceOptions(
+        tick_interval=args.tick,
+        persist_interval=args.persist_interval,
+        watch_interval=args.watch_interval,
+        stats_interval=args.stats_interval,
+        client_id=args.client_id,
+        shared_group=args.shared_group,
+    )
+    service = RulesService(
+        args.config, rules_file, options, sink=build_sink(rules_file), rules_text=text
+    )
+    asyncio.run(serve(service))
+    return 0
