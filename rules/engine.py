@@ -42,7 +42,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,7 +62,7 @@ from rules.evaluator import (
     quiet,
 )
 from rules.model import Rule
-from rules.window import DeviceTrack, RollingWindow, Series
+from rules.window import DeviceTrack, Series
 
 __all__ = [
     "Action",
@@ -78,6 +78,7 @@ PARTICULATES = frozenset({"pm1", "pm25", "pm10", "tsp"})
 SNAPSHOT_VERSION = 1
 OverrideMode = Literal["on", "off", "auto"]
 InstanceKey = tuple[str, str]  # (rule id, site)
+Reader = Callable[[float], float | None]
 
 
 def rule_digest(rule: Rule) -> str:
@@ -119,16 +120,15 @@ class _SeriesRef:
 class _Source:
     """A resolved _SeriesRef: direct references to its series, windows and device tracks."""
 
-    __slots__ = ("aggregate", "combine", "is_above", "items", "ref")
+    __slots__ = ("aggregate", "combine", "is_above", "items", "ref", "shared")
 
-    def __init__(
-        self, ref: _SeriesRef, items: list[tuple[Series, RollingWindow, DeviceTrack]]
-    ) -> None:
+    def __init__(self, ref: _SeriesRef, items: list[tuple[Series, Reader, DeviceTrack]]) -> None:
         self.ref = ref
         self.items = items
         self.aggregate = ref.aggregate
         self.combine = ref.combine
         self.is_above = ref.is_above
+        self.shared = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +145,8 @@ class _Instance:
 
 class Engine:
     def __init__(self, rules_file: RulesFile, now: float | None = None) -> None:
-        self.counters: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._n_readings = 0
         self.last_inputs: dict[InstanceKey, RuleInputs] = {}  # of the last full evaluation
         self.last_values: dict[InstanceKey, float | None] = {}  # main value, every evaluation
         self._tracks: dict[tuple[str, str], DeviceTrack] = {}
@@ -223,27 +224,33 @@ class Engine:
                 for ref in (main, bg, *(r for _, r in ils)):
                     if ref is not None:
                         need(ref, key)
-        by_device: dict[tuple[str, str], list[tuple[str, Series]]] = {}
+        for site, dev, _ in needs:
+            track = self._tracks.setdefault((site, dev), DeviceTrack(*self._stale))
+            track.factor, track.lo, track.hi = self._stale
+        by_device: dict[tuple[str, str], tuple[DeviceTrack, list[Any]]] = {}
         for (site, dev, metric), lengths in needs.items():
             series = self._series.get((site, dev, metric))
             if series is None:
                 series = self._series[(site, dev, metric)] = Series()
             for length, kinds in lengths.items():
                 series.window(length, kinds)
-            by_device.setdefault((site, dev), []).append((metric, series))
+            _, metrics = by_device.setdefault((site, dev), (self._tracks[(site, dev)], []))
+            metrics.append((metric, series, list(series.windows.values()),
+                            metric in PARTICULATES))  # fmt: skip
         self._by_device = by_device
-        for site, dev, _ in needs:
-            self._tracks.setdefault((site, dev), DeviceTrack(*self._stale))
         sources: dict[_SeriesRef, _Source] = {}
 
         def resolve(ref: _SeriesRef) -> _Source:
             src = sources.get(ref)
-            if src is None:
+            if src is not None:
+                src.shared = True
+            else:
                 items = []
                 for dev in ref.devices:
                     series = self._series[(ref.site, dev, ref.metric)]
+                    window = series.windows[ref.window]
                     items.append(
-                        (series, series.windows[ref.window], self._tracks[(ref.site, dev)])
+                        (series, window.reader(ref.aggregate), self._tracks[(ref.site, dev)])
                     )
                 src = sources[ref] = _Source(ref, items)
             return src
@@ -307,30 +314,38 @@ class Engine:
         """
         served = self._served
         if served is not None and site not in served:
-            self.counters["other_site"] += 1
+            self._counts["other_site"] += 1
             return []
-        metrics = self._by_device.get((site, device))
-        if metrics is None:
-            self.counters["unknown_device"] += 1
+        entry = self._by_device.get((site, device))
+        if entry is None:
+            self._counts["unknown_device"] += 1
             return []
-        track = self._tracks[(site, device)]
+        track, metrics = entry
         rejected = track.accept(ts, seq)
         if rejected is not None:
-            self.counters[rejected] += 1
+            self._counts[rejected] += 1
             return []
-        self.counters["readings"] += 1
+        self._n_readings += 1
         self._memo_now = None
-        dev_ok = status == "ok"
-        for metric, series in metrics:
+        clean = flags is None and status == "ok"
+        for metric, series, windows, particulate in metrics:
             value = values.get(metric)
             if value is None:
                 continue
-            ok = dev_ok if flags is None else flags.get(metric, status) == "ok"
-            if value < 0 and metric in PARTICULATES:
-                self.counters["negative_value"] += 1
+            if clean and not (particulate and value < 0):
+                # the hot path: Series.add inlined
+                series.last_ts = ts
+                series.last_ok_ts = ts
+                series.bad = False
+                for w in windows:
+                    w.append(ts, value)
+                continue
+            ok = flags.get(metric, status) == "ok" if flags is not None else status == "ok"
+            if particulate and value < 0:
+                self._counts["negative_value"] += 1
                 ok = False
             elif not ok:
-                self.counters["bad_status"] += 1
+                self._counts["bad_status"] += 1
             series.add(ts, value, ok)
         if not evaluate:
             return []
@@ -344,8 +359,11 @@ class Engine:
     def tick(self, now: float) -> list[Action]:
         """Evaluate every rule; expire overrides and dead holders; renew ON overrides."""
         out: list[Action] = []
-        for key in self._instances:
-            out.extend(self._evaluate(key, now))
+        evaluate_one = self._evaluate_instance
+        for key, inst in self._instances.items():
+            acts = evaluate_one(key, inst, now)
+            if acts:
+                out.extend(acts)
         out.extend(self._tick_actuators(now))
         return out
 
@@ -380,35 +398,42 @@ class Engine:
     # ---------------------------------------------------------- evaluation
 
     def _value(self, src: _Source, now: float) -> float | None:
+        if not src.shared:
+            return self._compute(src, now)
+        # shared by several rules (interlocks, backgrounds): computed once per `now`
         if self._memo_now != now:
             self._memo.clear()
             self._memo_now = now
-        memo = self._memo
         sid = id(src)
-        if sid in memo:
-            return memo[sid]
-        kind = src.aggregate
+        if sid in self._memo:
+            return self._memo[sid]
+        result = self._memo[sid] = self._compute(src, now)
+        return result
+
+    @staticmethod
+    def _compute(src: _Source, now: float) -> float | None:
+        items = src.items
+        if len(items) == 1:
+            series, read, track = items[0]
+            ok_ts = series.last_ok_ts
+            if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
+                return None
+            return read(now)
         vals: list[float | None] = []
-        for series, window, track in src.items:
+        for series, read, track in items:
             ok_ts = series.last_ok_ts
             if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
                 vals.append(None)
             else:
-                vals.append(window.aggregate(kind, now))
-        if len(vals) == 1:
-            result = vals[0]
-        else:
-            known = [v for v in vals if v is not None]
-            if src.combine == "any":
-                result = (max(known) if src.is_above else min(known)) if known else None
-            elif len(known) != len(vals):
-                result = None
-            elif src.combine == "all":
-                result = min(known) if src.is_above else max(known)
-            else:
-                result = math.fsum(known) / len(known)
-        memo[sid] = result
-        return result
+                vals.append(read(now))
+        known = [v for v in vals if v is not None]
+        if src.combine == "any":
+            return (max(known) if src.is_above else min(known)) if known else None
+        if len(known) != len(vals):
+            return None
+        if src.combine == "all":
+            return min(known) if src.is_above else max(known)
+        return math.fsum(known) / len(known)
 
     def inputs(self, key: InstanceKey, now: float) -> RuleInputs:
         """The aggregated inputs of one (rule, site) at ``now`` (interlocks always included)."""
@@ -432,7 +457,9 @@ class Engine:
         return any(track.last_ts is None for _, _, track in inst.src_main.items)
 
     def _evaluate(self, key: InstanceKey, now: float) -> list[Action]:
-        inst = self._instances[key]
+        return self._evaluate_instance(key, self._instances[key], now)
+
+    def _evaluate_instance(self, key: InstanceKey, inst: _Instance, now: float) -> list[Action]:
         state = self._states[key]
         v = self._main_value(inst, now)
         self.last_values[key] = v
@@ -482,7 +509,7 @@ class Engine:
                 a.holders[action.rule] = now + action.lease_s
                 ov = self._overrides.get(key)
                 if ov is not None:
-                    self.counters[f"override_{ov.mode}_wins"] += 1
+                    self._counts[f"override_{ov.mode}_wins"] += 1
                     continue
                 due = a.last_sent is None or now - a.last_sent >= action.lease_s / 3
                 if not a.on or due or action.lease_s > a.lease_s:
@@ -511,7 +538,7 @@ class Engine:
                 spec = self.rules_file.notifiers.get(action.notifier)
                 last = self._notify_last.get(action.notifier)
                 if spec is not None and last is not None and now - last < spec.min_interval:
-                    self.counters["notify_suppressed"] += 1
+                    self._counts["notify_suppressed"] += 1
                     continue
                 self._notify_last[action.notifier] = now
                 out.append(action)
@@ -588,6 +615,14 @@ class Engine:
 
     def state(self, rule: str, site: str) -> RuleState:
         return self._states[(rule, site)]
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Dropped and accepted readings, suppressed notifications, ... (a copy)."""
+        c = Counter(self._counts)
+        if self._n_readings:
+            c["readings"] = self._n_readings
+        return c
 
     @property
     def states(self) -> Mapping[InstanceKey, RuleState]:
@@ -716,5 +751,5 @@ class Engine:
         self._overrides = {k: o for k, o in self._overrides.items() if k in self._actuators}
         self.last_inputs = {k: v for k, v in self.last_inputs.items() if k in self._instances}
         self.last_values = {k: v for k, v in self.last_values.items() if k in self._instances}
-        self.counters["reloads"] += 1
+        self._counts["reloads"] += 1
         return out

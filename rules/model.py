@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -177,19 +178,31 @@ class ActiveHours(StrictModel):
         return h1 * 60 + m1, h2 * 60 + m2
 
     def contains(self, now: float) -> bool:
-        """Is ``now`` (epoch seconds) inside the active hours? Pure."""
-        local = datetime.fromtimestamp(now, ZoneInfo(self.tz))
-        start, end = self.minutes()
-        minute = local.hour * 60 + local.minute
-        day = local.weekday()
-        if start < end:
-            return DAYS[day] in self.days and start <= minute < end
-        # wraps midnight: the part after midnight belongs to the previous day's window
-        if minute >= start:
-            return DAYS[day] in self.days
-        if minute < end:
-            return DAYS[(day - 1) % 7] in self.days
-        return False
+        """Is ``now`` (epoch seconds) inside the active hours? Pure.
+
+        Cached per minute of time (zone offsets are whole minutes), since
+        rules ask every second.
+        """
+        return _contains(self.hours, tuple(self.days), self.tz, int(now // 60))
+
+
+@lru_cache(maxsize=4096)
+def _contains(hours: str, days: tuple[str, ...], tz: str, epoch_minute: int) -> bool:
+    local = datetime.fromtimestamp(epoch_minute * 60, ZoneInfo(tz))
+    m = _HOURS.match(hours)
+    assert m
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    minute = local.hour * 60 + local.minute
+    day = local.weekday()
+    if start < end:
+        return DAYS[day] in days and start <= minute < end
+    # wraps midnight: the part after midnight belongs to the previous day's window
+    if minute >= start:
+        return DAYS[day] in days
+    if minute < end:
+        return DAYS[(day - 1) % 7] in days
+    return False
 
 
 class Actions(StrictModel):

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 AGGREGATES = ("mean", "max", "min", "last")
 
 _RESUM_MIN = 1024
+_EVICT_EVERY = 64
 
 
 class RollingWindow:
@@ -48,6 +49,7 @@ class RollingWindow:
         "_maxq",
         "_minq",
         "_ops",
+        "_pending",
         "_sum",
         "_times",
         "_values",
@@ -74,6 +76,7 @@ class RollingWindow:
         self._minq: deque[tuple[float, float]] = deque()
         self._sum = 0.0
         self._ops = 0
+        self._pending = 0
         self._horizon = -math.inf
 
     def want(self, kinds: Iterable[str]) -> None:
@@ -126,15 +129,22 @@ class RollingWindow:
             while q and q[-1][1] >= value:
                 q.pop()
             q.append((ts, value))
-        self.evict(ts)
+        # Queries evict; here only now and then, to bound windows nobody queries.
+        self._pending += 1
+        if self._pending >= _EVICT_EVERY:
+            self.evict(ts)
 
     def evict(self, now: float) -> None:
         """Drop readings at or before ``now - length``."""
+        self._pending = 0
+        times = self._times
+        if times and times[-1] > now:
+            now = times[-1]  # the horizon follows the newest reading too (same as eager)
         horizon = now - self.length
         if horizon <= self._horizon:
             return
         self._horizon = horizon
-        times, values = self._times, self._values
+        values = self._values
         if times and times[0] <= horizon:
             want_mean = self._want_mean
             while times and times[0] <= horizon:
@@ -155,24 +165,32 @@ class RollingWindow:
 
     def aggregate(self, kind: str, now: float) -> float | None:
         """The aggregate over ``(now - length, now]``; None if the window is empty."""
+        return self.reader(kind)(now)
+
+    def reader(self, kind: str) -> Callable[[float], float | None]:
+        """The bound method computing ``kind`` (looked up once, called often)."""
+        if kind not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {kind!r}")
+        if kind != "last" and not getattr(self, f"_want_{kind}"):
+            raise ValueError(f"{kind} is not maintained by this window")
+        return {"mean": self.mean, "max": self.max, "min": self.min, "last": self.last}[kind]
+
+    def mean(self, now: float) -> float | None:
         self.evict(now)
-        if not self._times:
-            return None
-        if kind == "mean":
-            if not self._want_mean:
-                raise ValueError("mean is not maintained by this window")
-            return self._sum / len(self._times)
-        if kind == "max":
-            if not self._want_max:
-                raise ValueError("max is not maintained by this window")
-            return self._maxq[0][1]
-        if kind == "min":
-            if not self._want_min:
-                raise ValueError("min is not maintained by this window")
-            return self._minq[0][1]
-        if kind == "last":
-            return self._values[-1]
-        raise ValueError(f"unknown aggregate {kind!r}")
+        n = len(self._times)
+        return self._sum / n if n else None
+
+    def max(self, now: float) -> float | None:
+        self.evict(now)
+        return self._maxq[0][1] if self._maxq else None
+
+    def min(self, now: float) -> float | None:
+        self.evict(now)
+        return self._minq[0][1] if self._minq else None
+
+    def last(self, now: float) -> float | None:
+        self.evict(now)
+        return self._values[-1] if self._values else None
 
     def oldest(self) -> float | None:
         return self._times[0] if self._times else None
