@@ -45,7 +45,6 @@ class RollingWindow:
     """Readings in ``(horizon, newest]`` with O(1) amortised mean/max/min/last."""
 
     __slots__ = (
-        "_horizon",
         "_maxq",
         "_minq",
         "_ops",
@@ -77,7 +76,6 @@ class RollingWindow:
         self._sum = 0.0
         self._ops = 0
         self._pending = 0
-        self._horizon = -math.inf
 
     def want(self, kinds: Iterable[str]) -> None:
         """Start maintaining more aggregates (rebuilt from the stored readings)."""
@@ -138,14 +136,13 @@ class RollingWindow:
         """Drop readings at or before ``now - length``."""
         self._pending = 0
         times = self._times
-        if times and times[-1] > now:
-            now = times[-1]  # the horizon follows the newest reading too (same as eager)
-        horizon = now - self.length
-        if horizon <= self._horizon:
+        if not times:
             return
-        self._horizon = horizon
-        values = self._values
-        if times and times[0] <= horizon:
+        newest = times[-1]
+        # the horizon follows the newest reading too (as if evicted on every append)
+        horizon = (newest if newest > now else now) - self.length
+        if times[0] <= horizon:
+            values = self._values
             want_mean = self._want_mean
             while times and times[0] <= horizon:
                 times.popleft()
