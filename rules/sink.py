@@ -249,6 +249,11 @@ class InfluxSink:
                     continue
             except SpoolError as exc:
                 self._spool_failed(exc)
+                if give_up:  # closing, database away and disk refusing: nothing left to try
+                    self.counters.dropped_buffer_full += len(self._buf)
+                    log.error("influx sink: closing with %d unsaved lines lost", len(self._buf))
+                    self._buf.clear()
+                    return
             except Exception:  # a bug must not stop the writer: log, pause, carry on
                 log.exception("influx sink: unexpected error in the writer thread")
                 self._retry_at = self._clock() + self.settings.max_retry_delay

@@ -14,6 +14,7 @@ from sinkhelpers import FakeInflux, Reply, Request
 from gateway.localservices import free_port
 from rules.settings import InfluxSettings
 from rules.sink import InfluxSink, backoff_delay
+from rules.spool import Spool, SpoolError
 
 FAST = {
     "flush_interval": 0.05,
@@ -201,3 +202,39 @@ async def test_a_sink_is_used_once_and_refuses_lines_after_close(
         sink.add("m v=2i 2")
     with pytest.raises(RuntimeError):
         await sink.start()
+
+
+async def test_disk_errors_keep_lines_in_memory_then_spool_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    real_append = Spool.append
+    failures = {"left": 2}
+
+    def flaky_append(self: Spool, lines_: list[str]) -> int:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise SpoolError(28, "No space left on device")
+        return real_append(self, lines_)
+
+    monkeypatch.setattr(Spool, "append", flaky_append)
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    sink = InfluxSink(settings(dead_url, close_timeout=5.0), tmp_path)
+    await sink.start()
+    sink.add_many(lines(0, 30))
+    await sink.close()
+    assert failures["left"] == 0
+    assert sink.counters.spooled == 30 and sink.counters.dropped_buffer_full == 0
+
+
+async def test_close_gives_up_when_neither_database_nor_disk_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def broken(self: Spool, lines_: list[str]) -> int:
+        raise SpoolError(5, "Input/output error")
+
+    monkeypatch.setattr(Spool, "append", broken)
+    sink = InfluxSink(settings(f"http://127.0.0.1:{free_port()}", close_timeout=0.3), tmp_path)
+    await sink.start()
+    sink.add_many(lines(0, 30))
+    await sink.close()  # returns instead of spinning forever
+    assert sink.counters.dropped_buffer_full == 30
