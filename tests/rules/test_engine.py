@@ -311,3 +311,15 @@ def test_reload_removing_a_rule_switches_its_actuator_off() -> None:
     out = eng.reload(rules_file(BASE.split("rules:")[0] + "rules: []\n"), now=1031.0)
     assert [o.actuator for o in out if isinstance(o, SwitchOff)] == ["cannon-1"]
     assert kinds(eng.tick(1032.0)) == []
+
+
+def test_per_metric_flags_mark_only_that_metric_bad() -> None:
+    eng = Engine(rules_file(BASE + SECOND_RULE))
+    tel = Telemetry(ts=1_000_000, seq=1, values={"pm10": 500.0, "tsp": 900.0},
+                    flags={"pm10": "over_range"})  # fmt: skip
+    eng.ingest("site-01", "gate-monitor", tel, now=1000.0)
+    assert eng.last_values[("pm10", "site-01")] is None
+    assert eng.state("pm10", "site-01").phase == "idle"
+    assert eng.last_values[("tsp", "site-01")] == 900.0
+    assert eng.state("tsp", "site-01").phase == "active"
+    assert eng.counters["bad_status"] == 1
