@@ -164,7 +164,9 @@ def write_site(
     """A site.yaml for ``servers``; ``extra`` overrides top-level sections."""
     buses: list[dict[str, Any]] = []
     if servers.pm_tcp is not None:
-        buses.append({"id": "tcp-1", "type": "tcp", "host": "127.0.0.1", "port": servers.pm_tcp.port})
+        buses.append(
+            {"id": "tcp-1", "type": "tcp", "host": "127.0.0.1", "port": servers.pm_tcp.port}
+        )
     if servers.pm_rtu is not None:
         buses.append({"id": "rs485-1", "type": "rtu", "port": servers.pm_rtu.path})
     if servers.relay is not None:
@@ -333,7 +335,9 @@ class Watcher:
         self.client.publish(topic, payload, qos=qos).wait_for_publish(5)
 
 
-def command(actuator: str, cmd_id: str, action: str, lease_s: float | None = None) -> tuple[str, bytes]:
+def command(
+    actuator: str, cmd_id: str, action: str, lease_s: float | None = None
+) -> tuple[str, bytes]:
     doc: dict[str, Any] = {"id": cmd_id, "action": action, "source": "rule"}
     if lease_s is not None:
         doc["lease_s"] = lease_s

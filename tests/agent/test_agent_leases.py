@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from agent_harness import (
-    SITE,
     AgentProcess,
     Servers,
     Watcher,
