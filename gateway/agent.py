@@ -302,8 +302,8 @@ class Agent:
 def _cmd_id_hint(payload: bytes) -> str:
     import json
 
-    if len(payload) > p.MAX_PAYLOAD:
-        return ""  # not worth parsing
+    if len(payload) > 16 * p.MAX_PAYLOAD:
+        return ""  # not worth parsing just to quote an id
     try:
         doc = json.loads(payload)
         if isinstance(doc, dict) and isinstance(doc.get("id"), str):
