@@ -1,0 +1,639 @@
+"""HJ 212-2017 packets for environmental monitoring platforms: pure encode/decode.
+
+Chinese environmental platforms receive construction-site dust data as HJ 212
+packets over TCP. This module is the pure core: CRC, packet framing, the data
+segment, CP (command parameter) builders, packet splitting, a stream parser that
+resyncs after garbage, and per-period aggregation. Sockets live in
+``gateway.uplink``.
+
+Packet layout (all ASCII)::
+
+    ##  LLLL  QN=...;ST=..;CN=....;PW=......;MN=...;Flag=n;[PNUM=n;PNO=n;]CP=&&...&&  CCCC  \\r\\n
+    hdr len   data segment (LLLL characters, 0..1024 when we build)                  CRC   tail
+
+- ``LLLL``: the data segment's length, 4 decimal digits.
+- ``CCCC``: CRC over the data segment, ``%04X``. Not the Modbus CRC: per byte
+  ``crc = (crc >> 8) ^ byte`` then 8 rounds of ``lsb = crc & 1; crc >>= 1;
+  if lsb: crc ^= 0xA001``, starting at 0xFFFF. The standard's own example is
+  ``##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;
+  Flag=5;CP=&&RtdInterval=30&&1C80\\r\\n`` (tested).
+- ``QN``: request number, local time ``YYYYMMDDhhmmssSSS``; replies echo it.
+- ``Flag``: bits 7..2 protocol version (``000001`` = 2017), bit 1 ``D`` (split
+  packet: ``PNUM`` parts, this is part ``PNO``), bit 0 ``A`` (reply wanted).
+  So 2017 uploads are ``Flag=4`` (no reply) or ``Flag=5`` (reply wanted).
+  HJ 212-2025 replaces 2017 from 2026-01-01; its version bits are not known to
+  us, so the version is a parameter.
+- ``CP``: ``DataTime=YYYYMMDDhhmmss;`` then groups separated by ``;``, fields in
+  a group by ``,``: real-time ``a34002-Rtd=95.0,a34002-Flag=N`` (CN 2011);
+  minute/hour/day ``a34002-Min=..,a34002-Avg=..,a34002-Max=..,a34002-Flag=N``
+  (CN 2051/2061/2031).
+
+Older platforms send packets without ``QN`` or ``Flag``; the parser accepts them.
+Header keys it does not know (``Flage`` typos exist in the wild) are ignored.
+Decoding untrusted bytes returns a :class:`Packet` or raises :class:`Hj212Error`,
+never anything else.
+
+Data flags: N normal, S manually set (both valid); F stopped, M maintenance,
+D fault, C calibrating, T over limit, B communication error (invalid). Periodic
+averages use valid data only; the period's flag is the worst flag seen.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+# ------------------------------------------------------------------ constants
+
+HEADER = b"##"
+TAIL = b"\r\n"
+MAX_SEGMENT = 1024
+"""Longest data segment we build (the 2017 limit); longer data is split."""
+MAX_PARSE_SEGMENT = 9999
+"""Longest data segment the parser accepts (what 4 length digits can say)."""
+
+VERSION_BITS = {2017: 0b000001}
+"""Flag version bits per standard year. 2025: unknown to us, must be configured."""
+
+FLAG_SPLIT = 0b10  # D
+FLAG_REPLY = 0b01  # A
+
+# CN (command numbers) we use
+CN_TIMEOUT_RETRIES = "1000"
+CN_GET_TIME = "1011"
+CN_SET_TIME = "1012"
+CN_TIME_CALIBRATION = "1013"
+CN_GET_RTD_INTERVAL = "1061"
+CN_SET_RTD_INTERVAL = "1062"
+CN_GET_MIN_INTERVAL = "1063"
+CN_SET_MIN_INTERVAL = "1064"
+CN_REALTIME = "2011"
+CN_STOP_REALTIME = "2012"
+CN_DAILY = "2031"
+CN_MINUTE = "2051"
+CN_HOURLY = "2061"
+CN_QN_REPLY = "9011"
+CN_EXE_REPLY = "9012"
+CN_NOTICE_REPLY = "9013"
+CN_DATA_REPLY = "9014"
+
+ST_SYSTEM = "91"
+ST_DUST = "39"
+
+# QnRtn (answer to a request) and ExeRtn (execution result)
+QN_READY = 1
+QN_REFUSED = 2
+QN_BAD_PW = 3
+QN_BAD_MN = 4
+QN_BAD_CN = 8
+EXE_OK = 1
+EXE_FAILED = 2
+EXE_CONDITION = 3
+
+VALID_FLAGS = frozenset("NS")
+_FLAG_RANK = {f: i for i, f in enumerate("NSTCMFBD")}
+"""Worst-flag order: valid N < S, then the invalid ones from mild to hard."""
+
+DEFAULT_FACTORS: dict[str, str] = {
+    "pm10": "a34002",
+    "pm25": "a34004",
+    "tsp": "a34001",
+    "temp": "a01001",
+    "rh": "a01002",
+    "pressure": "a01006",
+    "wind_speed": "a01007",
+    "wind_dir": "a01008",
+    "noise": "LA",
+}
+"""Our metric names to HJ 212-2017 factor codes."""
+
+LEGACY_FACTORS: dict[str, str] = {**DEFAULT_FACTORS, "pm25": "PM25", "tsp": "TSP", "noise": "NOIS"}
+"""The names some older platforms expect instead."""
+
+FACTOR_SETS = {"2017": DEFAULT_FACTORS, "legacy": LEGACY_FACTORS}
+
+FACTOR_CODE = re.compile(r"^[A-Za-z0-9]{1,16}$")
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
+_DIGITS = re.compile(r"^[0-9]+$")
+_HEX4 = re.compile(rb"^[0-9A-Fa-f]{4}$")
+
+
+class Hj212Error(ValueError):
+    """Bytes that are not a valid HJ 212 packet, or data we cannot encode."""
+
+
+# ------------------------------------------------------------------ CRC
+
+
+def _table() -> tuple[int, ...]:
+    # After ``crc = (crc >> 8) ^ byte`` the register is < 256, so the 8 shift
+    # rounds depend only on that value: precompute them.
+    out = []
+    for x in range(256):
+        crc = x
+        for _ in range(8):
+            lsb = crc & 1
+            crc >>= 1
+            if lsb:
+                crc ^= 0xA001
+        out.append(crc)
+    return tuple(out)
+
+
+_CRC_TABLE = _table()
+
+
+def crc16(data: bytes | bytearray | memoryview) -> int:
+    """The HJ 212 CRC of ``data`` (see the module docstring)."""
+    crc = 0xFFFF
+    table = _CRC_TABLE
+    for byte in bytes(data):
+        crc = table[(crc >> 8) ^ byte]
+    return crc
+
+
+# ------------------------------------------------------------------ packets
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One HJ 212 packet. ``cp`` is the raw text between ``CP=&&`` and ``&&``.
+
+    ``None`` means the key is absent (legacy packets); the builder leaves it out.
+    """
+
+    cn: str
+    cp: str = ""
+    qn: str | None = None
+    st: str | None = None
+    pw: str | None = None
+    mn: str | None = None
+    flag: int | None = None
+    pnum: int | None = None
+    pno: int | None = None
+
+    @property
+    def wants_reply(self) -> bool:
+        return self.flag is not None and bool(self.flag & FLAG_REPLY)
+
+    @property
+    def is_split(self) -> bool:
+        return self.flag is not None and bool(self.flag & FLAG_SPLIT)
+
+    @property
+    def version_bits(self) -> int | None:
+        return None if self.flag is None else self.flag >> 2
+
+    def cp_fields(self) -> dict[str, str]:
+        return cp_fields(self.cp)
+
+
+def make_flag(version_bits: int, *, reply: bool, split: bool = False) -> int:
+    if not 0 <= version_bits <= 63:
+        raise Hj212Error(f"version bits must be 0..63, got {version_bits}")
+    return version_bits << 2 | (FLAG_SPLIT if split else 0) | (FLAG_REPLY if reply else 0)
+
+
+def _check_header_value(key: str, value: str) -> str:
+    if not _HEADER_VALUE.match(value) or any(c in value for c in ";=&"):
+        raise Hj212Error(f"{key}={value!r}: printable ASCII without ';', '=' or '&' expected")
+    return value
+
+
+def encode_segment(p: Packet) -> str:
+    """The data segment (what the length counts and the CRC covers)."""
+    if not re.match(r"^[0-9]{4}$", p.cn):
+        raise Hj212Error(f"CN must be 4 digits, got {p.cn!r}")
+    parts = []
+    for key, value in (("QN", p.qn), ("ST", p.st), ("CN", p.cn), ("PW", p.pw), ("MN", p.mn)):
+        if value is not None:
+            parts.append(f"{key}={_check_header_value(key, value)};")
+    for key, num in (("Flag", p.flag), ("PNUM", p.pnum), ("PNO", p.pno)):
+        if num is not None:
+            if num < 0:
+                raise Hj212Error(f"{key} must not be negative, got {num}")
+            parts.append(f"{key}={num};")
+    if not _HEADER_VALUE.match(p.cp):
+        raise Hj212Error("CP must be printable ASCII")
+    parts.append(f"CP=&&{p.cp}&&")
+    return "".join(parts)
+
+
+def encode_packet(p: Packet, limit: int = MAX_SEGMENT) -> bytes:
+    """``##`` + length + segment + CRC + CRLF; raise Hj212Error past ``limit``."""
+    segment = encode_segment(p).encode("ascii")
+    if len(segment) > limit:
+        raise Hj212Error(f"data segment of {len(segment)} characters exceeds {limit}")
+    return b"##%04d%s%04X\r\n" % (len(segment), segment, crc16(segment))
+
+
+def decode_packet(data: bytes | bytearray) -> Packet:
+    """Decode exactly one packet (with its CRLF); raise Hj212Error only."""
+    data = bytes(data)
+    if len(data) < 12 or not data.startswith(HEADER):
+        raise Hj212Error("a packet starts with '##' and is at least 12 bytes")
+    length = _length(data[2:6])
+    if len(data) != length + 12:
+        raise Hj212Error(f"length field says {length}, packet has {len(data) - 12}")
+    return _decode_framed(data, length)
+
+
+def _length(digits: bytes) -> int:
+    if len(digits) != 4 or not digits.isdigit():
+        raise Hj212Error(f"length field {digits!r} is not 4 decimal digits")
+    return int(digits)
+
+
+def _decode_framed(data: bytes, length: int) -> Packet:
+    segment = data[6 : 6 + length]
+    crc_text = data[6 + length : 10 + length]
+    if data[10 + length : 12 + length] != TAIL:
+        raise Hj212Error("packet does not end with CRLF after the CRC")
+    if not _HEX4.match(crc_text):
+        raise Hj212Error(f"CRC field {crc_text!r} is not 4 hex digits")
+    want = crc16(segment)
+    if int(crc_text, 16) != want:
+        raise Hj212Error(f"CRC {crc_text.decode()} does not match {want:04X}")
+    try:
+        text = segment.decode("ascii")
+    except UnicodeDecodeError:
+        raise Hj212Error("data segment is not ASCII") from None
+    return parse_segment(text)
+
+
+_HEADER_KEYS = {"QN": "qn", "ST": "st", "CN": "cn", "PW": "pw", "MN": "mn"}
+_INT_KEYS = {"Flag": "flag", "PNUM": "pnum", "PNO": "pno"}
+
+
+def parse_segment(text: str) -> Packet:
+    """Parse a data segment (``QN=...;...;CP=&&...&&``); raise Hj212Error only."""
+    if not _HEADER_VALUE.match(text):
+        raise Hj212Error("data segment must be printable ASCII")
+    fields: dict[str, str | int] = {}
+    pos = 0
+    while not text.startswith("CP=&&", pos):
+        semi = text.find(";", pos)
+        if semi < 0:
+            raise Hj212Error("data segment has no 'CP=&&'")
+        item = text[pos:semi]
+        key, eq, value = item.partition("=")
+        pos = semi + 1
+        if not eq:
+            raise Hj212Error(f"header field {item!r} has no '='")
+        name = _HEADER_KEYS.get(key) or _INT_KEYS.get(key)
+        if name is None:
+            continue  # unknown key: tolerated
+        if name in fields:
+            raise Hj212Error(f"header key {key} appears twice")
+        if key in _INT_KEYS:
+            if not _DIGITS.match(value) or len(value) > 9:
+                raise Hj212Error(f"{key}={value!r} is not a number")
+            fields[name] = int(value)
+        else:
+            fields[name] = value
+    rest = text[pos + 5 :]
+    if not rest.endswith("&&"):
+        raise Hj212Error("data segment must end with '&&'")
+    cn = fields.get("cn")
+    if not isinstance(cn, str) or not re.match(r"^[0-9]{4}$", cn):
+        raise Hj212Error(f"CN missing or not 4 digits: {cn!r}")
+    return Packet(cp=rest[:-2], **fields)  # type: ignore[arg-type]
+
+
+class StreamParser:
+    """Cut packets out of a TCP byte stream; skip garbage and resync on ``##``.
+
+    A candidate must be printable ASCII between its length field and its CRC,
+    so a real packet (which ends in CRLF) is never swallowed by a bogus length
+    in garbage before it. A candidate that fails is skipped by one byte, so
+    packets inside rejected bytes are still found.
+    """
+
+    def __init__(self, max_segment: int = MAX_PARSE_SEGMENT) -> None:
+        self._buf = bytearray()
+        self._max = max_segment
+        self.garbage_bytes = 0
+        self.bad_packets = 0
+        self.errors: list[str] = []  # the last few reasons, for logs
+
+    def feed(self, data: bytes | bytearray) -> list[Packet]:
+        self._buf += data
+        out: list[Packet] = []
+        buf = self._buf
+        while True:
+            start = buf.find(HEADER)
+            if start < 0:
+                keep = 1 if buf.endswith(b"#") else 0
+                self._skip(len(buf) - keep)
+                break
+            if start:
+                self._skip(start)
+            verdict = self._candidate()
+            if verdict is None:
+                break  # need more bytes
+            if isinstance(verdict, Packet):
+                out.append(verdict)
+            else:
+                self.bad_packets += 1
+                self._note(verdict)
+                self._skip(1)
+        return out
+
+    def _skip(self, n: int) -> None:
+        self.garbage_bytes += n
+        del self._buf[:n]
+
+    def _note(self, reason: str) -> None:
+        self.errors = [*self.errors[-4:], reason]
+
+    def _candidate(self) -> Packet | str | None:
+        """A packet, a reason to reject the candidate at the buffer's head, or None."""
+        buf = self._buf
+        if len(buf) < 6:
+            return None if buf[2:].isdigit() or len(buf) == 2 else "bad length field"
+        digits = bytes(buf[2:6])
+        if not digits.isdigit():
+            return "bad length field"
+        length = int(digits)
+        if length > self._max:
+            return f"length {length} exceeds {self._max}"
+        body = bytes(buf[6 : 10 + length])
+        if any(b < 0x20 or b > 0x7E for b in body):
+            return "non-printable byte inside the packet"
+        if len(buf) < length + 12:
+            return None
+        packet_bytes = bytes(buf[: length + 12])
+        try:
+            packet = _decode_framed(packet_bytes, length)
+        except Hj212Error as exc:
+            return str(exc)
+        del buf[: length + 12]
+        return packet
+
+
+# ------------------------------------------------------------------ CP
+
+
+def cp_pairs(cp: str) -> list[tuple[str, str]]:
+    """``k=v`` fields of a CP in order (groups by ``;``, fields by ``,``)."""
+    out: list[tuple[str, str]] = []
+    if not cp:
+        return out
+    for group in cp.split(";"):
+        if not group:
+            continue
+        for item in group.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise Hj212Error(f"CP field {item!r} is not key=value")
+            out.append((key, value))
+    return out
+
+
+def cp_fields(cp: str) -> dict[str, str]:
+    """CP fields as a dict; raise Hj212Error on a malformed or repeated key."""
+    out: dict[str, str] = {}
+    for key, value in cp_pairs(cp):
+        if key in out:
+            raise Hj212Error(f"CP key {key} appears twice")
+        out[key] = value
+    return out
+
+
+def join_cp(groups: Iterable[Mapping[str, str]]) -> str:
+    """Groups of fields to CP text (inverse of :func:`cp_groups`)."""
+    parts = []
+    for group in groups:
+        items = []
+        for key, value in group.items():
+            if not key or any(c in key for c in ";,=&") or any(c in value for c in ";,&"):
+                raise Hj212Error(f"CP field {key}={value!r} has a separator in it")
+            items.append(f"{key}={value}")
+        parts.append(",".join(items))
+    text = ";".join(parts)
+    if not _HEADER_VALUE.match(text):
+        raise Hj212Error("CP must be printable ASCII")
+    return text
+
+
+def cp_groups(cp: str) -> list[dict[str, str]]:
+    """CP text to groups of fields (a group per ``;``)."""
+    groups = []
+    for group in cp.split(";") if cp else []:
+        fields: dict[str, str] = {}
+        for key, value in cp_pairs(group):
+            if key in fields:
+                raise Hj212Error(f"CP key {key} appears twice in a group")
+            fields[key] = value
+        groups.append(fields)
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A real-time value and its data flag."""
+
+    value: float
+    flag: str = "N"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Min/avg/max of one factor over a period, and the period's worst flag."""
+
+    min: float
+    avg: float
+    max: float
+    flag: str
+    count: int
+
+
+def format_value(value: float, decimals: int) -> str:
+    text = f"{value:.{decimals}f}"
+    return "0" + text[2:] if text.startswith("-0") and float(text) == 0 else text
+
+
+def local_time(ts: float, utc_offset_s: float) -> datetime:
+    """Seconds since the epoch to naive local time at a fixed UTC offset."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None) + timedelta(seconds=utc_offset_s)
+
+
+def data_time(ts: float, utc_offset_s: float) -> str:
+    """``YYYYMMDDhhmmss`` in the platform's local time."""
+    return local_time(math.floor(ts), utc_offset_s).strftime("%Y%m%d%H%M%S")
+
+
+def qn_text(ts_ms: int, utc_offset_s: float) -> str:
+    """``QN=YYYYMMDDhhmmssSSS`` for a time in milliseconds."""
+    seconds, ms = divmod(ts_ms, 1000)
+    return local_time(seconds, utc_offset_s).strftime("%Y%m%d%H%M%S") + f"{ms:03d}"
+
+
+def parse_data_time(text: str, utc_offset_s: float) -> float:
+    """``YYYYMMDDhhmmss`` (local) to seconds since the epoch; Hj212Error if bad."""
+    if not re.match(r"^[0-9]{14}$", text):
+        raise Hj212Error(f"time {text!r} is not YYYYMMDDhhmmss")
+    try:
+        local = datetime.strptime(text, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise Hj212Error(f"time {text!r} is not a valid date") from None
+    return (local - timedelta(seconds=utc_offset_s)).replace(tzinfo=UTC).timestamp()
+
+
+def realtime_groups(
+    when: str, samples: Mapping[str, Sample], decimals: int = 1
+) -> list[dict[str, str]]:
+    """CP groups for CN 2011: ``DataTime`` then ``code-Rtd,code-Flag`` per factor."""
+    groups = [{"DataTime": when}]
+    for code, s in samples.items():
+        groups.append({f"{code}-Rtd": format_value(s.value, decimals), f"{code}-Flag": s.flag})
+    return groups
+
+
+def aggregate_groups(
+    when: str, stats: Mapping[str, Stats], decimals: int = 1
+) -> list[dict[str, str]]:
+    """CP groups for CN 2051/2061/2031: ``code-Min,-Avg,-Max,-Flag`` per factor."""
+    groups = [{"DataTime": when}]
+    for code, s in stats.items():
+        groups.append(
+            {
+                f"{code}-Min": format_value(s.min, decimals),
+                f"{code}-Avg": format_value(s.avg, decimals),
+                f"{code}-Max": format_value(s.max, decimals),
+                f"{code}-Flag": s.flag,
+            }
+        )
+    return groups
+
+
+def split_upload(
+    template: Packet, groups: list[dict[str, str]], limit: int = MAX_SEGMENT
+) -> list[Packet]:
+    """Packets carrying ``groups`` (the first is ``DataTime``), split past ``limit``.
+
+    A split repeats the first group in every part, sets the Flag D bit and
+    numbers the parts (``PNUM`` total, ``PNO`` 1-based), all with the same QN.
+    """
+    whole = replace(template, cp=join_cp(groups), pnum=None, pno=None)
+    if len(encode_segment(whole)) <= limit:
+        return [whole]
+    head, body = groups[:1], groups[1:]
+    flag = (template.flag or 0) | FLAG_SPLIT
+    for digits in range(1, 5):
+        big = 10**digits - 1
+        probe = replace(template, flag=flag, pnum=big, pno=big, cp="")
+        room = limit - len(encode_segment(probe))
+        parts: list[list[dict[str, str]]] = []
+        current: list[dict[str, str]] = []
+        for group in body:
+            trial = [*current, group]
+            if len(join_cp(head + trial)) <= room:
+                current = trial
+                continue
+            if not current:
+                raise Hj212Error(f"one CP group does not fit in {limit} characters")
+            parts.append(current)
+            current = [group]
+            if len(join_cp(head + current)) > room:
+                raise Hj212Error(f"one CP group does not fit in {limit} characters")
+        if current:
+            parts.append(current)
+        if len(parts) <= big:
+            n = len(parts)
+            return [
+                replace(template, flag=flag, pnum=n, pno=i + 1, cp=join_cp(head + part))
+                for i, part in enumerate(parts)
+            ]
+    raise Hj212Error("too many parts")
+
+
+# ------------------------------------------------------------------ replies
+
+
+def reply_to(request: Packet, cn: str, cp: str, *, pw: str | None, mn: str | None) -> Packet:
+    """A device's answer to a platform request: same QN, ST 91, no reply wanted."""
+    flag = None
+    if request.flag is not None:
+        flag = make_flag(request.flag >> 2, reply=False)
+    return Packet(cn=cn, cp=cp, qn=request.qn, st=ST_SYSTEM, pw=pw, mn=mn, flag=flag)
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def worst_flag(a: str, b: str) -> str:
+    return a if _FLAG_RANK.get(a, 99) >= _FLAG_RANK.get(b, 99) else b
+
+
+@dataclass(slots=True)
+class _Acc:
+    count: int = 0
+    total: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+    all_count: int = 0
+    all_total: float = 0.0
+    all_low: float = math.inf
+    all_high: float = -math.inf
+    flag: str = "N"
+
+    def add(self, value: float, flag: str) -> None:
+        self.flag = worst_flag(self.flag, flag) if self.all_count else flag
+        self.all_count += 1
+        self.all_total += value
+        self.all_low = min(self.all_low, value)
+        self.all_high = max(self.all_high, value)
+        if flag in VALID_FLAGS:
+            self.count += 1
+            self.total += value
+            self.low = min(self.low, value)
+            self.high = max(self.high, value)
+
+    def stats(self) -> Stats:
+        if self.count:
+            return Stats(self.low, self.total / self.count, self.high, self.flag, self.count)
+        # nothing valid: show what was measured, under its invalid flag
+        return Stats(self.all_low, self.all_total / self.all_count, self.all_high, self.flag, 0)
+
+
+@dataclass(slots=True)
+class PeriodAggregator:
+    """Min/avg/max per metric over fixed periods, aligned to local time.
+
+    Readings land in the period of their own timestamp. :meth:`close` returns
+    the periods that ended at least ``grace`` seconds before ``now`` (oldest
+    first); a reading for a closed period is counted in ``late`` and dropped.
+    """
+
+    period_s: float
+    utc_offset_s: float = 0.0
+    grace_s: float = 5.0
+    late: int = 0
+    _open: dict[float, dict[str, _Acc]] = field(default_factory=dict)
+    _closed_before: float = -math.inf
+
+    def period_start(self, ts: float) -> float:
+        local = ts + self.utc_offset_s
+        return math.floor(local / self.period_s) * self.period_s - self.utc_offset_s
+
+    def add(self, ts: float, metric: str, value: float, flag: str) -> bool:
+        start = self.period_start(ts)
+        if start < self._closed_before:
+            self.late += 1
+            return False
+        self._open.setdefault(start, {}).setdefault(metric, _Acc()).add(value, flag)
+        return True
+
+    def close(self, now: float) -> list[tuple[float, dict[str, Stats]]]:
+        """Finished periods as ``(start, {metric: Stats})``, oldest first."""
+        edge = self.period_start(now - self.grace_s)  # periods before this one are done
+        done = sorted(s for s in self._open if s < edge)
+        self._closed_before = max(self._closed_before, edge)
+        return [(s, {m: a.stats() for m, a in self._open.pop(s).items()}) for s in done]
+
+    def pending(self) -> int:
+        return len(self._open)
