@@ -6,6 +6,7 @@ topic / ``ack`` messages on the broker.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_max_on_holds_under_endless_renewals(rig: Rig) -> None:
         samples.append((time.monotonic() - t0, rig.servers.coil(1)))
         time.sleep(0.1)
     runs, start = [], 0.0  # continuous ON runs as seen on the coil
-    for (t, on), (_, prev) in zip(samples[1:], samples, strict=False):
+    for (_, prev), (t, on) in itertools.pairwise(samples):
         if on and not prev:
             start = t
         if prev and not on:
