@@ -1,0 +1,185 @@
+"""Property tests for the HJ 212 core: round trips, garbage, resync, aggregation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import hj212
+from gateway.hj212 import Hj212Error, Packet, PeriodAggregator, StreamParser
+
+
+def reference_crc(data: bytes) -> int:
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ byte
+        for _ in range(8):
+            lsb = crc & 1
+            crc >>= 1
+            if lsb:
+                crc ^= 0xA001
+    return crc
+
+
+@given(st.binary(max_size=300))
+def test_table_crc_matches_the_bitwise_definition(data: bytes) -> None:
+    assert hj212.crc16(data) == reference_crc(data)
+
+
+printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
+header_value = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters=";=&"), max_size=24
+)
+maybe_value = st.none() | header_value
+maybe_int = st.none() | st.integers(0, 10**6)
+
+packets = st.builds(
+    Packet,
+    cn=st.from_regex(r"\A[0-9]{4}\Z"),
+    cp=printable,
+    qn=maybe_value,
+    st=maybe_value,
+    pw=maybe_value,
+    mn=maybe_value,
+    flag=maybe_int,
+    pnum=maybe_int,
+    pno=maybe_int,
+)
+
+
+@given(packets)
+def test_build_parse_round_trip(p: Packet) -> None:
+    raw = hj212.encode_packet(p, limit=9999)
+    assert raw[2:6] == b"%04d" % (len(raw) - 12)
+    assert int(raw[-6:-2], 16) == reference_crc(raw[6:-6])
+    assert hj212.decode_packet(raw) == p
+
+
+cp_key = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=";,=&"),
+    min_size=1,
+    max_size=12,
+)
+cp_value = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters=";,&"), max_size=12
+)
+cp_group = st.dictionaries(cp_key, cp_value, min_size=1, max_size=4)
+
+
+@given(st.lists(cp_group, max_size=6))
+def test_cp_groups_round_trip(groups: list[dict[str, str]]) -> None:
+    text = hj212.join_cp(groups)
+    p = Packet(cn="2011", cp=text, qn="20261127100000000", flag=4)
+    back = hj212.decode_packet(hj212.encode_packet(p, limit=9999))
+    assert hj212.cp_groups(back.cp) == groups
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_raise_only_hj212error(data: bytes) -> None:
+    with contextlib.suppress(Hj212Error):
+        hj212.decode_packet(data)
+
+
+@given(st.binary(max_size=200).map(lambda b: b"##%04d" % len(b) + b))
+def test_well_framed_garbage_raises_only_hj212error(body: bytes) -> None:
+    for tail in (b"0000\r\n", b"%04X\r\n" % reference_crc(body[6:])):
+        with contextlib.suppress(Hj212Error):
+            hj212.decode_packet(body + tail)
+
+
+@given(st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=200))
+def test_segment_parser_raises_only_hj212error(text: str) -> None:
+    try:
+        p = hj212.parse_segment(text)
+    except Hj212Error:
+        return
+    assert len(p.cn) == 4
+
+
+@given(st.text(max_size=200))
+def test_cp_parsers_raise_only_hj212error(text: str) -> None:
+    for parse in (hj212.cp_fields, hj212.cp_groups, hj212.cp_pairs):
+        with contextlib.suppress(Hj212Error):
+            parse(text)
+
+
+small_packets = st.builds(
+    Packet,
+    cn=st.from_regex(r"\A[0-9]{4}\Z"),
+    cp=printable,
+    qn=maybe_value,
+    mn=maybe_value,
+    flag=maybe_int,
+)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.binary(max_size=40), small_packets), max_size=5),
+    st.binary(max_size=40),
+    st.lists(st.integers(1, 50), min_size=1, max_size=10),
+)
+def test_stream_parser_recovers_packets_spliced_into_garbage(
+    chunks: list[tuple[bytes, Packet]], trailer: bytes, cuts: list[int]
+) -> None:
+    stream = b"".join(g + hj212.encode_packet(p, limit=9999) for g, p in chunks) + trailer
+    parser = StreamParser()
+    got: list[Packet] = []
+    pos, i = 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        got += parser.feed(stream[pos : pos + step])
+        pos += step
+        i += 1
+    # Every spliced packet comes out, in order; garbage can only add packets
+    # that really are valid HJ 212 (a CRC collision in random bytes).
+    want = [p for _, p in chunks]
+    it = iter(got)
+    assert all(any(g == w for g in it) for w in want)
+
+
+@given(st.binary(max_size=2000))
+def test_stream_parser_never_raises_and_stays_bounded(data: bytes) -> None:
+    parser = StreamParser()
+    for i in range(0, len(data), 97):
+        parser.feed(data[i : i + 97])
+    assert len(parser._buf) <= 9999 + 12
+
+
+readings = st.lists(
+    st.tuples(
+        st.floats(0, 600, allow_nan=False),
+        st.sampled_from(["pm10", "noise"]),
+        st.floats(-1000, 1000, allow_nan=False),
+        st.sampled_from(list("NSDBCMTF")),
+    ),
+    max_size=60,
+)
+
+
+@given(readings)
+def test_aggregation_matches_a_direct_computation(
+    rows: list[tuple[float, str, float, str]],
+) -> None:
+    agg = PeriodAggregator(period_s=60, grace_s=0)
+    for ts, metric, value, flag in rows:
+        agg.add(ts, metric, value, flag)
+    closed = dict(agg.close(10_000))
+    for start, stats in closed.items():
+        for metric, s in stats.items():
+            mine = [(v, f) for ts, m, v, f in rows if m == metric and start <= ts < start + 60]
+            valid = [v for v, f in mine if f in "NS"]
+            use = valid or [v for v, _ in mine]
+            assert s.count == len(valid)
+            assert s.min == min(use) and s.max == max(use)
+            assert math.isclose(s.avg, sum(use) / len(use), rel_tol=1e-9, abs_tol=1e-9)
+            flags = {f for _, f in mine}
+            assert s.flag in flags
+            if flags <= {"N"}:
+                assert s.flag == "N"
+            if any(f not in "NS" for f in flags):
+                assert s.flag not in "NS"
+    assert sum(len(v) for v in closed.values()) >= len({(int(ts // 60), m) for ts, m, _, _ in rows})
