@@ -554,12 +554,11 @@ def split_upload(
 # ------------------------------------------------------------------ replies
 
 
-def reply_to(request: Packet, cn: str, cp: str, *, pw: str | None, mn: str | None) -> Packet:
-    """A device's answer to a platform request: same QN, ST 91, no reply wanted."""
-    flag = None
-    if request.flag is not None:
-        flag = make_flag(request.flag >> 2, reply=False)
-    return Packet(cn=cn, cp=cp, qn=request.qn, st=ST_SYSTEM, pw=pw, mn=mn, flag=flag)
+def reply_to(
+    request: Packet, cn: str, cp: str, *, st: str, pw: str | None, mn: str | None, flag: int
+) -> Packet:
+    """A device's answer to a platform request: the request's QN, our ST/PW/MN."""
+    return Packet(cn=cn, cp=cp, qn=request.qn, st=st, pw=pw, mn=mn, flag=flag)
 
 
 # ------------------------------------------------------------------ aggregation
