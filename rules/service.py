@@ -246,6 +246,23 @@ def _expiry_props(seconds: int) -> Properties:
     return props
 
 
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again while they live on.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt's publish) can
+    swallow a cancellation that races with the awaited future completing.
+    """
+    pending = [t for t in tasks if not t.done()]
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+        pending = [t for t in pending if not t.done()]
+    if pending:
+        log.error("%d task(s) did not stop: %s", len(pending), [t.get_name() for t in pending])
+
+
 # ------------------------------------------------------------------ service
 
 
@@ -837,9 +854,7 @@ class RulesService:
                             {receiver, waiter}, return_when=asyncio.FIRST_COMPLETED
                         )
                     finally:
-                        receiver.cancel()
-                        waiter.cancel()
-                        await asyncio.gather(receiver, waiter, return_exceptions=True)
+                        await cancel_and_wait([receiver, waiter])
                     if receiver in done and receiver.exception() is not None:
                         raise receiver.exception()  # type: ignore[misc]
                     log.info("resubscribing (sites changed)")
@@ -922,9 +937,7 @@ class RulesService:
             await stop.wait()
         finally:
             log.info("stopping: saving state, flushing")
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             if self._publishing:
                 await asyncio.wait(list(self._publishing), timeout=2.0)
             try:

@@ -128,6 +128,19 @@ class Bus:
         await self.client.publish(p.telemetry_topic(SITE, "gate"), p.encode(msg), qos=1)
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    # Python 3.11's asyncio.wait_for (inside aiomqtt's publish) can swallow a
+    # cancellation that races with completion: cancel until the tasks are done.
+    for _ in range(100):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    raise AssertionError("tasks did not stop")
+
+
 @contextlib.asynccontextmanager
 async def bus(port: int, feed_every: float = 0.25) -> AsyncIterator[Bus]:
     client = aiomqtt.Client(
@@ -144,8 +157,10 @@ async def bus(port: int, feed_every: float = 0.25) -> AsyncIterator[Bus]:
                 expiry = getattr(props, "MessageExpiryInterval", None) if props else None
                 b.seen.append(Seen(m.topic.value, time.time(), bytes(m.payload), expiry))  # type: ignore[arg-type]
 
+        running = True
+
         async def feed() -> None:
-            while True:
+            while running:
                 await b.publish_reading()
                 await asyncio.sleep(feed_every)
 
@@ -153,9 +168,8 @@ async def bus(port: int, feed_every: float = 0.25) -> AsyncIterator[Bus]:
         try:
             yield b
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            running = False
+            await cancel_all(tasks)
 
 
 @contextlib.asynccontextmanager
