@@ -145,6 +145,8 @@ class _Instance:
 
 class Engine:
     def __init__(self, rules_file: RulesFile, now: float | None = None) -> None:
+        """A fresh engine (every rule idle). ``now`` is accepted for symmetry with
+        :meth:`restore`; a fresh engine has no timers to place."""
         self._counts: Counter[str] = Counter()
         self._n_readings = 0
         self.last_inputs: dict[InstanceKey, RuleInputs] = {}  # of the last full evaluation
@@ -226,7 +228,7 @@ class Engine:
                         need(ref, key)
         for site, dev, _ in needs:
             track = self._tracks.setdefault((site, dev), DeviceTrack(*self._stale))
-            track.factor, track.lo, track.hi = self._stale
+            track.configure(*self._stale)
         by_device: dict[tuple[str, str], tuple[DeviceTrack, list[Any]]] = {}
         for (site, dev, metric), lengths in needs.items():
             series = self._series.get((site, dev, metric))
@@ -682,7 +684,7 @@ class Engine:
 
         Raises ValueError for a snapshot it cannot read (the caller then starts fresh).
         """
-        eng = cls(rules_file, now)
+        eng = cls(rules_file)
         if snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {snapshot.get('version')!r} is not supported")
         try:

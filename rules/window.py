@@ -252,6 +252,12 @@ class DeviceTrack:
         self.gaps: deque[float] = deque(maxlen=_GAPS)
         self.stale_after = hi
 
+    def configure(self, factor: float, lo: float, hi: float) -> None:
+        """New staleness settings (a rules reload); the interval estimate is kept."""
+        self.factor, self.lo, self.hi = factor, lo, hi
+        iv = self.interval
+        self.stale_after = hi if iv is None else min(max(factor * iv, lo), hi)
+
     def accept(self, ts: float, seq: int) -> str | None:
         """None if the reading is new; else ``"duplicate"`` or ``"out_of_order"``."""
         last = self.last_ts

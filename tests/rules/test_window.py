@@ -127,3 +127,12 @@ def test_stale_limit_is_clamped() -> None:
     for i in range(5):
         slow.accept(i * 100.0, i)  # 100 s interval -> 300 s, clamped down to 60 s
     assert slow.stale_after == 60.0
+
+
+def test_reconfigure_keeps_the_interval_estimate() -> None:
+    t = DeviceTrack(factor=3.0, lo=1.0, hi=100.0)
+    for i in range(5):
+        t.accept(i * 2.0, i)
+    assert t.stale_after == 6.0
+    t.configure(factor=5.0, lo=1.0, hi=100.0)
+    assert t.stale_after == 10.0
