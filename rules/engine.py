@@ -10,7 +10,8 @@ same engine over history.
 
 - ``ingest(site, device, telemetry, now)`` validates and stores a reading and
   evaluates the rules that depend on that device. Dropped, each counted in
-  ``engine.counters``: another site than the served ones (``other_site``), a
+  ``engine.counters``: another site than the served ones (``other_site``;
+  served = ``sites:`` plus any site a rule reads, e.g. the county station), a
   device no rule reads (``unknown_device``), a reading not newer than the
   previous one of the device (``duplicate`` / ``out_of_order``), negative
   particulate values (``negative_value``: treated as a bad reading, so the
@@ -279,8 +280,12 @@ class Engine:
             self._states.setdefault(key, IDLE)
         for a in rf.actuator_list:
             self._actuators.setdefault((a.site, a.id), _Actuator())
-        if self._served is None:
-            self._served = frozenset(site for site, _, _ in needs) or None
+        # Sites the rules read from (a county background station, a shared weather
+        # mast) are accepted even when `sites:` does not list them.
+        read_sites = frozenset(site for site, _, _ in needs)
+        self._served = (
+            (self._served | read_sites) if self._served is not None else read_sites or None
+        )
 
     # ------------------------------------------------------------- ingest
 

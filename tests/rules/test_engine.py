@@ -323,3 +323,13 @@ def test_per_metric_flags_mark_only_that_metric_bad() -> None:
     assert eng.last_values[("tsp", "site-01")] == 900.0
     assert eng.state("tsp", "site-01").phase == "active"
     assert eng.counters["bad_status"] == 1
+
+
+def test_background_site_is_accepted_even_if_not_listed_in_sites() -> None:
+    eng = Engine(
+        rules_file((BASE + RELATIVE).replace("sites: [site-01, county]", "sites: [site-01]"))
+    )
+    feed(eng, 1000.0, device="county-station", site="county", pm10=100.0)
+    feed(eng, 1000.0, device="other-station", site="elsewhere", pm10=100.0)
+    assert eng.counters["other_site"] == 1
+    assert eng.counters["readings"] == 1
