@@ -71,10 +71,24 @@ def demo_rules(mqtt_port: int, influx_url: str, state_dir: Path) -> dict[str, ob
                     "max_on": "5m",
                 },
                 "unless": [
-                    {"name": "frost", "metric": "temp", "devices": ["station"],
-                     "aggregate": "mean", "window": "1m", "below": 3, "clear": 4},
-                    {"name": "high_wind", "metric": "wind_speed", "devices": ["station"],
-                     "aggregate": "mean", "window": "30s", "above": 10, "clear": 8},
+                    {
+                        "name": "frost",
+                        "metric": "temp",
+                        "devices": ["station"],
+                        "aggregate": "mean",
+                        "window": "1m",
+                        "below": 3,
+                        "clear": 4,
+                    },
+                    {
+                        "name": "high_wind",
+                        "metric": "wind_speed",
+                        "devices": ["station"],
+                        "aggregate": "mean",
+                        "window": "30s",
+                        "above": 10,
+                        "clear": 8,
+                    },
                 ],
                 "severity": "warning",
             }
@@ -160,8 +174,10 @@ class View:
 
     def render(self, event_in: float | None) -> str:
         el = time.monotonic() - self.started
-        lines = [f"dustgate demo — site {SITE} — {el:5.0f}s   gateway {self.gateway}, "
-                 f"outbox backlog {self.backlog}"]
+        lines = [
+            f"dustgate demo — site {SITE} — {el:5.0f}s   gateway {self.gateway}, "
+            f"outbox backlog {self.backlog}"
+        ]
         if event_in is not None and event_in > 0:
             lines.append(f"earthwork dust event starts in {event_in:.0f}s")
         mean = self.rolling_pm10()
@@ -170,12 +186,17 @@ class View:
             width = int(min(mean, 300) / 300 * 40)
             mark = int(THRESHOLD / 300 * 40)
             bar = "".join("#" if i < width else ("|" if i == mark else ".") for i in range(41))
-        lines.append(f"PM10 {int(WINDOW_S)}s mean {mean or 0:6.1f} ug/m3  [{bar}]  "
-                     f"ON above {THRESHOLD:.0f}, clear at {CLEAR:.0f}")
+        lines.append(
+            f"PM10 {int(WINDOW_S)}s mean {mean or 0:6.1f} ug/m3  [{bar}]  "
+            f"ON above {THRESHOLD:.0f}, clear at {CLEAR:.0f}"
+        )
         for dev in sorted(self.latest):
             vals = self.latest[dev]
-            shown = " ".join(f"{k}={vals[k]:g}" for k in ("pm25", "pm10", "noise", "wind_speed",
-                                                         "temp") if k in vals)
+            shown = " ".join(
+                f"{k}={vals[k]:g}"
+                for k in ("pm25", "pm10", "noise", "wind_speed", "temp")
+                if k in vals
+            )
             lines.append(f"  {dev:<10} {shown}")
         for name in sorted(self.cannons):
             s = self.cannons[name]
@@ -184,17 +205,21 @@ class View:
                 left = f" lease {max(0.0, s.lease_until / 1000 - time.time()):4.1f}s left"
             lines.append(f"  {name:<10} {s.state.upper():<3} ({s.source}){left} {s.reason[:50]}")
         lines.extend(f"  event {e}" for e in self.events)
-        verdict = [("spray started", self.spray_started),
-                   (f"PM10 below {CLEAR:.0f}", self.fell_below_clear),
-                   ("spray stopped", self.spray_stopped)]
+        verdict = [
+            ("spray started", self.spray_started),
+            (f"PM10 below {CLEAR:.0f}", self.fell_below_clear),
+            ("spray stopped", self.spray_stopped),
+        ]
         lines.append("loop: " + "  ".join(f"[{'x' if t else ' '}] {n}" for n, t in verdict))
         return "\n".join(lines)
 
 
 def influx_counts(influx: Influxd) -> dict[str, int]:
     out = {}
-    for what, q in (("telemetry", 'SELECT count("pm10") FROM "telemetry"'),
-                    ("actuator", 'SELECT count("on") FROM "actuator"')):
+    for what, q in (
+        ("telemetry", 'SELECT count("pm10") FROM "telemetry"'),
+        ("actuator", 'SELECT count("on") FROM "actuator"'),
+    ):
         try:
             res = influx.query(q, DB)
             out[what] = int(res["results"][0]["series"][0]["values"][0][1])  # type: ignore[index]
@@ -223,18 +248,32 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
         endpoints = await site.start()
         site_yaml = workdir / "site.yaml"
         rules_yaml = workdir / "rules.yaml"
-        site_yaml.write_text(yaml.safe_dump(
-            demo_site(mq.port, endpoints.agent_config(), workdir / "outbox.db"), sort_keys=False))
-        rules_yaml.write_text(yaml.safe_dump(
-            demo_rules(mq.port, influx.url, workdir / "rules-state"), sort_keys=False))
+        site_yaml.write_text(
+            yaml.safe_dump(
+                demo_site(mq.port, endpoints.agent_config(), workdir / "outbox.db"), sort_keys=False
+            )
+        )
+        rules_yaml.write_text(
+            yaml.safe_dump(
+                demo_rules(mq.port, influx.url, workdir / "rules-state"), sort_keys=False
+            )
+        )
         for name, cfg in (("agent", site_yaml), ("rules", rules_yaml)):
             log = (workdir / f"{name}.log").open("wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", name, "--config", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True))
-        print(f"mosquitto on 127.0.0.1:{mq.port}, influxd on {influx.url}; "
-              f"agent and rule engine started (logs: {workdir}/agent.log, rules.log)", flush=True)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gateway.cli", name, "--config", str(cfg)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        print(
+            f"mosquitto on 127.0.0.1:{mq.port}, influxd on {influx.url}; "
+            f"agent and rule engine started (logs: {workdir}/agent.log, rules.log)",
+            flush=True,
+        )
         event_fired = False
         deadline = None if duration is None else time.monotonic() + duration
         closed_at = None
@@ -258,8 +297,11 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
                     print(("\033[H\033[2J" + screen) if tty else screen + "\n", flush=True)
                 for proc in procs:
                     if proc.poll() is not None:
-                        print(f"a process exited early (code {proc.returncode}); see the logs "
-                              f"in {workdir}", file=sys.stderr)
+                        print(
+                            f"a process exited early (code {proc.returncode}); see the logs "
+                            f"in {workdir}",
+                            file=sys.stderr,
+                        )
                         return 1
                 if view.closed and closed_at is None:
                     closed_at = time.monotonic()
@@ -267,16 +309,25 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
                     break
         counts = influx_counts(influx)
         print(view.render(None))
-        print(f"\nInfluxDB: {counts['telemetry']} PM10 readings and {counts['actuator']} cannon "
-              f"state changes in database {DB!r} at {influx.url}")
-        print(f'  try: curl -G {influx.url}/query --data-urlencode "db={DB}" --data-urlencode '
-              "\"q=SELECT mean(pm10) FROM telemetry WHERE time > now() - 10m GROUP BY "
-              'time(30s), device"')
-        print("  Grafana: add an InfluxDB (InfluxQL) data source with this URL and database, or "
-              "use deploy/grafana/ provisioning (datasource + dashboards).")
+        print(
+            f"\nInfluxDB: {counts['telemetry']} PM10 readings and {counts['actuator']} cannon "
+            f"state changes in database {DB!r} at {influx.url}"
+        )
+        print(
+            f'  try: curl -G {influx.url}/query --data-urlencode "db={DB}" --data-urlencode '
+            '"q=SELECT mean(pm10) FROM telemetry WHERE time > now() - 10m GROUP BY '
+            'time(30s), device"'
+        )
+        print(
+            "  Grafana: add an InfluxDB (InfluxQL) data source with this URL and database, or "
+            "use deploy/grafana/ provisioning (datasource + dashboards)."
+        )
         ok = view.closed and counts["telemetry"] > 0 and counts["actuator"] > 0
-        print("\nloop closed: dust rose, the cannons sprayed, PM10 fell, the cannons stopped."
-              if ok else "\nloop did NOT close (see the logs above)")
+        print(
+            "\nloop closed: dust rose, the cannons sprayed, PM10 fell, the cannons stopped."
+            if ok
+            else "\nloop did NOT close (see the logs above)"
+        )
         return 0 if ok else 1
     finally:
         for proc in procs:
@@ -297,12 +348,17 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dustgate demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path("demo-data"),
-                        help="state and logs (recreated on each run)")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="stop after N seconds (default: until Ctrl-C)")
-    parser.add_argument("--exit-when-closed", action="store_true",
-                        help="stop a few seconds after the loop has closed")
+    parser.add_argument(
+        "--dir", type=Path, default=Path("demo-data"), help="state and logs (recreated on each run)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="stop after N seconds (default: until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--exit-when-closed",
+        action="store_true",
+        help="stop a few seconds after the loop has closed",
+    )
     args = parser.parse_args(argv)
 
     async def runner() -> int:
