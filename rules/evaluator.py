@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.protocol import Event, now_ms
-from rules.model import Rule
+from rules.model import Rule, _contains
 
 Phase = Literal["idle", "pending", "active", "cooldown"]
 PHASES: tuple[Phase, ...] = ("idle", "pending", "active", "cooldown")
@@ -139,25 +139,61 @@ class RuleInputs:
 # -------------------------------------------------------------- evaluation
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """Constants of a rule the state machine needs every second, looked up once."""
+
+    is_above: bool
+    threshold: float
+    clear_level: float
+    # (name, is_above, trip level, clear level, unknown blocks)
+    interlocks: tuple[tuple[str, bool, float, float, bool], ...]
+    hours: tuple[str, tuple[str, ...], str] | None
+
+
+_COMPILED: dict[int, tuple[Rule, _Compiled]] = {}
+
+
+def compiled(rule: Rule) -> _Compiled:
+    """The rule's constants, cached by identity (the entry keeps the rule alive, so
+    the id cannot be reused while cached; the cache is reset when it grows large)."""
+    hit = _COMPILED.get(id(rule))
+    if hit is not None and hit[0] is rule:
+        return hit[1]
+    c = _Compiled(
+        rule.is_above,
+        rule.threshold,
+        rule.clear_level,
+        tuple(
+            (il.name, il.is_above, il.threshold, il.clear_level, il.on_unknown == "block")
+            for il in rule.unless
+        ),
+        rule.active.key() if rule.active is not None else None,
+    )
+    if len(_COMPILED) > 4096:
+        _COMPILED.clear()
+    _COMPILED[id(rule)] = (rule, c)
+    return c
+
+
 def holding_interlocks(rule: Rule, inputs: RuleInputs, previously: tuple[str, ...]) -> list[str]:
     """Names of the interlocks that hold now (with their hysteresis)."""
     out = []
-    for il in rule.unless:
-        v = inputs.interlocks.get(il.name)
+    values = inputs.interlocks
+    for name, is_above, trip, clear, block_unknown in compiled(rule).interlocks:
+        v = values.get(name)
         if v is None:
-            if il.on_unknown == "block":
-                out.append(il.name)
+            if block_unknown:
+                out.append(name)
             continue
-        was = il.name in previously
-        if il.above is not None:
-            level = il.clear_level if was else il.above
-            holds = v > level
-        else:
-            level = il.clear_level if was else il.threshold
-            holds = v < level
-        if holds:
-            out.append(il.name)
+        level = clear if name in previously else trip
+        if (v > level) if is_above else (v < level):
+            out.append(name)
     return out
+
+
+def _in_hours(c: _Compiled, now: float) -> bool:
+    return c.hours is None or _contains(*c.hours, int(now // 60))
 
 
 def _event(
@@ -260,8 +296,9 @@ def evaluate(
     ):
         return state, []  # fast path: nothing can change
     site = inputs.site
-    above = rule.above is not None
-    clear_level = rule.clear_level
+    c = compiled(rule)
+    above = c.is_above
+    clear_level = c.clear_level
     clear_cond = known and (v <= clear_level if above else v >= clear_level)  # type: ignore[operator]
     if needs_interlocks(rule, state, v):
         holding = holding_interlocks(rule, inputs, state.blocked)
@@ -271,9 +308,6 @@ def evaluate(
     lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
     out: list[Action] = []
     cond_text = _CondText(rule)
-
-    def in_hours() -> bool:
-        return rule.active is None or rule.active.contains(now)
 
     # Transitions of the data and the interlocks, reported once each.
     if not known and not state.unknown:
@@ -311,7 +345,7 @@ def evaluate(
             reason = "stale"
         elif holding:
             reason = "interlock:" + ",".join(holding)
-        elif not in_hours():
+        elif not _in_hours(c, now):
             reason = "outside_hours"
         elif acts.max_on is not None and ran >= acts.max_on:
             reason = "max_on"
@@ -364,7 +398,7 @@ def evaluate(
                 s = dataclasses.replace(s, clear_since=clear_since)
         return s, out
 
-    startable = on_cond and not holding and in_hours()
+    startable = on_cond and not holding and _in_hours(c, now)
 
     if s.phase == "idle" and startable:
         s = dataclasses.replace(s, phase="pending", since=now)

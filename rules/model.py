@@ -185,6 +185,9 @@ class ActiveHours(StrictModel):
         """
         return _contains(self.hours, tuple(self.days), self.tz, int(now // 60))
 
+    def key(self) -> tuple[str, tuple[str, ...], str]:
+        return (self.hours, tuple(self.days), self.tz)
+
 
 @lru_cache(maxsize=4096)
 def _contains(hours: str, days: tuple[str, ...], tz: str, epoch_minute: int) -> bool:
