@@ -22,6 +22,8 @@ same engine over history.
 - Arbitration: an actuator is on while any active rule or an ON override
   holds it. Renewals from several rules are merged (one LeaseOn per
   ``lease_s/3``); when the last holder lets go an explicit SwitchOff is sent.
+- Notifications: at most one per notifier's ``min_interval``; the ones in
+  between are dropped and counted (``notify_suppressed``), not queued.
 - ``set_override(site, actuator, "on"|"off"|"auto", until, who, now)``: an
   override wins over rules until ``until``. ON leases (and renews) the
   actuator itself; OFF switches it off and blocks rules; ``auto`` hands back.
@@ -468,7 +470,11 @@ class Engine:
 
     def _evaluate_instance(self, key: InstanceKey, inst: _Instance, now: float) -> list[Action]:
         state = self._states[key]
-        v = self._main_value(inst, now)
+        src = inst.src_main
+        v = self._value(src, now) if src.shared else self._compute(src, now)
+        if v is not None and inst.src_background is not None:
+            b = self._value(inst.src_background, now)
+            v = None if b is None else v - b
         self.last_values[key] = v
         if quiet(inst.rule, state, v, now):
             return []
