@@ -740,9 +740,14 @@ class Engine:
         """Swap in new rules; unchanged rules keep their state. Returns the resulting OFFs."""
         old_states, old_digests = self._states, self._digests
         old_actuators = self._actuators
+        before = dict(self.__dict__)
         self._states = {}
         self._actuators = {}
-        self._compile(new_rules_file)
+        try:
+            self._compile(new_rules_file)
+        except Exception:
+            self.__dict__.update(before)  # all or nothing: the old rules keep running
+            raise
         kept: set[InstanceKey] = set()
         for key in self._instances:
             rid = key[0]
