@@ -279,22 +279,10 @@ def evaluate(
 ) -> tuple[RuleState, list[Action]]:
     """One step of the rule's state machine at time ``now``."""
     v = inputs.value
+    if quiet(rule, state, v, now):
+        return state, []  # the common case: nothing can change
     known = v is not None
     on_cond = known and beyond(rule, v)  # type: ignore[arg-type]
-    phase = state.phase
-    if (
-        not on_cond
-        and state.unknown == (not known)
-        and (
-            phase == "idle"
-            or (
-                phase == "cooldown"
-                and state.cooldown_until is not None
-                and now < state.cooldown_until
-            )
-        )
-    ):
-        return state, []  # fast path: nothing can change
     site = inputs.site
     c = compiled(rule)
     above = c.is_above
