@@ -304,7 +304,7 @@ class RulesService:
         self._boot = format(int(time.time()) % 36**6, "x")
         self._off_seq = 0
         self._served = served_sites(rules_file)
-        self._topic_cache: dict[str, tuple[str, str] | None] = {}
+        self._topic_cache: dict[str, tuple[str, str]] = {}
         self._warned: dict[str, tuple[float, int]] = {}
         self._old_subscriptions: list[str] = []
         t = time.time() if now is None else now
@@ -421,19 +421,24 @@ class RulesService:
     def on_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
         """Handle one inbound message; never raises for bad input."""
         self.counters["messages"] += 1
-        if topic.endswith("/telemetry"):
+        where = self._topic_cache.get(topic)  # the hot path: a telemetry topic seen before
+        if where is None:
+            if not topic.endswith("/telemetry"):
+                return self._other_message(topic, payload, now)
             where = self._telemetry_topic(topic)
             if where is None:
                 self.counters["decode_errors"] += 1
                 self._warn("topic", now, "ignored message on malformed topic %r", topic[:200])
                 return []
-            try:
-                msg = p.decode(p.Telemetry, payload)
-            except p.ProtocolError as exc:
-                self.counters["decode_errors"] += 1
-                self._warn("telemetry", now, "dropped undecodable telemetry on %s: %s", topic, exc)
-                return []
-            return self.on_telemetry(where[0], where[1], msg, now)
+        try:
+            msg = p.decode(p.Telemetry, payload)
+        except p.ProtocolError as exc:
+            self.counters["decode_errors"] += 1
+            self._warn("telemetry", now, "dropped undecodable telemetry on %s: %s", topic, exc)
+            return []
+        return self.on_telemetry(where[0], where[1], msg, now)
+
+    def _other_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
         try:
             if topic.endswith(f"/{p.EVENTS_SEGMENT}") or topic.endswith(("/state", "/status")):
                 return self._other(p.parse_topic(topic), payload, now)
@@ -447,17 +452,17 @@ class RulesService:
             return []
 
     def _telemetry_topic(self, topic: str) -> tuple[str, str] | None:
-        cache = self._topic_cache
-        if topic in cache:
-            return cache[topic]
+        """(site, device) of a valid telemetry topic, remembered; None if malformed."""
         try:
             t = p.parse_topic(topic)
-            where = (t.site, t.name) if t.kind == "telemetry" and t.name else None
         except p.ProtocolError:
-            where = None
-        if len(cache) >= TOPIC_CACHE_MAX:
+            return None
+        if t.kind != "telemetry" or not t.name:
+            return None
+        cache = self._topic_cache
+        if len(cache) >= TOPIC_CACHE_MAX:  # bounded even if someone sprays random device ids
             cache.clear()
-        cache[topic] = where
+        where = cache[topic] = (t.site, t.name)
         return where
 
     def on_telemetry(self, site: str, device: str, msg: p.Telemetry, now: float) -> list[Publish]:
@@ -486,7 +491,17 @@ class RulesService:
                     flags[m] = p.Status.FAULT
                 stored = msg.model_copy(update={"flags": flags})
             sink.add(telemetry_line(site, device, stored))
-        actions = self.engine.ingest(site, device, msg, now)
+        flags = msg.flags
+        actions = self.engine.ingest_values(
+            site,
+            device,
+            msg.ts / 1000.0,
+            msg.seq,
+            msg.values,
+            now,
+            status=msg.status.value,
+            flags={k: v.value for k, v in flags.items()} if flags else None,
+        )
         return self.apply(actions, now) if actions else []
 
     def _other(self, t: p.Topic, payload: bytes, now: float) -> list[Publish]:

@@ -1,0 +1,423 @@
+"""Rule engine service: throughput against a bare subscriber, and decision latency.
+
+Setup: a local mosquitto; 1,000 devices x 10 metrics on one site; 200 rules
+(each: max of pm10 or pm25 over 5 min across 5 devices, ``combine: any``, a
+high-wind interlock on the same devices, its own cannon to lease). Every
+process below is separate: publisher, bare subscriber, engine.
+
+1. **Throughput** (messages/s). Both consumers first open a persistent MQTT 5
+   session (QoS 1 subscription to ``dustgate/v1/+/+/telemetry``) and go
+   away; the publisher process then publishes N readings (QoS 1), which the
+   broker queues for both sessions; each consumer then reconnects and drains
+   its queue. Timed from its first message to its N-th, so the figure is the
+   consumer's own capacity, not the publisher's. The *bare subscriber* uses
+   the same client library (aiomqtt, same ``make_client`` settings) and the
+   same decode (``gateway.protocol.decode(Telemetry)``) and does nothing
+   else; the *engine* is ``rules.service.RulesService`` as ``dustgate rules``
+   runs it (no ``influx:`` configured, so no sink). Goal: engine / bare >= 0.8.
+2. **Decision latency**: with the engine live and the publisher sending the
+   1,000 devices at 1 Hz in the background, the publisher process publishes
+   one exceeding reading for each rule in turn and times until the lease
+   command arrives on that rule's cmd topic. p50 / p99; goal p99 <= 50 ms.
+
+    .venv/bin/python tests/bench/bench_engine.py [--messages 40000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+logging.getLogger("mqtt").setLevel(logging.ERROR)
+
+from gateway import protocol as p  # noqa: E402
+from gateway.configfile import MqttSettings  # noqa: E402
+from gateway.localservices import Mosquitto  # noqa: E402
+from gateway.session import make_client  # noqa: E402
+
+SITE = "site-01"
+DEVICES = [f"dev-{i:04d}" for i in range(1000)]
+METRICS = [
+    "pm1",
+    "pm25",
+    "pm10",
+    "tsp",
+    "noise",
+    "wind_speed",
+    "wind_dir",
+    "temp",
+    "rh",
+    "pressure",
+]
+N_RULES = 200
+THRESHOLD = 500.0
+BARE_ID = "bench-bare"
+ENGINE_ID = "bench-engine"
+
+
+def rules_yaml(port: int, state_dir: Path) -> dict[str, Any]:
+    rules = []
+    for i in range(N_RULES):
+        devs = DEVICES[5 * i : 5 * i + 5]
+        rules.append(
+            {
+                "id": f"rule-{i:03d}",
+                "site": SITE,
+                "metric": "pm10" if i % 2 == 0 else "pm25",
+                "devices": devs,
+                "combine": "any",
+                "aggregate": "max",
+                "window": "5m",
+                "above": THRESHOLD,
+                "clear": THRESHOLD - 100,
+                "actions": {"lease": [f"cannon-{i:03d}"], "run_for": "10m"},
+                "unless": [
+                    {
+                        "name": "high_wind",
+                        "metric": "wind_speed",
+                        "devices": devs,
+                        "aggregate": "last",
+                        "window": "1m",
+                        "above": 20,
+                        "clear": 15,
+                        "on_unknown": "ignore",
+                    }
+                ],
+            }
+        )
+    return {
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "state_dir": str(state_dir),
+        "sites": [SITE],
+        "actuators": {f"{SITE}/cannon-{i:03d}": {} for i in range(N_RULES)},
+        # readings are drained up to a minute after their sensor time: keep them fresh
+        "defaults": {"lease_s": 60, "min_staleness": "5m", "max_staleness": "10m"},
+        "rules": rules,
+    }
+
+
+def reading(rnd: random.Random, ts_ms: int, seq: int, exceed: bool = False) -> bytes:
+    values = {
+        "pm1": rnd.uniform(5, 40),
+        "pm25": rnd.uniform(10, 90),
+        "pm10": rnd.uniform(20, 120),
+        "tsp": rnd.uniform(50, 250),
+        "noise": rnd.uniform(50, 75),
+        "wind_speed": rnd.uniform(0, 8),
+        "wind_dir": rnd.uniform(0, 360),
+        "temp": rnd.uniform(5, 25),
+        "rh": rnd.uniform(30, 90),
+        "pressure": rnd.uniform(990, 1020),
+    }
+    if exceed:
+        values["pm10"] = values["pm25"] = 999.0
+    values = {k: round(v, 1) for k, v in values.items()}
+    return p.encode(p.Telemetry(ts=ts_ms, seq=seq, values=values))
+
+
+# ------------------------------------------------------------------ roles
+
+
+def settings(port: int) -> MqttSettings:
+    return MqttSettings(host="127.0.0.1", port=port)
+
+
+async def role_bare(port: int, n: int, prime: bool) -> None:
+    client = make_client(settings(port), BARE_ID, persistent=True)
+    async with client:
+        await client.subscribe(p.subscription("telemetry", SITE), qos=1)
+        if prime:
+            print(json.dumps({"primed": True}), flush=True)
+            return
+        count, first, cpu0 = 0, 0.0, 0.0
+        async for m in client.messages:
+            p.decode(p.Telemetry, m.payload)  # type: ignore[arg-type]
+            count += 1
+            if count == 1:
+                first = time.perf_counter()
+                cpu0 = time.process_time()
+            if count == n:
+                break
+        cpu = time.process_time() - cpu0
+        print(json.dumps({"n": n, "seconds": time.perf_counter() - first, "cpu": cpu}), flush=True)
+
+
+async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
+    from rules.config import load_rules_file
+    from rules.service import RulesService, ServiceOptions
+
+    rf = load_rules_file(config)
+
+    class Timed(RulesService):
+        count = 0
+        first = cpu0 = 0.0
+
+        def on_message(self, topic: str, payload: bytes, now: float) -> Any:
+            out = super().on_message(topic, payload, now)
+            self.count += 1
+            if self.count == 1:
+                self.first = time.perf_counter()
+                self.cpu0 = time.process_time()
+            if n and self.count == n:
+                cpu = time.process_time() - self.cpu0
+                wall = time.perf_counter() - self.first
+                print(json.dumps({"n": n, "seconds": wall, "cpu": cpu}), flush=True)
+            return out
+
+    svc = Timed(config, rf, ServiceOptions(client_id=ENGINE_ID))
+    if n == 0:  # the latency phase: say when we are subscribed
+
+        async def announce() -> None:
+            await svc.connected.wait()
+            print(json.dumps({"live": True}), flush=True)
+
+        announcer = asyncio.get_running_loop().create_task(announce())
+    if prime:
+        client = make_client(settings(port), ENGINE_ID, persistent=True)
+        async with client:
+            for sub in svc.subscriptions():
+                await client.subscribe(sub, qos=1)
+        print(json.dumps({"primed": True}), flush=True)
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await svc.run(stop)
+    if n == 0:
+        announcer.cancel()
+    print(json.dumps({"engine_counters": dict(svc.counters)}), flush=True)
+
+
+async def role_publish(port: int, n: int, round_: int) -> None:
+    rnd = random.Random(1 + round_)
+    per_dev = -(-n // len(DEVICES))
+    # 1 s apart per device, ending a little before now; later rounds are newer
+    base = p.now_ms(time.time()) - per_dev * 1000 - 5000
+    client = make_client(settings(port), "bench-pub")
+    t0 = time.perf_counter()
+    async with client:
+        pending: set[asyncio.Task[None]] = set()
+        sent = 0
+        for k in range(per_dev):
+            for dev in DEVICES:
+                if sent == n:
+                    break
+                topic = p.telemetry_topic(SITE, dev)
+                task = asyncio.create_task(
+                    client.publish(
+                        topic,
+                        reading(rnd, base + k * 1000, round_ * per_dev + k + 1),
+                        qos=1,
+                        timeout=60,
+                    )
+                )
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                sent += 1
+                if len(pending) >= 400:
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*pending)
+    print(json.dumps({"published": sent, "seconds": time.perf_counter() - t0}), flush=True)
+
+
+async def role_latency(port: int, samples: int) -> None:
+    rnd = random.Random(2)
+    client = make_client(settings(port), "bench-latency")
+    seq = dict.fromkeys(DEVICES, 1000)
+    got: dict[str, float] = {}
+    waiting: dict[str, asyncio.Event] = {}
+    async with client:
+        await client.subscribe(p.subscription("cmd", SITE), qos=1)
+
+        async def receive() -> None:
+            async for m in client.messages:
+                t = time.perf_counter()
+                topic = m.topic.value
+                if topic not in got:
+                    got[topic] = t
+                    ev = waiting.get(topic)
+                    if ev is not None:
+                        ev.set()
+
+        async def background() -> None:  # every device once a second
+            while True:
+                t0 = time.perf_counter()
+                for i, dev in enumerate(DEVICES):
+                    seq[dev] += 1
+                    payload = reading(rnd, p.now_ms(time.time()), seq[dev])
+                    await client.publish(p.telemetry_topic(SITE, dev), payload, qos=1)
+                    if i % 100 == 99:
+                        await asyncio.sleep(max(0.0, t0 + (i + 1) / 1000 - time.perf_counter()))
+                await asyncio.sleep(max(0.0, t0 + 1.0 - time.perf_counter()))
+
+        rx = asyncio.create_task(receive())
+        bg = asyncio.create_task(background())
+        await asyncio.sleep(2.0)  # the windows fill and the engine settles
+        lat: list[float] = []
+        missed = 0
+        for k in range(samples):
+            rule = k % N_RULES
+            dev = DEVICES[5 * rule + 1]
+            topic = p.cmd_topic(SITE, f"cannon-{rule:03d}")
+            ev = waiting[topic] = asyncio.Event()
+            seq[dev] += 1
+            payload = reading(rnd, p.now_ms(time.time()), seq[dev], exceed=True)
+            t_pub = time.perf_counter()
+            await client.publish(p.telemetry_topic(SITE, dev), payload, qos=1)
+            try:
+                await asyncio.wait_for(ev.wait(), 2.0)
+                lat.append(got[topic] - t_pub)
+            except TimeoutError:
+                missed += 1
+            await asyncio.sleep(0.03)
+        bg.cancel()
+        rx.cancel()
+    print(json.dumps({"latencies": lat, "missed": missed}), flush=True)
+
+
+# ------------------------------------------------------------ orchestrator
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def result(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout)
+        raise SystemExit(f"a benchmark process failed (exit {proc.returncode})")
+    return json.loads(line)
+
+
+def stop_engine(engine: subprocess.Popen[str] | None) -> None:
+    if engine is not None and engine.poll() is None:
+        engine.send_signal(signal.SIGTERM)
+        try:
+            engine.wait(20)
+        except subprocess.TimeoutExpired:
+            engine.kill()
+            engine.wait(5)
+
+
+def run(n: int, samples: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        broker = Mosquitto(Path(tmp) / "mosquitto").start()
+        engine: subprocess.Popen[str] | None = None
+        try:
+            port = str(broker.port)
+            config = Path(tmp) / "rules.yaml"
+            config.write_text(yaml.safe_dump(rules_yaml(broker.port, Path(tmp) / "state")))
+            common = ["--port", port, "--messages", str(n), "--config", str(config)]
+            for role in ("bare", "engine"):
+                result(spawn("--role", role, "--prime", *common))
+            bare_rates, eng_rates = [], []
+            for r in range(rounds):
+                # the publisher starts its device sequences where the last round ended
+                pub = result(spawn("--role", "publish", *common, "--round", str(r)))
+                bare = result(spawn("--role", "bare", *common))
+                engine = spawn("--role", "engine", *common)
+                eng = result(engine)
+                stop_engine(engine)  # offline again, so the next round queues for it
+                engine = None
+                bare_rates.append(bare["n"] / bare["seconds"])
+                eng_rates.append(eng["n"] / eng["seconds"])
+                print(
+                    f"round {r + 1}: published {pub['published']:,} readings in "
+                    f"{pub['seconds']:.1f}s; bare {bare_rates[-1]:,.0f}/s, "
+                    f"engine {eng_rates[-1]:,.0f}/s, ratio {eng_rates[-1] / bare_rates[-1]:.2f}; "
+                    f"CPU per message: bare {bare['cpu'] / bare['n'] * 1e6:.0f} us, "
+                    f"engine {eng['cpu'] / eng['n'] * 1e6:.0f} us"
+                )
+            bare_rate, eng_rate = max(bare_rates), max(eng_rates)
+            print(f"bare subscriber (aiomqtt + decode), best: {bare_rate:10,.0f} messages/s")
+            print(f"rule engine (200 rules), best:            {eng_rate:10,.0f} messages/s")
+            ratio = eng_rate / bare_rate
+            verdict = "ok" if ratio >= 0.8 else "BELOW GOAL"
+            print(f"ratio engine / bare (best of {rounds}): {ratio:.2f} (goal >= 0.8: {verdict})")
+            engine = spawn("--role", "engine", *common, "--messages", "0")
+            result(engine)  # subscribed
+            lat = result(spawn("--role", "latency", *common, "--samples", str(samples)))
+            ms = sorted(x * 1000 for x in lat["latencies"])
+            if ms:
+                p50 = statistics.median(ms)
+                p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+                verdict = "ok" if p99 <= 50 else "ABOVE GOAL"
+                print(
+                    f"decision latency, reading published -> lease command received "
+                    f"({len(ms)} samples, 1,000 readings/s background): p50 {p50:.1f} ms, "
+                    f"p99 {p99:.1f} ms, max {ms[-1]:.1f} ms (goal p99 <= 50 ms: {verdict})"
+                )
+            if lat["missed"]:
+                print(f"MISSED: {lat['missed']} exceeding readings got no command within 2 s")
+        finally:
+            stop_engine(engine)
+            broker.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--role", default=None)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--messages", type=int, default=20_000, help="per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--round", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--prime", action="store_true")
+    args = ap.parse_args()
+    if args.role is None:
+        t0 = time.monotonic()
+        run(args.messages, args.samples, args.rounds)
+        print(f"(benchmark took {time.monotonic() - t0:.0f}s)")
+        return
+    if args.role == "bare":
+        asyncio.run(role_bare(args.port, args.messages, args.prime))
+    elif args.role == "engine":
+        logging.basicConfig(level=logging.INFO, filename=os.devnull)
+        if os.environ.get("BENCH_PROFILE") and not args.prime:
+            import cProfile
+
+            cProfile.runctx(
+                "asyncio.run(role_engine(args.port, args.messages, args.config, False))",
+                globals(),
+                {"args": args},
+                f"/tmp/bench-engine-{args.messages}.prof",
+            )
+        else:
+            asyncio.run(role_engine(args.port, args.messages, args.config, args.prime))
+    elif args.role == "publish":
+        asyncio.run(role_publish(args.port, args.messages, args.round))
+    elif args.role == "latency":
+        asyncio.run(role_latency(args.port, args.samples))
+    else:
+        raise SystemExit(f"unknown role {args.role}")
+    sys.stdout.flush()
+    os._exit(0) if args.role in ("latency",) else None
+
+
+if __name__ == "__main__":
+    main()
