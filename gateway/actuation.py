@@ -259,8 +259,9 @@ def _enforce(
         reason, source = lock
         return _switch_off(st, now, wall, source, reason), reason
     assert st.lease_end is not None and st.on_since is not None
-    if now >= st.lease_end:
-        if st.lease_end >= st.on_since + limits.max_on:
+    run_over = now - st.on_since >= limits.max_on  # same float form as the min_off test
+    if run_over or now >= st.lease_end:
+        if run_over or st.lease_end >= st.on_since + limits.max_on:
             reason = f"max_on reached ({_secs(limits.max_on)})"
             return _switch_off(st, now, wall, "local", reason, by_max_on=True), reason
         return _switch_off(st, now, wall, st.source, "lease expired"), "lease expired"
@@ -278,7 +279,7 @@ def on_command(
 ) -> tuple[LeaseState, Decision]:
     """Apply one command (from the broker or the local CLI)."""
     st, now = _clamp(st, now)
-    st, _ = _enforce(limits, st, now, wall)
+    st, cut = _enforce(limits, st, now, wall)
     if cmd.action == "off":  # always accepted
         if st.output:
             st = _switch_off(st, now, wall, cmd.source, cmd.reason or "off command", cmd.id)
@@ -308,11 +309,16 @@ def on_command(
     note = f"lease capped at max_lease {_secs(limits.max_lease)}" if cmd.lease_s > lease else ""
     if not st.output:
         assert st.off_since is not None
-        left = st.off_since + limits.min_off - now
-        if left > 0:
+        rested = now - st.off_since
+        if rested < limits.min_off:
+            left = limits.min_off - rested
             if st.cut_by_max_on:
-                return refuse(f"max_on reached: off for {_secs(left)} more")
-            return refuse(f"min_off: {_secs(left)} left")
+                return refuse(f"max_on reached: off for {_secs(max(left, 1))} more")
+            return refuse(f"min_off: {_secs(max(left, 1))} left")
+        if cut is not None:
+            # The run ended in this very call; one call never switches the
+            # output off and on again, so the relay always sees the OFF.
+            return refuse(f"{cut} at this moment; a new command may start a new run")
         on_since = now
         end = now + lease
         changed = True
