@@ -359,26 +359,42 @@ class RulesService:
         )
         return engine
 
-    def state_document(self, now: float) -> tuple[str, bytes]:
-        """(change key, file bytes) of the current state."""
+    def state_snapshot(self, now: float) -> dict[str, Any]:
+        """The state file's content as plain data (built on the event loop: consistent)."""
         snap = self.engine.snapshot()
-        key = json.dumps({k: v for k, v in snap.items() if k != "counters"}, sort_keys=True)
-        doc = {
+        counters = snap.pop("counters", {})  # informative only: not a reason to rewrite
+        return {
             "version": STATE_VERSION,
             "saved_at": now,
             "rules_file": str(self.rules_path),
             "subscriptions": self.subscriptions(),
+            "counters": counters,
             "engine": snap,
         }
-        return key, json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    def state_bytes_due(self, doc: dict[str, Any], force: bool = False) -> bytes | None:
+        """The file bytes if the state changed since the last write (or ``force`` / max
+        age), else None. Pure JSON work: may run in a thread."""
+        key = json.dumps(doc["engine"], sort_keys=True, separators=(",", ":"))
+        now = float(doc["saved_at"])
+        stale = now - self._saved_at >= self.options.persist_max_age
+        if not force and key == self._saved_key and not stale:
+            return None
+        self._saved_key, self._saved_at = key, now
+        head = json.dumps({k: v for k, v in doc.items() if k != "engine"}, sort_keys=True)
+        return f'{head[:-1]}, "engine": {key}}}'.encode()
 
     def save_state_due(self, now: float, force: bool = False) -> bytes | None:
-        """The bytes to write if the state changed (or ``force``/max age), else None."""
-        key, data = self.state_document(now)
-        if force or key != self._saved_key or now - self._saved_at >= self.options.persist_max_age:
-            self._saved_key, self._saved_at = key, now
-            return data
-        return None
+        return self.state_bytes_due(self.state_snapshot(now), force)
+
+    def _persist_doc(self, doc: dict[str, Any]) -> None:
+        data = self.state_bytes_due(doc)
+        if data is not None:
+            try:
+                write_atomic(self.state_path, data)
+            except OSError as exc:
+                self._saved_key = None  # try again next time
+                log.error("cannot save state to %s: %s", self.state_path, exc)
 
     def save_state(self, now: float) -> None:
         """Write the state now (blocking; used on shutdown)."""
@@ -486,10 +502,10 @@ class RulesService:
             stored = msg
             bad = [m for m, v in msg.values.items() if v < 0 and m in PARTICULATES]
             if bad:
-                flags = dict(msg.flags or {})
+                marked = dict(msg.flags or {})
                 for m in bad:
-                    flags[m] = p.Status.FAULT
-                stored = msg.model_copy(update={"flags": flags})
+                    marked[m] = p.Status.FAULT
+                stored = msg.model_copy(update={"flags": marked})
             sink.add(telemetry_line(site, device, stored))
         flags = msg.flags
         actions = self.engine.ingest_values(
@@ -903,13 +919,8 @@ class RulesService:
         self._send(self.on_tick(time.time()))
 
     async def _persist(self) -> None:
-        data = self.save_state_due(time.time())
-        if data is not None:
-            try:
-                await asyncio.to_thread(write_atomic, self.state_path, data)
-            except OSError as exc:
-                self._saved_key = None  # try again next time
-                log.error("cannot save state to %s: %s", self.state_path, exc)
+        # the snapshot is taken here, serialising and fsync happen off the event loop
+        await asyncio.to_thread(self._persist_doc, self.state_snapshot(time.time()))
 
     async def _watch(self) -> None:
         self._send(self.check_reload(time.time()))
