@@ -237,10 +237,45 @@ async def role_publish(port: int, n: int, round_: int) -> None:
     print(json.dumps({"published": sent, "seconds": time.perf_counter() - t0}), flush=True)
 
 
+def probe_device(rule: int) -> str:
+    """The device whose exceeding reading triggers ``rule`` in the latency phase."""
+    return DEVICES[5 * rule + 1]
+
+
+async def role_background(port: int) -> None:
+    """1,000 readings/s over the devices that are not probed, until SIGTERM.
+
+    Probe devices are left to the latency process: two publishers stamping
+    the same device with wall-clock times would make one of them look out of
+    order (a real device has one publisher).
+    """
+    rnd = random.Random(3)
+    probes = {probe_device(r) for r in range(N_RULES)}
+    devices = [d for d in DEVICES if d not in probes]
+    client = make_client(settings(port), "bench-background")
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    seq = 2_000_000
+    async with client:
+        print(json.dumps({"background": True}), flush=True)
+        t0 = time.perf_counter()
+        sent = 0
+        while not stop.is_set():
+            seq += 1
+            for dev in devices:
+                payload = reading(rnd, p.now_ms(time.time()), seq)
+                await client.publish(p.telemetry_topic(SITE, dev), payload, qos=1)
+                sent += 1
+                if sent % 100 == 0:  # pace at 1,000/s
+                    await asyncio.sleep(max(0.0, t0 + sent / 1000 - time.perf_counter()))
+                if stop.is_set():
+                    break
+
+
 async def role_latency(port: int, samples: int) -> None:
+    """One exceeding reading per rule in turn; time until its lease command arrives."""
     rnd = random.Random(2)
     client = make_client(settings(port), "bench-latency")
-    seq = dict.fromkeys(DEVICES, 1000)
     got: dict[str, float] = {}
     waiting: dict[str, asyncio.Event] = {}
     async with client:
@@ -256,29 +291,17 @@ async def role_latency(port: int, samples: int) -> None:
                     if ev is not None:
                         ev.set()
 
-        async def background() -> None:  # every device once a second
-            while True:
-                t0 = time.perf_counter()
-                for i, dev in enumerate(DEVICES):
-                    seq[dev] += 1
-                    payload = reading(rnd, p.now_ms(time.time()), seq[dev])
-                    await client.publish(p.telemetry_topic(SITE, dev), payload, qos=1)
-                    if i % 100 == 99:
-                        await asyncio.sleep(max(0.0, t0 + (i + 1) / 1000 - time.perf_counter()))
-                await asyncio.sleep(max(0.0, t0 + 1.0 - time.perf_counter()))
-
         rx = asyncio.create_task(receive())
-        bg = asyncio.create_task(background())
         await asyncio.sleep(2.0)  # the windows fill and the engine settles
         lat: list[float] = []
         missed = 0
         for k in range(samples):
             rule = k % N_RULES
-            dev = DEVICES[5 * rule + 1]
+            dev = probe_device(rule)
             topic = p.cmd_topic(SITE, f"cannon-{rule:03d}")
+            got.pop(topic, None)
             ev = waiting[topic] = asyncio.Event()
-            seq[dev] += 1
-            payload = reading(rnd, p.now_ms(time.time()), seq[dev], exceed=True)
+            payload = reading(rnd, p.now_ms(time.time()), 3_000_000 + k, exceed=True)
             t_pub = time.perf_counter()
             await client.publish(p.telemetry_topic(SITE, dev), payload, qos=1)
             try:
@@ -287,7 +310,6 @@ async def role_latency(port: int, samples: int) -> None:
             except TimeoutError:
                 missed += 1
             await asyncio.sleep(0.03)
-        bg.cancel()
         rx.cancel()
     print(json.dumps({"latencies": lat, "missed": missed}), flush=True)
 
@@ -360,7 +382,13 @@ def run(n: int, samples: int, rounds: int) -> None:
             print(f"ratio engine / bare (best of {rounds}): {ratio:.2f} (goal >= 0.8: {verdict})")
             engine = spawn("--role", "engine", *common, "--messages", "0")
             result(engine)  # subscribed
-            lat = result(spawn("--role", "latency", *common, "--samples", str(samples)))
+            background = spawn("--role", "background", *common)
+            result(background)
+            try:
+                lat = result(spawn("--role", "latency", *common, "--samples", str(samples)))
+            finally:
+                background.send_signal(signal.SIGTERM)
+                background.wait(20)
             ms = sorted(x * 1000 for x in lat["latencies"])
             if ms:
                 p50 = statistics.median(ms)
@@ -411,6 +439,8 @@ def main() -> None:
             asyncio.run(role_engine(args.port, args.messages, args.config, args.prime))
     elif args.role == "publish":
         asyncio.run(role_publish(args.port, args.messages, args.round))
+    elif args.role == "background":
+        asyncio.run(role_background(args.port))
     elif args.role == "latency":
         asyncio.run(role_latency(args.port, args.samples))
     else:
