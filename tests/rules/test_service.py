@@ -454,3 +454,28 @@ def test_override_refusals(tmp_path: Path) -> None:
     # on without a duration is not a valid request
     bad = b'{"id": "x", "mode": "on", "who": "bob", "ts": 1}'
     assert svc.on_message(OVR, bad, T0) == [] and svc.counters["decode_errors"] == 1
+
+
+# ------------------------------------------------------------ subscriptions
+
+
+def test_subscriptions_per_site_and_shared_group(tmp_path: Path) -> None:
+    svc, _ = make_service(tmp_path)
+    assert svc.subscriptions() == [
+        "dustgate/v1/site-01/+/telemetry",
+        "dustgate/v1/site-01/+/state",
+        "dustgate/v1/site-01/gateway/+/status",
+        "dustgate/v1/site-01/events",
+        "dustgate/v1/site-01/+/override",
+    ]
+    # our own events are not echoed back (they go to the sink directly) ...
+    assert svc._subscribe_options("dustgate/v1/site-01/events").noLocal
+    assert not svc._subscribe_options("dustgate/v1/site-01/+/telemetry").noLocal
+    svc.options.shared_group = "rules"
+    subs = svc.subscriptions()
+    assert "$share/rules/dustgate/v1/site-01/+/telemetry" in subs
+    # ... except on a shared subscription, where MQTT 5 forbids no_local
+    assert "$share/rules/dustgate/v1/site-01/events" in subs
+    assert not svc._subscribe_options("$share/rules/dustgate/v1/site-01/events").noLocal
+    # overrides must reach every engine: never shared
+    assert "dustgate/v1/site-01/+/override" in subs

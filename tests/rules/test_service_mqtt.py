@@ -454,3 +454,15 @@ def test_cli_subprocess_writes_influx_and_stops_cleanly(
     assert count('SELECT count("on") FROM actuator') >= 1
     assert count("SELECT count(\"text\") FROM rule_event WHERE kind = 'on'") == 1
     assert count("SELECT count(\"messages_per_s\") FROM gateway WHERE engine = 'engine-proc'") >= 1
+
+
+async def test_reconnects_after_broker_restart(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    path = write_config(tmp_path / "rules.yaml", rules_config(tmp_path, mosquitto.port))
+    async with engine(path) as svc:
+        mosquitto.stop()
+        await until(lambda: not svc.connected.is_set(), what="disconnect noticed")
+        mosquitto.start()  # same port
+        await until(svc.connected.is_set, timeout=15, what="reconnected")
+        async with bus(mosquitto.port) as b:
+            b.pm10 = 220.0
+            await until(lambda: "on" in b.actions(), what="lease after the reconnect")
