@@ -424,9 +424,8 @@ class Hj212Uplink:
         opened = 0
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(s.host, s.port), s.connect_timeout
-                )
+                async with asyncio.timeout(s.connect_timeout):
+                    reader, writer = await asyncio.open_connection(s.host, s.port)
             except (OSError, TimeoutError) as exc:
                 failures += 1
                 self._counts["connect_failures"] += 1
@@ -459,7 +458,8 @@ class Hj212Uplink:
                 self._waiters.clear()
                 writer.close()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
             # a link that dies right away backs off like a failed connect
             failures = 1 if time.monotonic() - started > s.reconnect_max else failures + 1
             await asyncio.sleep(backoff.delay(failures, self._rng()))
@@ -557,7 +557,10 @@ class Hj212Uplink:
         fut: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
         self._waiters[qn] = fut
         try:
-            await asyncio.wait_for(fut, self.reply_timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+            # cancellation that races with the reply, and the task never ends
+            async with asyncio.timeout(self.reply_timeout):
+                await fut
         except TimeoutError:
             return False
         finally:
