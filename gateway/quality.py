@@ -38,9 +38,13 @@ def assess(
     stuck_after: float,
     stuck_metrics: list[str] | None,
     mode: Status | None,
+    known: dict[str, Status] | None = None,
 ) -> tuple[Status, dict[str, Status] | None]:
-    """The device status and per-metric flags for one reading (updates ``tracker``)."""
-    flags: dict[str, Status] = {}
+    """The device status and per-metric flags for one reading (updates ``tracker``).
+
+    ``known`` holds flags found before (a metric dropped as non-finite: ``fault``).
+    """
+    flags: dict[str, Status] = dict(known) if known else {}
     for metric, value in values.items():
         lo_hi = valid_range.get(metric)
         if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
@@ -55,7 +59,7 @@ def assess(
         return mode, flags or None
     if not flags:
         return Status.OK, None
-    if len(flags) == len(values):
+    if not values.keys() - flags.keys():
         # every metric is bad: the device itself is
         worst = max(flags.values(), key=_SEVERITY.__getitem__)
         return worst, None if len(set(flags.values())) == 1 else flags

@@ -96,6 +96,7 @@ class BusScheduler:
         self.link_failures = 0
         self.link_up = False
         self.reconnects = 0
+        self.report_errors = 0
 
     # ------------------------------------------------------------ setup
 
@@ -245,7 +246,7 @@ class BusScheduler:
             nxt = now + slot.interval * 0.5 if now - due > slot.interval * 2 else nxt
             nxt = max(nxt, now)
         self._push(slot.id, nxt)
-        self.on_result(slot.id, wall, values, None)
+        self._report(slot.id, wall, values, None)
 
     def _record_failure(self, slot: DeviceSlot, exc: DriverError, now: float) -> None:
         slot.failures += 1
@@ -258,4 +259,18 @@ class BusScheduler:
         self._heap = [e for e in self._heap if e[2] != slot.id]
         heapq.heapify(self._heap)
         self._push(slot.id, now + delay)
-        self.on_result(slot.id, self.wall(), None, exc)
+        self._report(slot.id, self.wall(), None, exc)
+
+    def _report(
+        self,
+        device_id: str,
+        wall: float,
+        values: dict[str, float] | None,
+        error: DriverError | None,
+    ) -> None:
+        try:
+            self.on_result(device_id, wall, values, error)
+        except Exception:  # a bug in handling one reading must not stop the bus
+            self.report_errors += 1
+            if self.report_errors in (1, 10, 100) or self.report_errors % 1000 == 0:
+                log.exception("%s: %s: handling a result failed", self.name, device_id)

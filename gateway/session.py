@@ -90,6 +90,7 @@ class SessionStats:
     disconnects: int = 0
     published: int = 0
     publish_failures: int = 0
+    publish_refused: int = 0  # PUBACK with a failure reason code
     received: int = 0
     connected_since: float | None = None
     down_since: float | None = field(default_factory=time.monotonic)
@@ -229,39 +230,73 @@ class AgentSession:
                 log.exception("command handler failed")
 
     async def _pump(self, client: aiomqtt.Client) -> None:
-        inflight: set[asyncio.Task[None]] = set()
+        """Hand committed rows to paho, up to PUBLISH_WINDOW unacknowledged at once.
+
+        The hot path: one ``paho.Client.publish`` per reading and one dict entry
+        (message id -> row id) until its PUBACK, instead of a task, an event and
+        a timer per message through aiomqtt's awaitable ``publish``. PUBACKs of
+        our message ids are taken in paho's ``on_publish`` ahead of aiomqtt's
+        handler (which still completes its own publishes: status, state, acks).
+        """
+        mqtt = client._client  # the paho client aiomqtt drives on this event loop
+        pending: dict[int, int] = {}  # paho message id -> outbox row id
+        room = asyncio.Event()
+        outbox = self.outbox
+        stats = self.stats
+        aiomqtt_on_publish = mqtt.on_publish
+
+        def on_publish(
+            c: paho.Client, userdata: object, mid: int, reason: object, props: object
+        ) -> None:
+            row_id = pending.pop(mid, None)
+            if row_id is None:
+                if aiomqtt_on_publish is not None:
+                    aiomqtt_on_publish(c, userdata, mid, reason, props)  # type: ignore[arg-type,call-arg]
+                return
+            if getattr(reason, "is_failure", False):
+                # refused by the broker (ACL, quota): keep the row; it is sent
+                # again after the next reconnect, and dropped only by max_age
+                stats.publish_refused += 1
+                if stats.publish_refused in (1, 10, 100) or stats.publish_refused % 1000 == 0:
+                    log.warning("broker refused a reading (%s); kept in the outbox", reason)
+            else:
+                outbox.ack(row_id)
+                stats.published += 1
+            room.set()
+
+        mqtt.on_publish = on_publish
+        # Rows become publishable only by a commit (made here, by the agent's
+        # tick or inside Outbox.put): look for new ones only after one.
+        # (Outbox has no public commit counter; _last_commit changes on each.)
+        seen_commit: object = ()
+        more = True  # a full batch last time: there may be more committed rows
         try:
             while True:
-                self.outbox.maybe_commit(time.time())
-                room = PUBLISH_WINDOW - len(inflight)
-                rows = self.outbox.pending_for_publish(room) if room > 0 else []
+                outbox.maybe_commit(time.time())
+                free = PUBLISH_WINDOW - len(pending)
+                rows = []
+                if free > 0 and (more or outbox._last_commit != seen_commit):
+                    seen_commit = outbox._last_commit
+                    rows = outbox.pending_for_publish(free)
+                    more = len(rows) == free
                 for row in rows:
-                    task = asyncio.create_task(
-                        self._publish_row(client, row.id, row.topic, row.payload)
-                    )
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
-                if rows and len(rows) == room:
-                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    info = mqtt.publish(row.topic, row.payload, qos=1)
+                    if info.rc != paho.MQTT_ERR_SUCCESS:
+                        stats.publish_failures += 1
+                        # not connected any more: _receive sees it; the rest of
+                        # the batch is handed out again after the reconnect
+                        raise aiomqtt.MqttCodeError(info.rc, "could not publish a reading")
+                    pending[info.mid] = row.id
+                if free <= 0 or (rows and more):
+                    room.clear()
+                    if len(pending) >= PUBLISH_WINDOW:
+                        await room.wait()
+                    else:
+                        await asyncio.sleep(0)
                     continue
-                if not rows:
-                    self._data.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.outbox.commit_interval_s):
-                            await self._data.wait()
+                self._data.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(outbox.commit_interval_s):
+                        await self._data.wait()
         finally:
-            for t in inflight:
-                t.cancel()
-
-    async def _publish_row(
-        self, client: aiomqtt.Client, row_id: int, topic: str, payload: bytes
-    ) -> None:
-        try:
-            await client.publish(topic, payload, qos=1, timeout=30)
-        except aiomqtt.MqttError:
-            # the link is gone; _receive sees the disconnect and the row is
-            # handed out again after the reconnect (requeue_inflight)
-            self.stats.publish_failures += 1
-            return
-        self.outbox.ack(row_id)
-        self.stats.published += 1
+            mqtt.on_publish = aiomqtt_on_publish

@@ -1,0 +1,67 @@
+"""Pure parts of the agent's hot path: the telemetry encoder, value checks, quality, backoff."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import protocol as p
+from gateway.agent import encode_telemetry
+from gateway.backoff import Backoff
+from gateway.quality import StuckTracker, assess
+
+metric = st.from_regex(r"[a-z0-9_]{1,32}", fullmatch=True)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+statuses = st.sampled_from(list(p.Status))
+
+
+@given(
+    ts=st.integers(0, 10**13 - 1),
+    seq=st.integers(0, 2**53),
+    values=st.dictionaries(metric, finite, max_size=64),
+    status=statuses,
+    flags=st.none() | st.dictionaries(metric, statuses, min_size=1, max_size=8),
+    model=st.none() | st.text(max_size=64),
+)
+def test_fast_encoder_matches_the_contract(
+    ts: int,
+    seq: int,
+    values: dict[str, float],
+    status: p.Status,
+    flags: dict[str, p.Status] | None,
+    model: str | None,
+) -> None:
+    fast = encode_telemetry(ts, seq, values, status, flags, model)
+    slow = p.encode(
+        p.Telemetry(ts=ts, seq=seq, values=values, status=status, flags=flags, model=model)
+    )
+    assert json.loads(fast) == json.loads(slow)
+    assert p.decode(p.Telemetry, fast) == p.decode(p.Telemetry, slow)
+
+
+def test_fast_encoder_refuses_non_finite_values() -> None:
+    try:
+        encode_telemetry(1, 0, {"pm10": math.nan}, p.Status.OK, None, None)
+    except ValueError:
+        return
+    raise AssertionError("NaN was encoded")
+
+
+def test_a_non_finite_metric_is_a_fault_and_the_rest_stays_ok() -> None:
+    status, flags = assess(
+        {"pm25": 12.0}, 0.0, StuckTracker(), {}, 0.0, None, None, {"pm10": p.Status.FAULT}
+    )
+    assert status is p.Status.OK and flags == {"pm10": p.Status.FAULT}
+    status, flags = assess({}, 0.0, StuckTracker(), {}, 0.0, None, None, {"pm10": p.Status.FAULT})
+    assert status is p.Status.FAULT and flags is None
+
+
+@given(failures=st.integers(1, 200), draw=st.floats(0, 1, exclude_max=True))
+def test_backoff_is_capped_and_jittered(failures: int, draw: float) -> None:
+    b = Backoff(base=2.0, maximum=3.0)
+    d = b.delay(failures, draw)
+    assert 0 < d <= 3.0 * 1.2
+    assert b.delay(failures, 0.5) == min(3.0, 2.0 * 2 ** (failures - 1))
