@@ -30,7 +30,7 @@ What it does:
   the same bytes up to ``retries`` times (the CN 1000 ``OverTime``/``ReCount``
   semantics; the platform may change both with CN 1000). When every try fails
   the link is taken as dead: the connection is closed and reopened, and the
-  unit stays at the head of the backlog.
+  unit stays at the head of the backlog (a split unit is resent whole).
 - Aggregates go through an in-memory backlog, sent oldest first and resent after
   a reconnect. It is bounded by ``backlog_max`` units (default 1500: a day of
   1-minute data plus the hours); past that the oldest unit is dropped and
@@ -550,6 +550,9 @@ class Hj212Uplink:
                     break
             else:
                 self._counts["link_timeouts"] += 1
+                # a new connection gets a split unit whole: the platform may not
+                # join parts across connections (duplicates share QN and PNO)
+                unit.done = 0
                 raise _LinkDown(f"no reply to {unit.what} after {self.retries + 1} tries")
             unit.done += 1
 

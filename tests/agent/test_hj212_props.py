@@ -183,3 +183,27 @@ def test_aggregation_matches_a_direct_computation(
             if any(f not in "NS" for f in flags):
                 assert s.flag not in "NS"
     assert sum(len(v) for v in closed.values()) >= len({(int(ts // 60), m) for ts, m, _, _ in rows})
+
+
+@given(st.lists(cp_group, min_size=1, max_size=60), st.integers(200, 1024))
+def test_split_parts_fit_and_carry_every_group_once_in_order(
+    groups: list[dict[str, str]], limit: int
+) -> None:
+    head = [{"DataTime": "20261127100000"}]
+    template = Packet(cn="2051", qn="20261127100100000", st="39", pw="123456", mn="M1", flag=5)
+    try:
+        parts = hj212.split_upload(template, head + groups, limit=limit)
+    except Hj212Error:
+        return  # a single group too large for the limit: refused, not truncated
+    carried: list[dict[str, str]] = []
+    for p in parts:
+        back = hj212.decode_packet(hj212.encode_packet(p, limit=limit))
+        assert back.qn == template.qn and back.wants_reply
+        assert back.is_split == (len(parts) > 1)
+        if len(parts) > 1:
+            assert back.pnum == len(parts)
+        got = hj212.cp_groups(back.cp)
+        assert got[0] == head[0]
+        carried += got[1:]
+    assert carried == groups
+    assert [p.pno for p in parts] == ([None] if len(parts) == 1 else list(range(1, len(parts) + 1)))
