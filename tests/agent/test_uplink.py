@@ -229,3 +229,23 @@ def test_requests_with_wrong_credentials_or_unknown_cn_are_refused() -> None:
     assert answers(up, request("3020")) == [("9011", "QnRtn=8")]
     s = up.stats()
     assert s["requests"] == 3 and s["refused"] == 3
+
+
+def test_daily_aggregate_is_dated_at_local_midnight() -> None:
+    up = Hj212Uplink(settings(minute=False, hourly=False, daily=True), "site1")
+    up.on_reading("d", reading(T0, {"pm10": 10.0}))  # 10:00:10 on the 27th, Beijing
+    up.on_reading("d", reading(T0 + 13 * 3600, {"pm10": 30.0}))  # 23:00:10, same local day
+    # the local day ends at 16:00 UTC; it is closed once grace (5 s) has passed
+    end_of_day = datetime(2026, 11, 27, 16, 0, 0, tzinfo=UTC).timestamp()
+    assert up.collect(end_of_day + 4) == 0
+    assert up.collect(end_of_day + 5) == 1
+    [p] = up._backlog[0].packets
+    assert p.cn == "2031"
+    assert p.cp_fields()["DataTime"] == "20261127000000"
+    assert p.cp_fields()["a34002-Avg"] == "20.0"
+
+
+def test_malformed_request_parameters_are_a_condition_error() -> None:
+    up = Hj212Uplink(settings(), "site1")
+    assert answers(up, request("1062", "RtdInterval"))[1] == ("9012", "ExeRtn=3")
+    assert answers(up, request("1000", "OverTime=5"))[1] == ("9012", "ExeRtn=3")
