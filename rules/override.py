@@ -152,7 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("target", metavar="SITE/ACTUATOR", help="e.g. site-01/cannon-1")
     ap.add_argument("mode", choices=["on", "off", "auto"])
-    ap.add_argument("--for", dest="for_", default="30m", help="duration (default 30m, max 24h)")
+    ap.add_argument(
+        "--for",
+        dest="for_",
+        default="30m",
+        metavar="DURATION",
+        help="how long, e.g. 30m, 2h (default 30m, max 24h; ignored for auto)",
+    )
     ap.add_argument("--who", default=None, help="your name for the record (default user@host)")
     ap.add_argument("--reason", default="", help="free text recorded with the event")
     ap.add_argument("--config", type=Path, help="rules.yaml: take the MQTT settings from it")

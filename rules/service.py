@@ -66,6 +66,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -310,6 +311,7 @@ class RulesService:
         t = time.time() if now is None else now
         self.engine = self._restore(t)
         self._saved_key: str | None = None
+        self._state_lock = threading.Lock()
         self._saved_at = -1e18
         self.watch = FileWatch(self.rules_path, rules_text)
         self._client: aiomqtt.Client | None = None
@@ -388,19 +390,22 @@ class RulesService:
         return self.state_bytes_due(self.state_snapshot(now), force)
 
     def _persist_doc(self, doc: dict[str, Any]) -> None:
-        data = self.state_bytes_due(doc)
-        if data is not None:
-            try:
-                write_atomic(self.state_path, data)
-            except OSError as exc:
-                self._saved_key = None  # try again next time
-                log.error("cannot save state to %s: %s", self.state_path, exc)
+        with self._state_lock:  # a cancelled save may still run while we shut down
+            data = self.state_bytes_due(doc)
+            if data is not None:
+                try:
+                    write_atomic(self.state_path, data)
+                except OSError as exc:
+                    self._saved_key = None  # try again next time
+                    log.error("cannot save state to %s: %s", self.state_path, exc)
 
     def save_state(self, now: float) -> None:
         """Write the state now (blocking; used on shutdown)."""
-        data = self.save_state_due(now, force=True)
-        assert data is not None
-        write_atomic(self.state_path, data)
+        doc = self.state_snapshot(now)
+        with self._state_lock:
+            data = self.state_bytes_due(doc, force=True)
+            assert data is not None
+            write_atomic(self.state_path, data)
 
     # -------------------------------------------------------- subscriptions
 
@@ -895,6 +900,10 @@ class RulesService:
                     log.warning(
                         "mqtt %s:%d: %s (attempt %d)", settings.host, settings.port, exc, failures
                     )
+            except Exception:  # a bug must not leave us running without a broker session
+                failures += 1
+                self.counters["internal_errors"] += 1
+                log.exception("mqtt session failed; reconnecting")
             finally:
                 self._client = None
                 self.connected.clear()
@@ -991,7 +1000,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="subscribe via $share/GROUP/... to spread sites over several engines",
     )
-    ap.add_argument("--tick", type=float, default=1.0, help="seconds between timer ticks (1)")
+    ap.add_argument(
+        "--tick", type=float, default=1.0, help="seconds between timer ticks (0.05-1, default 1)"
+    )
     ap.add_argument(
         "--watch-interval", type=float, default=1.0, help="rules file poll interval (1 s)"
     )
@@ -1026,6 +1037,9 @@ def main(argv: list[str]) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not 0.05 <= args.tick <= 1.0:
+        print("dustgate rules: --tick must be between 0.05 and 1 second", file=sys.stderr)
+        return 2
     if args.shared_group is not None and not re.fullmatch(
         r"[A-Za-z0-9_-]{1,64}", args.shared_group
     ):
