@@ -303,3 +303,26 @@ async def cancel_right_after_an_upload(platform: FakePlatform, value: float) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert task.cancelled()
+
+
+async def test_keeps_trying_until_the_platform_appears() -> None:
+    probe = await FakePlatform().start()
+    port = probe.port
+    await probe.stop()  # a free port with nobody listening
+    clock = Clock(T0)
+    up = Hj212Uplink(make_settings(port, reply=False), "site1", clock=clock, tick=0.01)
+    async with running(up):
+        await until(lambda: up.stats()["connect_failures"] >= 3)
+        up.on_reading("dust1", reading(T0, {"pm10": 42.0}))
+        clock.t = T0 + 55  # minute 10:00 closes while nobody listens
+        await until(lambda: up.stats()["backlog"] == 1)
+        late = await FakePlatform(port=port).start()
+        try:
+            segment = check_frame(await late.next())
+            assert fields(segment)["Flag"] == "4" and fields(segment)["CN"] == "2051"
+            # no reply wanted: written once, off the backlog, nothing to acknowledge
+            await until(lambda: up.stats()["backlog"] == 0)
+            s = up.stats()
+            assert s["sent"] == 1 and s["acked"] == 0 and s["reconnects"] == 0
+        finally:
+            await late.stop()
