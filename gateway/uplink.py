@@ -160,7 +160,9 @@ COUNTERS = (
     "unmatched_replies",
     "realtime_skipped",  # due while disconnected or with no fresh data
     "late_readings",
+    "future_readings",  # stamped more than FUTURE_TOLERANCE ahead of our clock: ignored
 )
+FUTURE_TOLERANCE = 300.0
 
 
 class Hj212Uplink:
@@ -216,6 +218,10 @@ class Hj212Uplink:
         if self._devices is not None and device_id not in self._devices:
             return
         ts = reading.ts / 1000
+        if ts > self._clock() + FUTURE_TOLERANCE:
+            # a device with a wrong clock would open periods that never close
+            self._counts["future_readings"] += 1
+            return
         for metric, value in reading.values.items():
             if metric not in self._factors:
                 continue

@@ -28,6 +28,11 @@ factors: {noise: NOIS, temp: null}
 """
 
 
+def later() -> float:
+    """The uplink's clock in tests that do not care: after every reading here."""
+    return T0 + 10 * 86400
+
+
 def settings(**over: Any) -> Hj212Settings:
     base: dict[str, Any] = {"host": "127.0.0.1", "port": 8212, "mn": "MN0001", "pw": "123456"}
     return Hj212Settings.model_validate(base | over)
@@ -75,7 +80,7 @@ def test_version_2025_with_explicit_bits() -> None:
 
 
 def test_realtime_upload_has_the_freshest_value_and_flag_of_each_factor() -> None:
-    up = Hj212Uplink(settings(devices=["dust1"]), "site1")
+    up = Hj212Uplink(settings(devices=["dust1"]), "site1", clock=later)
     up.on_reading("dust1", reading(T0, {"pm10": 80.0, "pm25": 40.0, "rain": 1.0}))
     up.on_reading("dust1", reading(T0 + 5, {"pm10": 500.0}, status=Status.FAULT))
     up.on_reading("dust1", reading(T0 - 5, {"pm10": 1.0}))  # older: not the latest
@@ -99,7 +104,7 @@ def test_realtime_upload_has_the_freshest_value_and_flag_of_each_factor() -> Non
 
 
 def test_qn_is_unique_even_within_one_millisecond() -> None:
-    up = Hj212Uplink(settings(), "site1")
+    up = Hj212Uplink(settings(), "site1", clock=later)
     up.on_reading("d", reading(T0, {"pm10": 1.0}))
     a, b = up.realtime_unit(T0), up.realtime_unit(T0)
     assert a is not None and b is not None
@@ -107,7 +112,7 @@ def test_qn_is_unique_even_within_one_millisecond() -> None:
 
 
 def test_minute_and_hour_aggregates_are_queued_when_their_period_closes() -> None:
-    up = Hj212Uplink(settings(reply=False, grace=5), "site1")
+    up = Hj212Uplink(settings(reply=False, grace=5), "site1", clock=later)
     for i, v in enumerate([80.0, 100.0, 120.0]):
         up.on_reading("d", reading(T0 + 10 * i, {"pm10": v}))  # 10:00:10 .. 10:00:30
     up.on_reading("d", reading(T0 + 15, {"pm10": 999.0}, status=Status.COMM_ERROR))
@@ -135,7 +140,7 @@ def test_minute_and_hour_aggregates_are_queued_when_their_period_closes() -> Non
 
 
 def test_backlog_is_bounded_and_drops_the_oldest() -> None:
-    up = Hj212Uplink(settings(backlog_max=2, hourly=False), "site1")
+    up = Hj212Uplink(settings(backlog_max=2, hourly=False), "site1", clock=later)
     for minute in range(4):
         up.on_reading("d", reading(T0 + 60 * minute, {"pm10": float(minute)}))
     up.collect(T0 + 3600)
@@ -144,7 +149,7 @@ def test_backlog_is_bounded_and_drops_the_oldest() -> None:
 
 
 def test_tick_schedules_realtime_on_interval_boundaries_only_when_connected() -> None:
-    up = Hj212Uplink(settings(realtime_interval=60), "site1")
+    up = Hj212Uplink(settings(realtime_interval=60), "site1", clock=later)
     up.on_reading("d", reading(T0, {"pm10": 1.0}))
     up.tick(T0)
     up.tick(T0 + 49)
@@ -179,7 +184,7 @@ def answers(up: Hj212Uplink, req: Packet, now: float = T0) -> list[tuple[str, st
 
 
 def test_get_time_answers_system_time_in_platform_time() -> None:
-    up = Hj212Uplink(settings(), "site1")
+    up = Hj212Uplink(settings(), "site1", clock=later)
     assert answers(up, request("1011", "PolId=a34002")) == [
         ("9011", "QnRtn=1"),
         ("1011", "PolId=a34002;SystemTime=20261127100010"),
@@ -189,7 +194,7 @@ def test_get_time_answers_system_time_in_platform_time() -> None:
 
 
 def test_set_time_is_acknowledged_not_applied(caplog: pytest.LogCaptureFixture) -> None:
-    up = Hj212Uplink(settings(), "site1")
+    up = Hj212Uplink(settings(), "site1", clock=later)
     got = answers(up, request("1012", "SystemTime=20261127100110"))
     assert got == [("9011", "QnRtn=1"), ("9012", "ExeRtn=1")]
     assert "+60.0 s" in caplog.text and "ignored" in caplog.text
@@ -197,7 +202,7 @@ def test_set_time_is_acknowledged_not_applied(caplog: pytest.LogCaptureFixture) 
 
 
 def test_realtime_interval_get_set_and_start_stop() -> None:
-    up = Hj212Uplink(settings(realtime_interval=60), "site1")
+    up = Hj212Uplink(settings(realtime_interval=60), "site1", clock=later)
     assert answers(up, request("1061"))[1] == ("1061", "RtdInterval=60")
     assert answers(up, request("1062", "RtdInterval=30")) == [
         ("9011", "QnRtn=1"),
@@ -216,14 +221,14 @@ def test_realtime_interval_get_set_and_start_stop() -> None:
 
 
 def test_timeout_and_retries_from_cn_1000() -> None:
-    up = Hj212Uplink(settings(), "site1")
+    up = Hj212Uplink(settings(), "site1", clock=later)
     assert answers(up, request("1000", "OverTime=7;ReCount=2"))[1] == ("9012", "ExeRtn=1")
     assert (up.reply_timeout, up.retries) == (7.0, 2)
     assert answers(up, request("1000", "OverTime=0;ReCount=2"))[1] == ("9012", "ExeRtn=3")
 
 
 def test_requests_with_wrong_credentials_or_unknown_cn_are_refused() -> None:
-    up = Hj212Uplink(settings(), "site1")
+    up = Hj212Uplink(settings(), "site1", clock=later)
     assert answers(up, request("1011", pw="000000")) == [("9011", "QnRtn=3")]
     assert answers(up, request("1011", mn="OTHER")) == [("9011", "QnRtn=4")]
     assert answers(up, request("3020")) == [("9011", "QnRtn=8")]
@@ -232,7 +237,7 @@ def test_requests_with_wrong_credentials_or_unknown_cn_are_refused() -> None:
 
 
 def test_daily_aggregate_is_dated_at_local_midnight() -> None:
-    up = Hj212Uplink(settings(minute=False, hourly=False, daily=True), "site1")
+    up = Hj212Uplink(settings(minute=False, hourly=False, daily=True), "site1", clock=later)
     up.on_reading("d", reading(T0, {"pm10": 10.0}))  # 10:00:10 on the 27th, Beijing
     up.on_reading("d", reading(T0 + 13 * 3600, {"pm10": 30.0}))  # 23:00:10, same local day
     # the local day ends at 16:00 UTC; it is closed once grace (5 s) has passed
@@ -246,6 +251,15 @@ def test_daily_aggregate_is_dated_at_local_midnight() -> None:
 
 
 def test_malformed_request_parameters_are_a_condition_error() -> None:
-    up = Hj212Uplink(settings(), "site1")
+    up = Hj212Uplink(settings(), "site1", clock=later)
     assert answers(up, request("1062", "RtdInterval"))[1] == ("9012", "ExeRtn=3")
     assert answers(up, request("1000", "OverTime=5"))[1] == ("9012", "ExeRtn=3")
+
+
+def test_readings_from_the_future_are_ignored() -> None:
+    up = Hj212Uplink(settings(), "site1", clock=lambda: T0)
+    up.on_reading("d", reading(T0 + 3600, {"pm10": 1.0}))
+    assert up.stats()["future_readings"] == 1
+    assert up.realtime_unit(T0 + 3600) is None
+    up.on_reading("d", reading(T0 + 60, {"pm10": 2.0}))  # a little ahead is fine
+    assert up.realtime_unit(T0 + 60) is not None
