@@ -14,7 +14,6 @@ backoff, without restarting the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import random
@@ -64,6 +63,11 @@ class DeviceSlot:
         return "offline" if self.failures >= OFFLINE_AFTER else "backoff"
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 ResultCallback = Callable[[str, float, dict[str, float] | None, DriverError | None], None]
 
 
@@ -91,7 +95,7 @@ class BusScheduler:
         self.devices: dict[str, DeviceSlot] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._writes: asyncio.Queue[_Write] = asyncio.Queue()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._counter = 0
         self.link_failures = 0
         self.link_up = False
@@ -114,7 +118,7 @@ class BusScheduler:
         self.devices[device_id].due = due
         self._counter += 1
         heapq.heappush(self._heap, (due, self._counter, device_id))
-        self._wake.set()
+        self._wakeup()
 
     # ------------------------------------------------------------ writes
 
@@ -122,7 +126,7 @@ class BusScheduler:
         """Run ``run`` on this bus before any queued poll; returns its result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._writes.put(_Write(run, fut))
-        self._wake.set()
+        self._wakeup()
         async with asyncio.timeout(timeout):
             return await fut
 
@@ -150,11 +154,28 @@ class BusScheduler:
             if self.pause_between:
                 await asyncio.sleep(self.pause_between)
 
+    def _wakeup(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _wait(self, timeout: float | None) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
+        """Sleep until ``timeout`` passes or :meth:`_wakeup` (a new write or due time).
+
+        A bare future and one timer handle: this runs before every poll, so it
+        avoids the heavier ``asyncio.timeout`` + ``Event`` pair.
+        """
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        handle = None
+        if timeout is not None:
+            handle = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
 
     async def _reconnect(self) -> None:
         was_up = self.link_up
