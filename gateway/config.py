@@ -25,6 +25,7 @@ from gateway.configfile import (
     parse_duration,
 )
 from gateway.protocol import ID_PATTERN, Status
+from gateway.uplink import Hj212Settings
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 RESERVED_IDS = {"gateway", "events"}  # topic segments of their own
@@ -164,6 +165,8 @@ class SiteConfig(StrictModel):
     actuators: list[Actuator] = Field(default_factory=list)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
+    # upward reporting to environmental platforms (HJ 212 over TCP)
+    uplinks: list[Hj212Settings] = Field(default_factory=list)
     # off-timer armed on each lease, in the board where supported
     state_dir: Path = Path("state")
 
@@ -201,6 +204,12 @@ def _check_references(data: Any) -> list[tuple[Loc, str]]:
                 out.append(((section, i, "bus"), f"undefined bus {item['bus']!r} (buses: {known})"))
             if "profile" in item:
                 out.extend(_check_profile(section, i, item))
+    device_ids = {d.get("id") for d in data.get("devices") or [] if isinstance(d, dict)}
+    for i, up in enumerate(data.get("uplinks") or []):
+        if isinstance(up, dict) and isinstance(up.get("devices"), list):
+            for j, dev in enumerate(up["devices"]):
+                if dev not in device_ids:
+                    out.append((("uplinks", i, "devices", j), f"undefined device {dev!r}"))
     return out
 
 

@@ -193,3 +193,12 @@ def test_bad_durations(bad: object) -> None:
 def test_unknown_kind_of_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = _check(tmp_path, "hello: world\n", capsys)
     assert rc == 1 and "cannot tell the kind of file" in err
+
+
+def test_uplink_devices_must_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD_SITE + 'uplinks:\n  - {type: hj212, host: 127.0.0.1, port: 8212, mn: "1", pw: x, devices: [gate, ghost]}\n'
+    rc, err = _check(tmp_path, text, capsys)
+    assert rc == 1
+    assert f"{tmp_path / 'site.yaml'}:10:" in err and "uplinks[0].devices[1]: undefined device 'ghost'" in err
+    rc, err = _check(tmp_path, text.replace(", ghost", ""), capsys)
+    assert rc == 0, err
