@@ -389,11 +389,79 @@ def fill_outbox(db: Path, devices: int, seconds: int) -> tuple[list[tuple[str, b
     return out, db.stat().st_size
 
 
-def wait_count(counter: Counter, target: int, timeout: float) -> float:
-    t0 = time.monotonic()
-    while counter.n < target and time.monotonic() - t0 < timeout:
-        time.sleep(0.002)
-    return time.monotonic() - t0
+def count_messages(port: int, total: int) -> None:
+    """Subscriber process: prints first/last arrival times of ``total`` telemetry messages."""
+    done = threading.Event()
+    state = {"n": 0, "first": 0.0, "last": 0.0}
+
+    def on_message(_c: Any, _u: Any, _m: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        if state["n"] == 0:
+            state["first"] = now
+        state["n"] += 1
+        state["last"] = now
+        if state["n"] >= total:
+            done.set()
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"count-{os.getpid()}")
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: print("ready", flush=True)
+    client.connect("127.0.0.1", port)
+    client.subscribe(f"dustgate/v1/{SITE}/+/telemetry", qos=0)
+    client.loop_start()
+    done.wait(180)
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps(state), flush=True)
+
+
+def bare_publish(port: int, db: str) -> None:
+    """Baseline publisher process: the outbox's payloads, paho QoS 1, 500 in flight."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "SELECT stream.topic, msg.payload FROM msg JOIN stream ON stream.id = msg.stream "
+        "ORDER BY msg.id"
+    ).fetchall()
+    con.close()
+    acked = threading.Event()
+    left = {"n": len(rows)}
+
+    def on_publish(*_: Any) -> None:
+        left["n"] -= 1
+        if left["n"] == 0:
+            acked.set()
+
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="bare-replay", protocol=paho.MQTTv5
+    )
+    client.max_inflight_messages_set(500)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    for topic, payload in rows:
+        client.publish(topic, payload, qos=1)
+    acked.wait(120)
+    client.disconnect()
+    client.loop_stop()
+
+
+def timed_drain(broker: Mosquitto, total: int, publisher: list[str], log: Path) -> float:
+    """Seconds from the first to the last of ``total`` messages at a subscriber process."""
+    counter = spawn([__file__, "--count", str(broker.port), str(total)], stdout=subprocess.PIPE)
+    assert counter.stdout is not None
+    assert counter.stdout.readline().strip() == "ready"
+    proc = spawn(publisher, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    try:
+        result = json.loads(counter.stdout.readline())
+    finally:
+        stop(proc)
+        stop(counter)
+    if result["n"] < total:
+        raise RuntimeError(f"only {result['n']} of {total} messages arrived")
+    return float(result["last"] - result["first"])
 
 
 def bench_replay(tmp: Path, broker: Mosquitto) -> None:
@@ -401,42 +469,23 @@ def bench_replay(tmp: Path, broker: Mosquitto) -> None:
     d.mkdir(parents=True, exist_ok=True)
     rows, size = fill_outbox(d / "outbox.db", TCP_DEVICES, OUTAGE_S)
     total = len(rows)
-    counter = Counter(broker.port)
-    try:
-        # the agent, with no devices reachable (the backlog only): time to drain it
-        cfg = write_config(d / "site.yaml", broker.port, [], [])
-        agent = start_agent(cfg, d / "agent.log")
-        try:
-            # start the clock at the first replayed message (process start-up excluded)
-            wait_count(counter, 1, 30)
-            t_first = time.monotonic()
-            wait_count(counter, total, 120)
-            agent_s = time.monotonic() - t_first
-            got_agent = counter.n
-        finally:
-            stop(agent)
-        # baseline: bare paho QoS 1 with the same window, the same payloads
-        base = counter.n
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bare-replay",
-                             protocol=paho.MQTTv5)  # fmt: skip
-        client.max_inflight_messages_set(500)
-        client.max_queued_messages_set(0)
-        client.connect("127.0.0.1", broker.port)
-        client.loop_start()
-        t0 = time.monotonic()
-        for topic, payload in rows:
-            client.publish(topic, payload, qos=1)
-        wait_count(counter, base + total, 120)
-        bare_s = time.monotonic() - t0
-        client.disconnect()
-        client.loop_stop()
-    finally:
-        counter.stop()
+    copy = d / "baseline.db"
+    copy.write_bytes((d / "outbox.db").read_bytes())
+    # the agent with the backlog only (no devices): from the first replayed reading to the last
+    cfg = write_config(d / "site.yaml", broker.port, [], [])
+    agent_s = timed_drain(
+        broker,
+        total,
+        ["-m", "gateway.cli", "agent", "--config", str(cfg), "--log-level", "WARNING"],
+        d / "agent.log",
+    )
+    bare_s = timed_drain(broker, total, [__file__, "--bare-publish", str(broker.port), str(copy)],
+                         d / "bare.log")  # fmt: skip
     print(f"(d) outbox replay after a {OUTAGE_S // 60}-minute outage of {TCP_DEVICES} devices at "
-          f"1 Hz: {got_agent}/{total} readings in {agent_s:.2f}s = {total / agent_s:,.0f} "
-          f"readings/s (goal >= 5,000/s); bare paho QoS 1 publisher {total / bare_s:,.0f}/s; "
-          f"ratio {(total / agent_s) / (total / bare_s):.2f}; disk {size / total:.0f} bytes per "
-          f"stored reading ({size / 1e6:.1f} MB)")  # fmt: skip
+          f"1 Hz: {total} readings in {agent_s:.2f}s = {total / agent_s:,.0f} readings/s "
+          f"(goal >= 5,000/s); bare paho QoS 1 publisher of the same payloads "
+          f"{total / bare_s:,.0f}/s; ratio {bare_s / agent_s:.2f}; disk {size / total:.0f} "
+          f"bytes per stored reading ({size / 1e6:.1f} MB)")  # fmt: skip
 
 
 def main() -> int:
@@ -446,6 +495,8 @@ def main() -> int:
     parser.add_argument("--serve-tcp", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-rtu", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--count", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-publish", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_tcp:
         with contextlib.suppress(KeyboardInterrupt):
@@ -458,6 +509,12 @@ def main() -> int:
     if args.bare:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         asyncio.run(bare_loop(json.loads(args.bare[0]), int(args.bare[1])))
+        return 0
+    if args.count:
+        count_messages(*args.count)
+        return 0
+    if args.bare_publish:
+        bare_publish(int(args.bare_publish[0]), args.bare_publish[1])
         return 0
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory(prefix="dustgate-bench-") as tmp_name:
