@@ -642,6 +642,11 @@ class Engine:
         """Current state of every (rule, site) instance (read-only view)."""
         return self._states
 
+    def metrics_of(self, site: str, device: str) -> frozenset[str]:
+        """The metrics some rule reads from this device (empty: a device no rule reads)."""
+        entry = self._by_device.get((site, device))
+        return frozenset(m[0] for m in entry[1]) if entry is not None else frozenset()
+
     def instances(self) -> list[InstanceKey]:
         return list(self._instances)
 
