@@ -167,6 +167,16 @@ def test_after_max_on_the_refusal_says_so() -> None:
     assert not d.accepted and d.reason == "max_on reached: off for 41s more"
 
 
+def test_one_call_never_switches_off_and_on_again() -> None:
+    m = machine(max_on=100, min_off=0, max_lease=1000)
+    m.on_command(on("c1", 100), 0.0, wall(0))
+    st, d = m.on_command(on("c2", 100), 100.0, wall(100))  # arrives as max_on cuts the run
+    assert not d.accepted and not st.output
+    assert d.reason == "max_on reached (100s) at this moment; a new command may start a new run"
+    st, d = m.on_command(on("c3", 100), 100.0, wall(100))  # min_off is 0: a new run may start
+    assert d.accepted and st.output and st.on_since == 100
+
+
 def test_off_is_always_accepted_and_does_not_restart_min_off() -> None:
     m = machine(min_off=60)
     m.on_command(on("c1", 30), 0.0, wall(0))

@@ -187,6 +187,21 @@ def test_evicted_inflight_rows_are_forgotten(tmp_path: Path) -> None:
     assert ob.stats().backlog == 3 and ob.stats().evicted == 2
 
 
+def test_evicted_requeued_rows_are_forgotten(tmp_path: Path) -> None:
+    ob = make(tmp_path, max_rows=2)
+    ids = [put(ob, "a", i, T0) for i in range(2)]
+    ob.commit(T0)
+    ob.pending_for_publish(10)
+    ob.requeue_inflight()  # reconnect: both rows will be handed out again
+    for i in range(2, 4):
+        put(ob, "a", i, T0)
+    ob.commit(T0 + 1)  # ...but they are evicted first
+    ob.ack_many(ids)  # late PUBACKs for evicted rows change nothing
+    st = ob.stats()
+    assert (st.backlog, st.committed, st.evicted) == (2, 2, 2)
+    assert [r.payload for r in ob.pending_for_publish(10)] == [b"a#2", b"a#3"]
+
+
 def test_max_age_evicts_the_stale_head(tmp_path: Path) -> None:
     ob = make(tmp_path, max_age_s=HOUR)
     old = [put(ob, "a", i, T0, ts=T0 - 2 * HOUR + i) for i in range(3)]
