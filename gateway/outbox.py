@@ -136,6 +136,7 @@ class Outbox:
         # If commits keep failing (disk full, I/O error) the buffer is capped:
         # beyond this, the oldest buffered rows are evicted and counted.
         self.max_buffer = max(max_batch * 20, 10_000)
+        self.commits = 0  # successful commits: new rows may be publishable when it changes
         self.commit_errors = 0
         self.last_error: str | None = None
         self._con = self._open(synchronous)
@@ -330,6 +331,7 @@ class Outbox:
         self._new_streams = []
         self._dirty_seq = set()
         self._last_commit = now
+        self.commits += 1
         if evicted_upto:
             self._inflight = {i for i in self._inflight if i > evicted_upto}
             self._requeued = {i for i in self._requeued if i > evicted_upto}

@@ -39,7 +39,9 @@ def test_row_is_publishable_only_after_commit(tmp_path: Path) -> None:
     assert ob.pending_for_publish(10) == []  # buffered, not committed
     assert ob.stats().backlog == 1 and ob.stats().committed == 0
     assert not ob.maybe_commit(T0 + 0.5)  # interval not over
+    assert ob.commits == 1
     assert ob.maybe_commit(T0 + 1.0)
+    assert ob.commits == 2
     rows = ob.pending_for_publish(10)
     assert rows == [Row(rid, "pm1", "dustgate/v1/s/pm1/telemetry", b"pm1#0", ms(T0 + 0.1))]
 
@@ -283,6 +285,7 @@ def test_failing_commits_are_counted_and_retried_without_loss(tmp_path: Path) ->
     ob._con = failing  # type: ignore[assignment]
     rid = put(ob, "a", 0, T0 + 1)  # put never raises
     assert ob.commit_errors == 1 and "disk is full" in (ob.last_error or "")
+    assert ob.commits == 1  # only the one before the failure
     with pytest.raises(OutboxError):
         ob.commit(T0 + 2)
     assert ob.stats().backlog == 1
