@@ -3,8 +3,9 @@
 The decisions are all made by ``gateway.actuation`` (pure lease machine);
 this module only moves them to the relay through the bus scheduler (writes
 jump ahead of queued polls), reads the relay back after every write, and
-publishes ``ack`` and the retained ``state``. A write that fails counts as
-losing the bus: the machine goes OFF (failsafe) and refuses ON until the
+publishes ``ack`` and the retained ``state``. Between writes the relay is
+read back every ``VERIFY_S`` seconds. A write or read-back that fails counts
+as losing the bus: the machine goes OFF (failsafe) and refuses ON until the
 relay answers again.
 """
 
@@ -26,6 +27,7 @@ from gateway.scheduler import BusScheduler
 log = logging.getLogger(__name__)
 
 Post = Callable[[str, bytes, int, bool], None]  # queue a message; never blocks
+VERIFY_S = 5.0  # read the relay back this often even when nothing is written
 
 
 class ActuatorController:
@@ -53,6 +55,7 @@ class ActuatorController:
         self.commands = 0
         self.refused = 0
         self._armed_at = 0.0
+        self._verified_at = monotonic()
         self._last_published: p.ActuatorState | None = None
 
     @property
@@ -85,8 +88,27 @@ class ActuatorController:
         self._post(p.ack_topic(self.site, self.id), p.encode(ack), 1, False)
 
     async def tick(self, broker_up: bool, broker_down_since: float | None) -> None:
+        if self._mono() - self._verified_at >= VERIFY_S:
+            await self.verify()
         self.machine.tick(self._mono(), self._wall(), broker_up, broker_down_since, self.bus_ok)
         await self.apply()
+
+    async def verify(self) -> None:
+        """Read the relay back between writes: a board that stopped answering is a lost
+        bus (failsafe OFF), a relay switched by someone else is put back."""
+        self._verified_at = self._mono()
+        async with self._lock:
+            try:
+                actual = await self.bus.submit(self.relay.read)
+            except (DriverError, TimeoutError) as exc:
+                self.write_failures += 1
+                self.written = None
+                if self.write_failures == 1:
+                    log.warning("%s: relay read-back failed: %s", self.id, exc)
+                return
+            self.write_failures = 0
+            self.written = actual
+            self.machine.on_readback(actual, self._mono())
 
     async def shutdown(self) -> None:
         self.machine.on_shutdown(self._mono(), self._wall())

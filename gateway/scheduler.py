@@ -98,9 +98,15 @@ class BusScheduler:
         self._waiter: asyncio.Future[None] | None = None
         self._counter = 0
         self.link_failures = 0
-        self.link_up = False
+        self._link_up = False
         self.reconnects = 0
         self.report_errors = 0
+
+    @property
+    def link_up(self) -> bool:
+        """Connected, as far as anyone can tell without a transaction (a TCP peer that
+        closed is seen at once; a dead RS485 slave only by a failed transaction)."""
+        return self._link_up and self.link.connected
 
     # ------------------------------------------------------------ setup
 
@@ -178,8 +184,8 @@ class BusScheduler:
                 handle.cancel()
 
     async def _reconnect(self) -> None:
-        was_up = self.link_up
-        self.link_up = False
+        was_up = self._link_up
+        self._link_up = False
         try:
             await self.link.connect()
         except DriverError as exc:
@@ -195,7 +201,7 @@ class BusScheduler:
             log.info("%s: link up again", self.name)
         self.reconnects += 1
         self.link_failures = 0
-        self.link_up = True
+        self._link_up = True
         if self.pause_after_connect:
             await asyncio.sleep(self.pause_after_connect)
 

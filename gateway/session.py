@@ -143,21 +143,6 @@ class AgentSession:
             self._transient.append((topic, payload, qos))
         self._posted.set()
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Publish now and wait for the broker (at most 5 s); False when offline."""
-        client = self._client
-        if client is None:
-            return False
-        if retain:
-            self._retained[topic] = (payload, qos)
-            self._retained_dirty.discard(topic)
-        try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=5)
-        except aiomqtt.MqttError as exc:
-            log.debug("publish to %s failed: %s", topic, exc)
-            return False
-        return True
-
     async def flush(self, timeout: float) -> bool:
         """Wait until every posted message has been sent (False on timeout or offline)."""
         deadline = time.monotonic() + timeout

@@ -108,8 +108,10 @@ class Servers:
     board: RelayBoardUnit | None = None
 
     def coil(self, channel: int) -> bool:
-        assert self.board is not None
-        return bool(self.board.tables["coil"][channel])
+        """The relay as the board has it now (its flash off-timers included)."""
+        board = self.board
+        assert board is not None
+        return self.sim.call(lambda: board.is_on(channel, self.sim.loop.time()))
 
     def stop(self) -> None:
         for server in (self.pm_tcp, self.pm_rtu, self.relay):

@@ -42,6 +42,7 @@ ACTUATORS = [
     actuator("c-maxon", 1, max_on="4s", min_off="3s"),
     actuator("c-minoff", 2, min_off="4s"),
     actuator("c-grace", 3, broker_grace="3s"),
+    {**actuator("c-timer", 4), "hardware_timer": "2s"},
 ]
 
 
@@ -61,7 +62,14 @@ class Rig:
     def send(self, act: str, cmd_id: str, action: str, lease_s: float | None = None) -> None:
         self.watcher.publish(*command(act, cmd_id, action, lease_s))
 
-    def switch_on(self, act: str, cmd_id: str, lease_s: float, within: float = 10.0) -> None:
+    def switch_on(
+        self,
+        act: str,
+        cmd_id: str,
+        lease_s: float,
+        within: float = 10.0,
+        retry_on: tuple[str, ...] = ("min_off",),
+    ) -> None:
         """ON, repeated while min_off (which also runs from start-up) refuses it."""
         deadline = time.monotonic() + within
         for n in range(1000):
@@ -70,7 +78,7 @@ class Rig:
             ack = self.watcher.ack_for(act, attempt)
             if ack["accepted"]:
                 return
-            assert ack["reason"].startswith("min_off"), ack
+            assert ack["reason"].startswith(retry_on), ack
             assert time.monotonic() < deadline, f"ON still refused: {ack}"
             time.sleep(0.2)
 
@@ -181,3 +189,34 @@ def test_shutdown_writes_off_to_the_relay(rig: Rig) -> None:
     assert state["reason"] == "shutdown"
     status = rig.watcher.status()
     assert status is not None and status["state"] == "offline"
+
+
+def test_losing_the_relay_bus_is_failsafe_off(rig: Rig) -> None:
+    rig.switch_on("c-lease", "b1", 60)
+    wait_until(lambda: rig.servers.coil(0), 5, "relay 0 on")
+    relay = rig.servers.relay
+    assert relay is not None
+    rig.servers.sim.run(relay.stop())  # the relay board's device server goes away
+    state = wait_until(
+        lambda: (s := rig.state("c-lease")) and s["state"] == "off" and s, 10, "failsafe off"
+    )
+    assert state["source"] == "failsafe" and state["reason"] == "bus down", state
+    rig.send("c-lease", "while-down", "on", 60)
+    ack = rig.watcher.ack_for("c-lease", "while-down")
+    assert ack["accepted"] is False and ack["reason"] == "bus down"
+    rig.servers.sim.run(relay.start())  # back on the same port: the agent reconnects
+    wait_until(lambda: not rig.servers.coil(0), 15, "OFF written once the bus is back")
+    # the machine sees the bus back at its next tick (0.5 s)
+    rig.switch_on("c-lease", "b2", 5, retry_on=("min_off", "bus down"))
+    wait_until(lambda: rig.servers.coil(0), 5, "relay 0 on again")
+
+
+def test_hardware_timer_drops_the_relay_when_the_agent_dies(rig: Rig) -> None:
+    rig.switch_on("c-timer", "t1", 60)
+    wait_until(lambda: rig.servers.coil(4), 5, "relay 4 on")
+    time.sleep(2.5)  # longer than the board's timer: the agent must have re-armed it
+    assert rig.servers.coil(4), "the agent did not re-arm the hardware timer"
+    rig.agent.kill()
+    t_kill = time.monotonic()
+    wait_until(lambda: not rig.servers.coil(4), 5, "the board's own timer to switch off")
+    assert time.monotonic() - t_kill <= 2.5
