@@ -176,6 +176,11 @@ class AgentSession:
             except* aiomqtt.MqttError as group:
                 failures += 1
                 log.warning("mqtt: %s", group.exceptions[0])
+            except* Exception as group:
+                # a bug here must not end the session (and with it the agent, whose
+                # safety tick keeps running): log it, reconnect with backoff
+                failures += 1
+                log.error("mqtt session failed", exc_info=group.exceptions[0])
             finally:
                 if self._client is not None:
                     self.stats.disconnects += 1

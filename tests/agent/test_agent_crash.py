@@ -63,6 +63,8 @@ def test_sigkill_loses_no_committed_reading(tmp_path: Path) -> None:
         wait_until(lambda: all(len(watcher.telemetry(d)) >= 15 for d in ids), 20, "readings")
         agent.kill()
         first = committed_rows(db)
+        # the broker published the last will: the retained status says offline
+        wait_until(lambda: watcher.status()["state"] == "offline", 10, "last will")  # type: ignore[index]
         agent = AgentProcess(cfg).start()
         wait_until(lambda: first <= received(watcher, ids), 20, "committed rows after restart 1")
 
