@@ -65,3 +65,28 @@ def test_backoff_is_capped_and_jittered(failures: int, draw: float) -> None:
     d = b.delay(failures, draw)
     assert 0 < d <= 3.0 * 1.2
     assert b.delay(failures, 0.5) == min(3.0, 2.0 * 2 ** (failures - 1))
+
+
+def test_quality_flags_over_range_and_stuck_values() -> None:
+    tracker = StuckTracker()
+    ranges = {"pm10": (0.0, 1000.0)}
+    status, flags = assess({"pm10": 1200.0, "pm25": 30.0}, 0.0, tracker, ranges, 60.0, None, None)
+    assert status is p.Status.OK and flags == {"pm10": p.Status.OVER_RANGE}
+    # pm25 frozen at 30.0 for 60 s: a fault; pm10 keeps moving
+    for t in (10.0, 30.0):
+        assess({"pm10": 100.0 + t, "pm25": 30.0}, t, tracker, ranges, 60.0, None, None)
+    status, flags = assess({"pm10": 200.0, "pm25": 30.0}, 61.0, tracker, ranges, 60.0, None, None)
+    assert flags == {"pm25": p.Status.FAULT} and status is p.Status.OK
+    # only listed metrics are watched for sticking
+    t2 = StuckTracker()
+    for t in (0.0, 61.0):
+        status, flags = assess({"pm10": 5.0, "rh": 50.0}, t, t2, {}, 60.0, ["pm10"], None)
+    assert status is p.Status.OK and flags == {"pm10": p.Status.FAULT}
+    # every metric bad: the device itself is
+    status, flags = assess({"pm10": -1.0}, 0.0, StuckTracker(), ranges, 0.0, None, None)
+    assert status is p.Status.OVER_RANGE and flags is None
+
+
+def test_operator_mode_wins_over_quality() -> None:
+    status, flags = assess({"pm10": 5.0}, 0.0, StuckTracker(), {}, 0.0, None, p.Status.MAINTENANCE)
+    assert status is p.Status.MAINTENANCE and flags is None
