@@ -111,6 +111,9 @@ class Agent:
                 client,
                 self._on_result,
                 device_backoff=Backoff(base=min(2.0, bus.backoff_max), maximum=bus.backoff_max),
+                link_backoff=Backoff(
+                    base=min(1.0, bus.backoff_max), maximum=min(60.0, bus.backoff_max)
+                ),
             )
         for dev in site.devices:
             if not dev.enabled:
@@ -251,7 +254,7 @@ class Agent:
         for sched in self.buses.values():
             for slot in sched.devices.values():
                 devices[slot.id] = p.DeviceHealth(
-                    state=slot.state,  # type: ignore[arg-type]
+                    state=sched.health(slot),  # type: ignore[arg-type]
                     last_ok_ts=p.now_ms(slot.last_ok_wall) if slot.last_ok_wall else None,
                     errors=slot.errors,
                     consecutive_failures=slot.failures,

@@ -41,7 +41,8 @@ class SerialBus(StrictModel):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    # cap of a failing device's retry backoff (a dead slave is retried this often at least)
+    # cap of the retry backoff of a failing device or link (a dead slave is retried at
+    # least this often; the link at least every min(60s, backoff_max))
     backoff_max: Duration = 300.0
 
 

@@ -108,6 +108,12 @@ class BusScheduler:
         closed is seen at once; a dead RS485 slave only by a failed transaction)."""
         return self._link_up and self.link.connected
 
+    def health(self, slot: DeviceSlot) -> str:
+        """The device's state for the status: offline too while its link is down."""
+        if self.link_failures >= OFFLINE_AFTER:
+            return "offline"
+        return slot.state
+
     # ------------------------------------------------------------ setup
 
     def add_device(

@@ -84,3 +84,39 @@ def test_dead_slave_costs_the_others_nothing_and_recovers(tmp_path: Path) -> Non
         watcher.stop()
         servers.stop()
         broker.stop()
+
+
+def test_rebooted_tcp_device_server_is_reconnected(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "mq").start()
+    servers = start_servers(pm_tcp_units=2)
+    tcp = servers.pm_tcp
+    assert tcp is not None
+    cfg = write_site(
+        tmp_path / "site.yaml", broker.port, servers, devices=pm_devices("tcp-1", 2, 0.5)
+    )
+    watcher = Watcher(broker.port).start()
+    agent = AgentProcess(cfg).start()
+    try:
+        wait_until(lambda: len(watcher.telemetry("pm-1")) >= 3, 20, "readings")
+        servers.sim.run(tcp.stop())  # the device server reboots: connections drop
+        t_down = time.time()
+        wait_until(lambda: health(watcher, "pm-1") == "offline", 15, "pm-1 offline")
+        servers.sim.run(tcp.start())  # same port
+        t_up = time.time()
+        for dev in ("pm-1", "pm-2"):
+            wait_until(
+                lambda d=dev: [
+                    r for r in watcher.telemetry(d) if r["status"] == "ok" and r["ts"] / 1000 > t_up
+                ],
+                15,
+                f"{dev} read again after the reboot",
+            )
+        wait_until(lambda: health(watcher, "pm-1") == "online", 5, "pm-1 online")
+        down = [r for r in watcher.telemetry("pm-2") if t_down < r["ts"] / 1000 < t_up]
+        assert down and all(r["status"] == "comm_error" for r in down)
+        assert agent.running
+    finally:
+        agent.stop()
+        watcher.stop()
+        servers.stop()
+        broker.stop()
