@@ -6,7 +6,9 @@ its own limits (lease, max_on, min_off, allowed hours, broker grace) and answers
 bypass: what the agent refuses is refused here too, with its reason.
 
 Broker settings come from ``--config site.yaml`` (host, port, credentials, TLS of its ``mqtt``
-section) or from ``--host``/``--port``. Prints ``accepted`` or ``refused: REASON`` and exits 0
+section) or from ``--host``/``--port``. The command expires on the broker
+after ``--timeout`` (MQTT 5 message expiry), so an agent that is offline now
+does not act on it when it reconnects later. Prints ``accepted`` or ``refused: REASON`` and exits 0
 when the agent accepted, 1 when it refused, did not answer within ``--timeout``, or the broker
 could not be reached.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import time
@@ -22,6 +25,8 @@ import uuid
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway import protocol as p
 from gateway.actuation import ActuatorLimits, manual_command
@@ -97,7 +102,13 @@ async def send(
     client = make_client(settings, f"dustgate-actuate-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     async with client:
         await client.subscribe(p.ack_topic(site, actuator), qos=1)
-        await client.publish(p.cmd_topic(site, actuator), p.encode(cmd), qos=1, timeout=timeout)
+        # a command nobody took within our wait must not switch the output later (the
+        # agent's persistent session would otherwise get it on its next connect)
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = max(1, math.ceil(timeout))
+        await client.publish(
+            p.cmd_topic(site, actuator), p.encode(cmd), qos=1, properties=props, timeout=timeout
+        )
         try:
             async with asyncio.timeout(timeout):
                 async for message in client.messages:

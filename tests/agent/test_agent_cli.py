@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from agent_harness import (
     AgentProcess,
     Servers,
     Watcher,
+    command,
     pm_devices,
     start_servers,
     wait_until,
@@ -172,3 +174,24 @@ def test_render_is_pure_and_skips_junk() -> None:
     assert "pm10=88.5" in dev and "2.0s" in dev
     fog = next(line for line in out.splitlines() if line.strip().startswith("fog "))
     assert fog.split()[1:4] == ["ON", "rule", "28s"]
+
+
+def test_a_manual_command_expires_if_the_agent_is_away(rig: Rig) -> None:
+    # runs last: it restarts the module's agent
+    assert rig.agent.terminate() == 0
+    res = rig.cli("actuate", f"{SITE}/{ACT}", "on", "--for", "5m", "--config", str(rig.config),
+                  "--timeout", "1s")  # fmt: skip
+    assert res.returncode == 1 and "no answer" in res.stderr
+    cmd_id = [m.json() for m in rig.watcher.on(f"/{ACT}/cmd")][-1]["id"]
+    time.sleep(1.5)  # past the command's expiry on the broker
+    rig.agent = AgentProcess(rig.config).start()  # same client id: its session is still there
+    wait_until(
+        lambda: any(not m.retain and m.json().get("state") == "online"
+                    for m in rig.watcher.on("/gateway/gw/status")[-3:]),
+        15,
+        "the agent back online",
+    )  # fmt: skip
+    rig.watcher.publish(*command(ACT, "marker", "off"))
+    rig.watcher.ack_for(ACT, "marker")
+    assert [a for a in rig.watcher.acks(ACT) if a["cmd_id"] == cmd_id] == []
+    assert not rig.servers.coil(0)
