@@ -60,9 +60,10 @@ from rules.evaluator import (
     RuleInputs,
     RuleState,
     SwitchOff,
-    evaluate,
     needs_interlocks,
     quiet,
+    steady,
+    transition,
 )
 from rules.model import Rule
 from rules.window import DeviceTrack, Series
@@ -152,7 +153,8 @@ class Engine:
         :meth:`restore`; a fresh engine has no timers to place."""
         self._counts: Counter[str] = Counter()
         self._n_readings = 0
-        self.last_inputs: dict[InstanceKey, RuleInputs] = {}  # of the last full evaluation
+        # inputs of the last evaluation that was not steady (that changed state or acted)
+        self.last_inputs: dict[InstanceKey, RuleInputs] = {}
         self.last_values: dict[InstanceKey, float | None] = {}  # main value, every evaluation
         self._tracks: dict[tuple[str, str], DeviceTrack] = {}
         self._series: dict[tuple[str, str, str], Series] = {}
@@ -483,9 +485,11 @@ class Engine:
         ils = {}
         if inst.src_interlocks and needs_interlocks(inst.rule, state, v):
             ils = {name: self._value(src, now) for name, src in inst.src_interlocks}
+        if steady(inst.rule, state, v, ils, now, self._default_lease):
+            return []  # waiting for a timer or a crossing: nothing to build
         inputs = RuleInputs(inst.site, v, ils)
         self.last_inputs[key] = inputs
-        new, actions = evaluate(inst.rule, state, inputs, now, self._default_lease)
+        new, actions = transition(inst.rule, state, inputs, now, self._default_lease)
         self._states[key] = new
         if not actions:
             return actions

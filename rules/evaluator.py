@@ -43,6 +43,7 @@ restarts as JSON: timers are absolute times and resume where they were.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,9 +179,14 @@ def compiled(rule: Rule) -> _Compiled:
 
 def holding_interlocks(rule: Rule, inputs: RuleInputs, previously: tuple[str, ...]) -> list[str]:
     """Names of the interlocks that hold now (with their hysteresis)."""
+    return _holding(compiled(rule), inputs.interlocks, previously)
+
+
+def _holding(
+    c: _Compiled, values: Mapping[str, float | None], previously: tuple[str, ...]
+) -> list[str]:
     out = []
-    values = inputs.interlocks
-    for name, is_above, trip, clear, block_unknown in compiled(rule).interlocks:
+    for name, is_above, trip, clear, block_unknown in c.interlocks:
         v = values.get(name)
         if v is None:
             if block_unknown:
@@ -270,6 +276,67 @@ def quiet(rule: Rule, state: RuleState, value: float | None, now: float) -> bool
     return not state.unknown and not beyond(rule, value)
 
 
+def steady(
+    rule: Rule,
+    state: RuleState,
+    value: float | None,
+    interlocks: Mapping[str, float | None],
+    now: float,
+    default_lease_s: float = 60.0,
+) -> bool:
+    """True when :func:`transition` would return ``state`` itself and no action.
+
+    The fast path of :func:`evaluate` (and of the engine, which then need not
+    build the inputs): most seconds nothing happens -- an idle rule below its
+    threshold, a pending rule waiting out ``for``, an active rule between two
+    renewals, a rule in cooldown or blocked by a holding interlock. Each test
+    below names the branch of :func:`transition` that would change something;
+    a property test holds this to :func:`transition` for random states and
+    inputs. ``interlocks`` is only read when :func:`needs_interlocks` says so.
+    """
+    if quiet(rule, state, value, now):
+        return True
+    known = value is not None
+    if state.unknown == known:
+        return False  # the data became unknown (stale event) or known again
+    c = compiled(rule)
+    blocked = state.blocked
+    if c.interlocks and needs_interlocks(rule, state, value):
+        holding = _holding(c, interlocks, blocked)
+        if len(holding) != len(blocked) or tuple(holding) != blocked:
+            return False  # an interlock starts or stops holding
+    phase = state.phase
+    if phase == "cooldown":
+        return state.cooldown_until is not None and now < state.cooldown_until
+    if phase == "idle":
+        # not startable: below the threshold, blocked, or outside the active hours
+        return not (known and beyond(rule, value) and not blocked and _in_hours(c, now))  # type: ignore[arg-type]
+    if phase == "pending":
+        return (
+            known
+            and beyond(rule, value)  # type: ignore[arg-type]
+            and not blocked
+            and _in_hours(c, now)
+            and state.since is not None
+            and now - state.since < rule.for_
+        )
+    # active: no stop reason, no change of the clear timer, no renewal due
+    if not known or blocked or state.active_since is None or not _in_hours(c, now):
+        return False
+    acts = rule.actions
+    ran = now - state.active_since
+    if acts.max_on is not None and ran >= acts.max_on:
+        return False
+    clear_since = state.clear_since
+    if (value <= c.clear_level) if c.is_above else (value >= c.clear_level):  # type: ignore[operator]
+        if clear_since is None or (now - clear_since >= rule.min_clear and ran >= acts.run_for):
+            return False  # the clear timer starts, or the run ends as cleared
+    elif clear_since is not None:
+        return False  # the clear timer resets
+    lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
+    return state.last_lease is not None and now - state.last_lease < lease_s / 3
+
+
 def evaluate(
     rule: Rule,
     state: RuleState,
@@ -278,9 +345,20 @@ def evaluate(
     default_lease_s: float = 60.0,
 ) -> tuple[RuleState, list[Action]]:
     """One step of the rule's state machine at time ``now``."""
-    v = inputs.value
-    if quiet(rule, state, v, now):
+    if steady(rule, state, inputs.value, inputs.interlocks, now, default_lease_s):
         return state, []  # the common case: nothing can change
+    return transition(rule, state, inputs, now, default_lease_s)
+
+
+def transition(
+    rule: Rule,
+    state: RuleState,
+    inputs: RuleInputs,
+    now: float,
+    default_lease_s: float = 60.0,
+) -> tuple[RuleState, list[Action]]:
+    """:func:`evaluate` without the fast path (for callers that checked :func:`steady`)."""
+    v = inputs.value
     known = v is not None
     on_cond = known and beyond(rule, v)  # type: ignore[arg-type]
     site = inputs.site
