@@ -5,7 +5,7 @@ each result here; a result becomes a telemetry message with its read time,
 a per-device ``seq`` and a data-quality status, and goes into the outbox
 (``gateway.outbox``), from which the MQTT session (``gateway.session``)
 publishes it. Commands from the broker go to the actuator controllers
-(``gateway.actuators``). A 1 Hz tick enforces leases and the broker grace,
+(``gateway.actuators``). A tick every 0.5 s enforces leases and the broker grace,
 publishes the retained status, and feeds the systemd watchdog.
 """
 

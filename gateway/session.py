@@ -133,7 +133,7 @@ class AgentSession:
         A retained message replaces any not yet sent on the same topic and is
         sent again after every reconnect (so the broker always ends up with the
         latest); other messages are dropped when the queue is full or the
-        broker is away. The caller (the 1 Hz safety tick, a command handler)
+        broker is away. The caller (the safety tick, a command handler)
         must never wait for the network.
         """
         if retain:
