@@ -7,6 +7,11 @@ a per-device ``seq`` and a data-quality status, and goes into the outbox
 publishes it. Commands from the broker go to the actuator controllers
 (``gateway.actuators``). A tick every 0.5 s enforces leases and the broker grace,
 publishes the retained status, and feeds the systemd watchdog.
+
+Per reading this is the hot path, so the telemetry JSON is written by
+:func:`encode_telemetry` (plain ``json``, the same document as the
+``gateway.protocol.Telemetry`` model, checked against it by a test) after
+the values have been checked for what the wire requires.
 """
 
 from __future__ import annotations
