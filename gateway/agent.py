@@ -53,6 +53,7 @@ from gateway.outbox import Outbox
 from gateway.quality import StuckTracker, assess
 from gateway.scheduler import BusScheduler
 from gateway.session import AgentSession
+from gateway.uplink import Hj212Uplink
 
 log = logging.getLogger("dustgate.agent")
 
@@ -85,6 +86,8 @@ class Agent:
         self._names_ok: dict[str, object] = {}  # device -> keys of its last valid reading
         self._names_warned: set[str] = set()
         self.actuators: dict[str, ActuatorController] = {}
+        # upward reporting (HJ 212); each keeps its own connection and backlog
+        self.uplinks = [Hj212Uplink(settings, site.site) for settings in site.uplinks]
         will = aiomqtt.Will(
             p.status_topic(site.site, site.gateway),
             p.encode(self._status("offline")),
@@ -203,6 +206,12 @@ class Agent:
         payload = encode_telemetry(ts, seq, values, status, flags, self._models[device_id])
         self.outbox.put(device_id, self._topics[device_id], payload, ts, now)
         self.counters["readings"] += 1
+        if self.uplinks:
+            reading = p.Telemetry.model_construct(
+                ts=ts, seq=seq, values=values, status=status, flags=flags, model=None
+            )
+            for uplink in self.uplinks:
+                uplink.on_reading(device_id, reading)
 
     def _checked(
         self, device_id: str, values: dict[str, float]
@@ -298,6 +307,7 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(s.run()) for s in self.buses.values()]
             workers.append(tg.create_task(self.session.run()))
+            workers.extend(tg.create_task(u.run()) for u in self.uplinks)
             for ctl in self.actuators.values():
                 await ctl.apply(force=True)  # a known OFF at start-up
             notify.send("READY=1")

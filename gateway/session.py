@@ -257,16 +257,15 @@ class AgentSession:
         mqtt.on_publish = on_publish
         # Rows become publishable only by a commit (made here, by the agent's
         # tick or inside Outbox.put): look for new ones only after one.
-        # (Outbox has no public commit counter; _last_commit changes on each.)
-        seen_commit: object = ()
+        seen_commit = -1
         more = True  # a full batch last time: there may be more committed rows
         try:
             while True:
                 outbox.maybe_commit(time.time())
                 free = PUBLISH_WINDOW - len(pending)
                 rows = []
-                if free > 0 and (more or outbox._last_commit != seen_commit):
-                    seen_commit = outbox._last_commit
+                if free > 0 and (more or outbox.commits != seen_commit):
+                    seen_commit = outbox.commits
                     rows = outbox.pending_for_publish(free)
                     more = len(rows) == free
                 for row in rows:
