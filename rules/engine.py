@@ -62,7 +62,7 @@ from rules.evaluator import (
     SwitchOff,
     needs_interlocks,
     quiet,
-    steady,
+    steady_unquiet,
     transition,
 )
 from rules.model import Rule
@@ -124,7 +124,18 @@ class _SeriesRef:
 class _Source:
     """A resolved _SeriesRef: direct references to its series, windows and device tracks."""
 
-    __slots__ = ("aggregate", "combine", "is_above", "items", "ref", "shared")
+    __slots__ = (
+        "aggregate",
+        "combine",
+        "compute",
+        "is_above",
+        "items",
+        "memo_gen",
+        "memo_now",
+        "memo_value",
+        "ref",
+        "shared",
+    )
 
     def __init__(self, ref: _SeriesRef, items: list[tuple[Series, Reader, DeviceTrack]]) -> None:
         self.ref = ref
@@ -132,7 +143,44 @@ class _Source:
         self.aggregate = ref.aggregate
         self.combine = ref.combine
         self.is_above = ref.is_above
-        self.shared = False
+        self.shared = False  # read by several rules: memoised per (now, data generation)
+        self.memo_now: float | None = None
+        self.memo_gen = -1
+        self.memo_value: float | None = None
+        self.compute: Reader = _single(*items[0]) if len(items) == 1 else self._combined
+
+    def _combined(self, now: float) -> float | None:
+        known: list[float] = []
+        unknown = False
+        for series, read, track in self.items:
+            ok_ts = series.last_ok_ts
+            if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
+                unknown = True
+                continue
+            v = read(now)  # every fresh window is read (and evicted), also when one is unknown
+            if v is None:
+                unknown = True
+            else:
+                known.append(v)
+        if self.combine == "any":
+            return (max(known) if self.is_above else min(known)) if known else None
+        if unknown:
+            return None
+        if self.combine == "all":
+            return min(known) if self.is_above else max(known)
+        return math.fsum(known) / len(known)
+
+
+def _single(series: Series, read: Reader, track: DeviceTrack) -> Reader:
+    """The value of a one-device source: its aggregate, or None when stale or bad."""
+
+    def compute(now: float) -> float | None:
+        ok_ts = series.last_ok_ts
+        if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
+            return None
+        return read(now)
+
+    return compute
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +212,7 @@ class Engine:
         self._notify_last: dict[str, float] = {}
         self._cmd_seq = 0
         self._warmup_until = -math.inf
+        self._data_gen = 0  # accepted readings so far (invalidates memoised source values)
         self._compile(rules_file)
 
     # ----------------------------------------------------------- compile
@@ -242,7 +291,7 @@ class Engine:
             for length, kinds in lengths.items():
                 series.window(length, kinds)
             _, metrics = by_device.setdefault((site, dev), (self._tracks[(site, dev)], []))
-            metrics.append((metric, series, list(series.windows.values()),
+            metrics.append((metric, series, [w.append for w in series.windows.values()],
                             metric in PARTICULATES))  # fmt: skip
         self._by_device = by_device
         sources: dict[_SeriesRef, _Source] = {}
@@ -277,8 +326,6 @@ class Engine:
                 )  # fmt: skip
         self._instances = instances
         self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
-        self._memo: dict[int, float | None] = {}
-        self._memo_now: float | None = None
         self._dependents = {k: sorted(v) for k, v in dependents.items()}
         for key in instances:
             self._states.setdefault(key, IDLE)
@@ -323,13 +370,14 @@ class Engine:
         With ``evaluate=False`` only the windows are updated (the replay does
         this and ticks once per second of data time).
         """
-        served = self._served
-        if served is not None and site not in served:
-            self._counts["other_site"] += 1
-            return []
         entry = self._by_device.get((site, device))
         if entry is None:
-            self._counts["unknown_device"] += 1
+            # every device a rule reads is on a served site, so the site check waits till here
+            served = self._served
+            if served is not None and site not in served:
+                self._counts["other_site"] += 1
+            else:
+                self._counts["unknown_device"] += 1
             return []
         track, metrics = entry
         rejected = track.accept(ts, seq)
@@ -337,9 +385,9 @@ class Engine:
             self._counts[rejected] += 1
             return []
         self._n_readings += 1
-        self._memo_now = None
+        self._data_gen += 1  # new data: memoised shared values are out of date
         clean = flags is None and status == "ok"
-        for metric, series, windows, particulate in metrics:
+        for metric, series, appends, particulate in metrics:
             value = values.get(metric)
             if value is None:
                 continue
@@ -348,8 +396,8 @@ class Engine:
                 series.last_ts = ts
                 series.last_ok_ts = ts
                 series.bad = False
-                for w in windows:
-                    w.append(ts, value)
+                for append in appends:
+                    append(ts, value)
                 continue
             ok = flags.get(metric, status) == "ok" if flags is not None else status == "ok"
             if particulate and value < 0:
@@ -380,6 +428,20 @@ class Engine:
 
     def _tick_actuators(self, now: float) -> list[Action]:
         out: list[Action] = []
+        if self._overrides:
+            self._tick_overrides(now, out)
+        for (site, act), a in self._actuators.items():
+            if not (a.on or a.holders) or (site, act) in self._overrides:
+                continue
+            holders = a.holders
+            for r in [r for r, until in holders.items() if until <= now]:
+                del holders[r]
+            if a.on and not holders:
+                a.on = False
+                out.append(SwitchOff(site, act, "lease expired without renewal", None))
+        return out
+
+    def _tick_overrides(self, now: float, out: list[Action]) -> None:
         for (site, act), ov in list(self._overrides.items()):
             if ov.until is not None and now >= ov.until:
                 del self._overrides[(site, act)]
@@ -396,55 +458,20 @@ class Engine:
                     out.append(
                         self._lease(site, act, a, lease, f"override on by {ov.who}", None, now)
                     )
-        for (site, act), a in self._actuators.items():
-            if (site, act) in self._overrides:
-                continue
-            for r in [r for r, until in a.holders.items() if until <= now]:
-                del a.holders[r]
-            if a.on and not a.holders:
-                a.on = False
-                out.append(SwitchOff(site, act, "lease expired without renewal", None))
-        return out
 
     # ---------------------------------------------------------- evaluation
 
     def _value(self, src: _Source, now: float) -> float | None:
         if not src.shared:
-            return self._compute(src, now)
+            return src.compute(now)
         # shared by several rules (interlocks, backgrounds): computed once per `now`
-        if self._memo_now != now:
-            self._memo.clear()
-            self._memo_now = now
-        sid = id(src)
-        if sid in self._memo:
-            return self._memo[sid]
-        result = self._memo[sid] = self._compute(src, now)
+        gen = self._data_gen
+        if src.memo_now == now and src.memo_gen == gen:
+            return src.memo_value
+        result = src.memo_value = src.compute(now)
+        src.memo_now = now
+        src.memo_gen = gen
         return result
-
-    @staticmethod
-    def _compute(src: _Source, now: float) -> float | None:
-        items = src.items
-        if len(items) == 1:
-            series, read, track = items[0]
-            ok_ts = series.last_ok_ts
-            if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
-                return None
-            return read(now)
-        vals: list[float | None] = []
-        for series, read, track in items:
-            ok_ts = series.last_ok_ts
-            if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
-                vals.append(None)
-            else:
-                vals.append(read(now))
-        known = [v for v in vals if v is not None]
-        if src.combine == "any":
-            return (max(known) if src.is_above else min(known)) if known else None
-        if len(known) != len(vals):
-            return None
-        if src.combine == "all":
-            return min(known) if src.is_above else max(known)
-        return math.fsum(known) / len(known)
 
     def inputs(self, key: InstanceKey, now: float) -> RuleInputs:
         """The aggregated inputs of one (rule, site) at ``now`` (interlocks always included)."""
@@ -473,7 +500,7 @@ class Engine:
     def _evaluate_instance(self, key: InstanceKey, inst: _Instance, now: float) -> list[Action]:
         state = self._states[key]
         src = inst.src_main
-        v = self._value(src, now) if src.shared else self._compute(src, now)
+        v = self._value(src, now) if src.shared else src.compute(now)
         if v is not None and inst.src_background is not None:
             b = self._value(inst.src_background, now)
             v = None if b is None else v - b
@@ -482,10 +509,12 @@ class Engine:
             return []
         if v is None and now < self._warmup_until and self._never_seen(inst):
             return []  # just restored: give the devices time to report
-        ils = {}
+        ils: dict[str, float | None] = {}
         if inst.src_interlocks and needs_interlocks(inst.rule, state, v):
-            ils = {name: self._value(src, now) for name, src in inst.src_interlocks}
-        if steady(inst.rule, state, v, ils, now, self._default_lease):
+            value = self._value
+            for name, src in inst.src_interlocks:
+                ils[name] = value(src, now)
+        if steady_unquiet(inst.rule, state, v, ils, now, self._default_lease):
             return []  # waiting for a timer or a crossing: nothing to build
         inputs = RuleInputs(inst.site, v, ils)
         self.last_inputs[key] = inputs

@@ -150,6 +150,8 @@ class _Compiled:
     # (name, is_above, trip level, clear level, unknown blocks)
     interlocks: tuple[tuple[str, bool, float, float, bool], ...]
     hours: tuple[str, tuple[str, ...], str] | None
+    # [epoch minute, inside the active hours then]: asked every second, changes per minute
+    hours_memo: list[Any] = dataclasses.field(default_factory=lambda: [None, True], compare=False)
 
 
 _COMPILED: dict[int, tuple[Rule, _Compiled]] = {}
@@ -199,7 +201,14 @@ def _holding(
 
 
 def _in_hours(c: _Compiled, now: float) -> bool:
-    return c.hours is None or _contains(*c.hours, int(now // 60))
+    if c.hours is None:
+        return True
+    minute = int(now // 60)
+    memo = c.hours_memo
+    if memo[0] != minute:
+        memo[1] = _contains(*c.hours, minute)
+        memo[0] = minute
+    return bool(memo[1])
 
 
 def _event(
@@ -294,27 +303,39 @@ def steady(
     a property test holds this to :func:`transition` for random states and
     inputs. ``interlocks`` is only read when :func:`needs_interlocks` says so.
     """
-    if quiet(rule, state, value, now):
-        return True
+    return quiet(rule, state, value, now) or steady_unquiet(
+        rule, state, value, interlocks, now, default_lease_s
+    )
+
+
+def steady_unquiet(
+    rule: Rule,
+    state: RuleState,
+    value: float | None,
+    interlocks: Mapping[str, float | None],
+    now: float,
+    default_lease_s: float = 60.0,
+) -> bool:
+    """:func:`steady` for a caller that found the state not :func:`quiet`."""
     known = value is not None
     if state.unknown == known:
         return False  # the data became unknown (stale event) or known again
     c = compiled(rule)
+    on = known and ((value > c.threshold) if c.is_above else (value < c.threshold))  # type: ignore[operator]
     blocked = state.blocked
-    if c.interlocks and needs_interlocks(rule, state, value):
+    phase = state.phase
+    if c.interlocks and (on or phase == "pending" or phase == "active"):  # needs_interlocks
         holding = _holding(c, interlocks, blocked)
         if len(holding) != len(blocked) or tuple(holding) != blocked:
             return False  # an interlock starts or stops holding
-    phase = state.phase
     if phase == "cooldown":
         return state.cooldown_until is not None and now < state.cooldown_until
     if phase == "idle":
         # not startable: below the threshold, blocked, or outside the active hours
-        return not (known and beyond(rule, value) and not blocked and _in_hours(c, now))  # type: ignore[arg-type]
+        return not (on and not blocked and _in_hours(c, now))
     if phase == "pending":
         return (
-            known
-            and beyond(rule, value)  # type: ignore[arg-type]
+            on
             and not blocked
             and _in_hours(c, now)
             and state.since is not None

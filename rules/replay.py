@@ -458,25 +458,31 @@ def replay(readings: Iterable[Reading], rules_files: list[RulesFile]) -> list[Re
         readings = readings.select(metrics_for)
     observers = [_Observer(e, rf) for e, rf in zip(engines, rules_files, strict=True)]
     pairs = list(zip(engines, observers, strict=True))
-    next_tick: float | None = None
+    ingest_one = engines[0].ingest_values if len(engines) == 1 else None
+    next_tick = math.inf  # placed by the first reading
     first: float | None = None
     last: float | None = None
     n = 0
+    ts = 0.0
     for ts, site, device, values, status, flags in readings:
         n += 1
-        if next_tick is None:
+        if ts >= next_tick:
+            while ts >= next_tick:
+                for eng, obs in pairs:
+                    obs.observe(eng.tick(next_tick), 1.0)
+                next_tick += 1.0
+                if ts - next_tick > 2.0 and not any(e.busy() for e in engines):
+                    next_tick = math.floor(ts)
+        elif n == 1:
             first = ts
             next_tick = math.floor(ts) + 1.0
-        while ts >= next_tick:
-            for eng, obs in pairs:
-                obs.observe(eng.tick(next_tick), 1.0)
-            next_tick += 1.0
-            if ts - next_tick > 2.0 and not any(e.busy() for e in engines):
-                next_tick = math.floor(ts)
-        for eng in engines:
-            eng.ingest_values(site, device, ts, n, values, ts, status, flags, False)
+        if ingest_one is not None:
+            ingest_one(site, device, ts, n, values, ts, status, flags, False)
+        else:
+            for eng in engines:
+                eng.ingest_values(site, device, ts, n, values, ts, status, flags, False)
+    if n:
         last = ts
-    if next_tick is not None:
         for eng, obs in pairs:
             obs.observe(eng.tick(next_tick), 1.0)
     return [

@@ -136,29 +136,40 @@ class RollingWindow:
         """Drop readings at or before ``now - length``."""
         self._pending = 0
         times = self._times
-        if not times:
-            return
-        newest = times[-1]
-        # the horizon follows the newest reading too (as if evicted on every append)
-        horizon = (newest if newest > now else now) - self.length
-        if times[0] <= horizon:
-            values = self._values
-            want_mean = self._want_mean
+        if times:
+            newest = times[-1]
+            # the horizon follows the newest reading too (as if evicted on every append)
+            horizon = (newest if newest > now else now) - self.length
+            if times[0] <= horizon:
+                self._drop(horizon)
+
+    def _drop(self, horizon: float) -> None:
+        """Pop the readings at or before ``horizon`` (there is at least one)."""
+        times = self._times
+        values = self._values
+        if self._want_mean:
+            total = self._sum
+            ops = self._ops
             while times and times[0] <= horizon:
                 times.popleft()
-                v = values.popleft()
-                if want_mean:
-                    self._sum -= v
-                    self._ops += 1
-            if want_mean and (not times or self._ops >= max(len(times), _RESUM_MIN)):
-                self._sum = math.fsum(values)
-                self._ops = 0
-            q = self._maxq
-            while q and q[0][0] <= horizon:
-                q.popleft()
-            q = self._minq
-            while q and q[0][0] <= horizon:
-                q.popleft()
+                total -= values.popleft()
+                ops += 1
+            n = len(times)
+            if not n or ops >= (n if n > _RESUM_MIN else _RESUM_MIN):
+                total = math.fsum(values)
+                ops = 0
+            self._sum = total
+            self._ops = ops
+        else:
+            while times and times[0] <= horizon:
+                times.popleft()
+                values.popleft()
+        q = self._maxq
+        while q and q[0][0] <= horizon:
+            q.popleft()
+        q = self._minq
+        while q and q[0][0] <= horizon:
+            q.popleft()
 
     def aggregate(self, kind: str, now: float) -> float | None:
         """The aggregate over ``(now - length, now]``; None if the window is empty."""
@@ -173,9 +184,18 @@ class RollingWindow:
         return {"mean": self.mean, "max": self.max, "min": self.min, "last": self.last}[kind]
 
     def mean(self, now: float) -> float | None:
-        self.evict(now)
-        n = len(self._times)
-        return self._sum / n if n else None
+        # evict() inlined: rules read their windows every second
+        self._pending = 0
+        times = self._times
+        if not times:
+            return None
+        newest = times[-1]
+        horizon = (newest if newest > now else now) - self.length
+        if times[0] <= horizon:
+            self._drop(horizon)
+            if not times:
+                return None
+        return self._sum / len(times)
 
     def max(self, now: float) -> float | None:
         self.evict(now)
