@@ -117,6 +117,9 @@ EVENT_EXPIRY_S = 3600
 WARN_EVERY_S = 60.0  # bad-input warnings: at most one per kind per minute
 SUMMARY_EVERY_S = 60.0
 TOPIC_CACHE_MAX = 100_000
+COALESCE_BACKLOG = 64  # queued messages that count as a backlog
+COALESCE_MAX = 1000  # readings stored before the rules are evaluated, with a backlog
+COALESCE_S = 0.05  # ... or this long
 
 
 class LineSink(Protocol):
@@ -239,6 +242,21 @@ def served_sites(rf: RulesFile) -> frozenset[str]:
 def default_client_id() -> str:
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
     return f"dustgate-rules-{host}"[:64]
+
+
+def set_nodelay(client: aiomqtt.Client) -> bool:
+    """Disable Nagle on the client's socket (paho leaves it on): a small command
+    must not wait for the ACK of the previous packet (tens of ms with delayed
+    ACKs). Returns False if the socket is not reachable (nothing changes)."""
+    paho_client = getattr(client, "_client", None)  # aiomqtt keeps paho's client here
+    sock = paho_client.socket() if paho_client is not None else None
+    if sock is None or not hasattr(sock, "setsockopt"):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _expiry_props(seconds: int) -> Properties:
@@ -439,8 +457,14 @@ class RulesService:
         else:
             self._warned[kind] = (last, skipped + 1)
 
-    def on_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
-        """Handle one inbound message; never raises for bad input."""
+    def on_message(
+        self, topic: str, payload: bytes, now: float, evaluate: bool = True
+    ) -> list[Publish]:
+        """Handle one inbound message; never raises for bad input.
+
+        ``evaluate=False`` stores a reading without evaluating the rules that
+        read it (the caller runs :meth:`on_tick` soon after: backlog coalescing).
+        """
         self.counters["messages"] += 1
         where = self._topic_cache.get(topic)  # the hot path: a telemetry topic seen before
         if where is None:
@@ -457,7 +481,7 @@ class RulesService:
             self.counters["decode_errors"] += 1
             self._warn("telemetry", now, "dropped undecodable telemetry on %s: %s", topic, exc)
             return []
-        return self.on_telemetry(where[0], where[1], msg, now)
+        return self.on_telemetry(where[0], where[1], msg, now, evaluate)
 
     def _other_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
         try:
@@ -486,7 +510,9 @@ class RulesService:
         where = cache[topic] = (t.site, t.name)
         return where
 
-    def on_telemetry(self, site: str, device: str, msg: p.Telemetry, now: float) -> list[Publish]:
+    def on_telemetry(
+        self, site: str, device: str, msg: p.Telemetry, now: float, evaluate: bool = True
+    ) -> list[Publish]:
         if site not in self._served:
             self.counters["other_site"] += 1
             self._warn("site", now, "dropped telemetry from %s/%s: site not served", site, device)
@@ -522,6 +548,7 @@ class RulesService:
             now,
             status=msg.status.value,
             flags={k: v.value for k, v in flags.items()} if flags else None,
+            evaluate=evaluate,
         )
         return self.apply(actions, now) if actions else []
 
@@ -838,14 +865,37 @@ class RulesService:
         self.counters["commands_sent" if pub.kind == "command" else "events_sent"] += 1
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        """Feed the engine. With a backlog queued behind the current message
+        (COALESCE_BACKLOG or more: after a reconnect, a burst), rule evaluation
+        is coalesced: readings are stored, and every rule is evaluated once the
+        backlog is gone or after COALESCE_MAX messages / COALESCE_S seconds.
+        Otherwise each reading is evaluated at once (decision latency)."""
         clock = time.time
-        async for message in client.messages:
+        messages = client.messages
+        deferred = 0
+        deferred_since = 0.0
+        for_tick: list[Publish] = []
+        async for message in messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 payload = b"" if payload is None else str(payload).encode()
             now = clock()
+            backlog = len(messages)
+            evaluate = backlog < COALESCE_BACKLOG or (
+                deferred > 0 and (deferred >= COALESCE_MAX or now - deferred_since >= COALESCE_S)
+            )
             try:
-                pubs = self.on_message(message.topic.value, bytes(payload), now)
+                pubs = self.on_message(message.topic.value, bytes(payload), now, evaluate)
+                if not evaluate:
+                    if deferred == 0:
+                        deferred_since = now
+                    deferred += 1
+                elif deferred:
+                    deferred = 0
+                    self.counters["coalesced_ticks"] += 1
+                    for_tick = self.on_tick(now)
+                    if for_tick:
+                        pubs = [*pubs, *for_tick]
             except Exception:  # a bug must not take the service down
                 self.counters["internal_errors"] += 1
                 log.exception("handling a message on %s failed", message.topic.value)
@@ -862,6 +912,7 @@ class RulesService:
             client = make_client(settings, self.client_id, persistent=True)
             try:
                 async with client:
+                    set_nodelay(client)
                     subs = self.subscriptions()
                     stale = [s for s in self._old_subscriptions if s not in subs]
                     if stale:

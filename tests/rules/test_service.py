@@ -479,3 +479,12 @@ def test_subscriptions_per_site_and_shared_group(tmp_path: Path) -> None:
     assert not svc._subscribe_options("$share/rules/dustgate/v1/site-01/events").noLocal
     # overrides must reach every engine: never shared
     assert "dustgate/v1/site-01/+/override" in subs
+
+
+def test_coalesced_readings_are_decided_by_the_next_evaluation(tmp_path: Path) -> None:
+    svc, sink = make_service(tmp_path)
+    # a backlog: readings are stored (and sunk) without evaluating the rules ...
+    assert svc.on_message(TOPIC, telemetry(300, T0, 1), T0, evaluate=False) == []
+    assert len(sink.points("telemetry")) == 1
+    # ... and the evaluation after it decides on everything stored
+    assert [c.action for c in commands(svc.on_tick(T0 + 0.01))] == ["on"]
