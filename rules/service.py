@@ -29,6 +29,12 @@ is the imperative shell around it:
   particulates bad (stored with ``<metric>_flag=fault``). Readings of devices
   no rule reads are still stored.
 - **Timers**: ``engine.tick(now)`` every ``tick_interval`` (1 s).
+- **Hot path**: each reading is evaluated as it arrives (decision latency);
+  while a backlog of ``COALESCE_BACKLOG`` or more messages is queued (after a
+  reconnect, a burst) readings are only stored and the rules are evaluated
+  once per ``COALESCE_MAX`` messages / ``COALESCE_S`` or when the backlog is
+  gone. TCP_NODELAY is set on the broker socket (paho does not), so a command
+  does not wait for the ACK of our previous packet.
 - **State**: ``engine.snapshot()`` is written atomically (temp file, fsync,
   rename, fsync of the directory) to ``<state_dir>/engine-state.json`` when
   it changed (checked every ``persist_interval``) and on shutdown, and
