@@ -428,6 +428,7 @@ class _Observer:
                     st.stops[reason] = st.stops.get(reason, 0) + 1
         last_values = self.engine.last_values
         states = self.engine.states
+        runs = self.run
         minutes = dt / 60.0
         for key, _rule, st, water, is_above, thr in self.info:
             state = states[key]
@@ -435,16 +436,17 @@ class _Observer:
                 st.active_min += minutes
                 st.water_l += water * minutes
             v = last_values.get(key)
-            if v is not None and (v > thr if is_above else v < thr):
-                st.over_min += minutes
-                if state.blocked:
-                    st.blocked_min += minutes
-                run = self.run.get(key, 0.0) + dt
-                self.run[key] = run
-                if run / 60.0 > st.longest_exceed_min:
-                    st.longest_exceed_min = run / 60.0
-            elif key in self.run:
-                del self.run[key]
+            if v is None or not (v > thr if is_above else v < thr):
+                if runs and key in runs:
+                    del runs[key]
+                continue
+            st.over_min += minutes
+            if state.blocked:
+                st.blocked_min += minutes
+            run = runs.get(key, 0.0) + dt
+            runs[key] = run
+            if run / 60.0 > st.longest_exceed_min:
+                st.longest_exceed_min = run / 60.0
 
 
 def replay(readings: Iterable[Reading], rules_files: list[RulesFile]) -> list[ReplayResult]:

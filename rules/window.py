@@ -184,7 +184,8 @@ class RollingWindow:
         return {"mean": self.mean, "max": self.max, "min": self.min, "last": self.last}[kind]
 
     def mean(self, now: float) -> float | None:
-        # evict() inlined: rules read their windows every second
+        # evict() inlined: rules read their windows every second, and at 1 Hz each read
+        # drops a reading or two; for a mean-only window so is _drop()
         self._pending = 0
         times = self._times
         if not times:
@@ -192,9 +193,25 @@ class RollingWindow:
         newest = times[-1]
         horizon = (newest if newest > now else now) - self.length
         if times[0] <= horizon:
-            self._drop(horizon)
-            if not times:
-                return None
+            if self._want_max or self._want_min:
+                self._drop(horizon)
+                return self._sum / len(times) if times else None
+            values = self._values
+            total = self._sum
+            ops = self._ops
+            while True:
+                times.popleft()
+                total -= values.popleft()
+                ops += 1
+                if not times or times[0] > horizon:
+                    break
+            n = len(times)
+            if not n or ops >= (n if n > _RESUM_MIN else _RESUM_MIN):
+                total = math.fsum(values)
+                ops = 0
+            self._sum = total
+            self._ops = ops
+            return total / n if n else None
         return self._sum / len(times)
 
     def max(self, now: float) -> float | None:

@@ -3,6 +3,7 @@
 - CSV: ``str.split`` batches give exactly the rows (or the error) of ``csv.reader``;
   ``select`` changes only which metrics a reading carries, never which rows
   are good, bad or filtered.
+- Windows: the inlined eviction of ``mean`` computes the very same floats.
 - Evaluator: whenever ``steady`` says nothing changes, ``transition`` (the full
   state machine) indeed returns the state unchanged and no action.
 """
@@ -21,6 +22,7 @@ from rulehelpers import make_rule
 from rules.evaluator import PHASES, RuleInputs, RuleState, evaluate, steady, transition
 from rules.model import Rule
 from rules.replay import _row_batches, read_csv
+from rules.window import RollingWindow
 
 FROST = {"name": "frost", "metric": "temp", "devices": ["m"], "below": 3, "clear": 4}
 WIND = {"name": "wind", "metric": "wind_speed", "devices": ["m"], "above": 10, "clear": 8}
@@ -278,3 +280,34 @@ def test_steady_on_a_grid_of_timer_and_level_boundaries() -> None:
             )  # fmt: skip
     # not vacuous: the fast path is taken in every phase
     assert min(taken[p] for p in PHASES) > 50, taken
+
+
+# ------------------------------------------------------------- window: mean()
+
+window_steps = st.lists(
+    st.tuples(
+        st.floats(min_value=0.0, max_value=7.0),  # time since the previous reading
+        st.floats(min_value=-1e6, max_value=1e6),
+        st.floats(min_value=0.0, max_value=4.0),  # query lag after the reading
+        st.booleans(),  # query now or not
+    ),
+    min_size=1,
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(window_steps)
+def test_mean_only_window_is_bit_identical_to_the_general_path(steps: list) -> None:
+    """mean() of a mean-only window drops readings inline; with max/min wanted it goes
+    through _drop(). Same readings and queries -> the very same floats (same operations
+    in the same order), so replay answers cannot depend on which aggregates a window keeps."""
+    lean, full = RollingWindow(10.0, ["mean"]), RollingWindow(10.0)
+    t = 1000.0
+    for dt, value, lag, query in steps:
+        t += dt
+        lean.append(t, value)
+        full.append(t, value)
+        if query:
+            assert lean.mean(t + lag) == full.mean(t + lag)
+            assert len(lean) == len(full)
