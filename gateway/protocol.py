@@ -11,6 +11,9 @@ topic                           retained  payload
 ``{site}/{actuator}/state``     yes       :class:`ActuatorState`
 ``{site}/{actuator}/ack``       no        :class:`Ack`
 ``{site}/events``               no        :class:`Event`
+``{site}/{actuator}/override``  no, QoS1  :class:`OverrideRequest` (operator -> engine;
+                                          answered by an ``override`` or
+                                          ``override_refused`` event)
 ==============================  ========  =======================================
 
 ``ts`` is always milliseconds since the epoch; for telemetry it is the time
@@ -164,6 +167,28 @@ class Event(_Payload):
     data: dict[str, Any] | None = None
 
 
+class OverrideRequest(_Payload):
+    """An operator takes an actuator out of the rules' hands for a while.
+
+    ``on`` leases it regardless of the rules, ``off`` keeps the rules from
+    starting it, ``auto`` hands it back. ``for_s`` is required for on/off: an
+    override never lasts forever (24 h at most).
+    """
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    mode: Literal["on", "off", "auto"]
+    for_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    who: Annotated[str, Field(min_length=1, max_length=64)]
+    ts: TimestampMs
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+    @model_validator(mode="after")
+    def _duration(self) -> OverrideRequest:
+        if self.mode != "auto" and self.for_s is None:
+            raise ValueError(f"an override {self.mode!r} must carry for_s (how long)")
+        return self
+
+
 PAYLOAD_TYPES: tuple[type[_Payload], ...] = (
     Telemetry,
     GatewayStatus,
@@ -171,6 +196,7 @@ PAYLOAD_TYPES: tuple[type[_Payload], ...] = (
     ActuatorState,
     Ack,
     Event,
+    OverrideRequest,
 )
 
 M = TypeVar("M", bound=_Payload)
@@ -204,7 +230,7 @@ def _summarise(model: type[BaseModel], exc: ValidationError) -> str:
 
 # ---------------------------------------------------------------- topics
 
-TopicKind = Literal["telemetry", "status", "cmd", "state", "ack", "events"]
+TopicKind = Literal["telemetry", "status", "cmd", "state", "ack", "events", "override"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +270,10 @@ def ack_topic(site: str, actuator: str) -> str:
     return f"{ROOT}/{check_id(site, 'site')}/{check_id(actuator, 'actuator')}/ack"
 
 
+def override_topic(site: str, actuator: str) -> str:
+    return f"{ROOT}/{check_id(site, 'site')}/{check_id(actuator, 'actuator')}/override"
+
+
 def events_topic(site: str) -> str:
     return f"{ROOT}/{check_id(site, 'site')}/{EVENTS_SEGMENT}"
 
@@ -258,6 +288,7 @@ def subscription(kind: TopicKind, site: str = "+") -> str:
         "state": f"{ROOT}/{s}/+/state",
         "ack": f"{ROOT}/{s}/+/ack",
         "events": f"{ROOT}/{s}/{EVENTS_SEGMENT}",
+        "override": f"{ROOT}/{s}/+/override",
     }[kind]
 
 
@@ -272,7 +303,7 @@ def parse_topic(topic: str) -> Topic:
         return Topic("events", site)
     if len(rest) == 3 and rest[0] == GATEWAY_SEGMENT and rest[2] == "status":
         return Topic("status", site, check_id(rest[1], "gateway"))
-    if len(rest) == 2 and rest[1] in ("telemetry", "cmd", "state", "ack"):
+    if len(rest) == 2 and rest[1] in ("telemetry", "cmd", "state", "ack", "override"):
         kind: TopicKind = rest[1]  # type: ignore[assignment]
         return Topic(kind, site, check_id(rest[0], "device" if kind == "telemetry" else "actuator"))
     raise ProtocolError(f"topic {topic!r} is not one of the dustgate topics")

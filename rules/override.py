@@ -1,6 +1,6 @@
 """Manual override over MQTT: ``dustgate override SITE/ACTUATOR on|off|auto --for 30m``.
 
-Wire contract (an addition to the table in ``gateway/protocol.py``):
+Wire contract (in the table of ``gateway/protocol.py``):
 
 =================================  ========  ======================================
 topic                              retained  payload
@@ -45,16 +45,16 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from gateway import protocol as p
 from gateway.configfile import ConfigError, MqttSettings, parse_duration
-from gateway.session import make_client
+from gateway.mqttclient import make_client
 
 log = logging.getLogger(__name__)
 
@@ -68,60 +68,30 @@ EVENT_REFUSED = "override_refused"
 Mode = Literal["on", "off", "auto"]
 
 
-class OverrideRequest(BaseModel):
-    """Payload of ``{site}/{actuator}/override``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    mode: Mode
-    for_s: Annotated[float, Field(gt=0, le=MAX_FOR_S)] | None = None
-    who: Annotated[str, Field(min_length=1, max_length=64)]
-    ts: p.TimestampMs
-    reason: Annotated[str, Field(max_length=200)] = ""
-
-    @model_validator(mode="after")
-    def _duration(self) -> OverrideRequest:
-        if self.mode != "auto" and self.for_s is None:
-            raise ValueError(f"an override {self.mode!r} must carry for_s (how long)")
-        return self
-
-
-def override_topic(site: str, actuator: str) -> str:
-    return (
-        f"{p.ROOT}/{p.check_id(site, 'site')}/{p.check_id(actuator, 'actuator')}/{OVERRIDE_SEGMENT}"
-    )
+# The request and its topic are part of the wire contract (gateway.protocol).
+OverrideRequest = p.OverrideRequest
+override_topic = p.override_topic
 
 
 def override_subscription(site: str = "+") -> str:
-    s = site if site == "+" else p.check_id(site, "site")
-    return f"{p.ROOT}/{s}/+/{OVERRIDE_SEGMENT}"
+    return p.subscription("override", site)
 
 
 def parse_override_topic(topic: str) -> tuple[str, str]:
     """``(site, actuator)`` of an override topic; ProtocolError for anything else."""
-    parts = topic.split("/")
-    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != p.ROOT or parts[4] != OVERRIDE_SEGMENT:
+    t = p.parse_topic(topic)
+    if t.kind != "override" or t.name is None:
         raise p.ProtocolError(f"topic {topic!r} is not an override topic")
-    return p.check_id(parts[2], "site"), p.check_id(parts[3], "actuator")
+    return t.site, t.name
 
 
 def decode_request(data: bytes | bytearray | str) -> OverrideRequest:
     """Decode untrusted bytes; raise :class:`gateway.protocol.ProtocolError` only."""
-    if len(data) > p.MAX_PAYLOAD:
-        raise p.ProtocolError(f"payload of {len(data)} bytes exceeds {p.MAX_PAYLOAD}")
-    try:
-        return OverrideRequest.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "(payload)"
-        raise p.ProtocolError(f"OverrideRequest: {loc}: {first['msg']}") from None
-    except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
-        raise p.ProtocolError(f"OverrideRequest: {exc}") from None
+    return p.decode(p.OverrideRequest, data)
 
 
 def encode_request(req: OverrideRequest) -> bytes:
-    return req.model_dump_json(exclude_none=True).encode()
+    return p.encode(req)
 
 
 def request_properties() -> Properties:

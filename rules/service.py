@@ -88,7 +88,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.configfile import ConfigError
-from gateway.session import make_client
+from gateway.mqttclient import make_client
 from rules.config import RulesFile, load_rules_file
 from rules.engine import (
     PARTICULATES,

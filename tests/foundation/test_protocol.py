@@ -74,7 +74,16 @@ event = st.builds(
     rule=st.none() | ids,
     data=st.none() | st.dictionaries(st.text(max_size=10), st.integers() | text, max_size=3),
 )
-any_payload = telemetry | status | command | state | ack | event
+override = st.builds(
+    p.OverrideRequest,
+    id=st.text(min_size=1, max_size=64),
+    mode=st.sampled_from(["on", "off"]),
+    for_s=st.floats(min_value=0.001, max_value=86400),
+    who=st.text(min_size=1, max_size=64),
+    ts=ts,
+    reason=text,
+) | st.builds(p.OverrideRequest, id=st.just("r"), mode=st.just("auto"), who=st.just("me"), ts=ts)
+any_payload = telemetry | status | command | state | ack | event | override
 
 
 @given(any_payload)
@@ -154,6 +163,8 @@ def test_topics_build_and_parse() -> None:
     assert p.parse_topic(p.state_topic("s", "c")).kind == "state"
     assert p.parse_topic(p.ack_topic("s", "c")).kind == "ack"
     assert p.parse_topic(p.events_topic("s")) == p.Topic("events", "s")
+    assert p.parse_topic(p.override_topic("s", "c")) == p.Topic("override", "s", "c")
+    assert p.subscription("override") == "dustgate/v1/+/+/override"
     assert p.subscription("telemetry") == "dustgate/v1/+/+/telemetry"
     assert p.subscription("cmd", "s") == "dustgate/v1/s/+/cmd"
 
