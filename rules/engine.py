@@ -212,7 +212,6 @@ class Engine:
         self._notify_last: dict[str, float] = {}
         self._cmd_seq = 0
         self._warmup_until = -math.inf
-        self._data_gen = 0  # accepted readings so far (invalidates memoised source values)
         self._compile(rules_file)
 
     # ----------------------------------------------------------- compile
@@ -384,8 +383,7 @@ class Engine:
         if rejected is not None:
             self._counts[rejected] += 1
             return []
-        self._n_readings += 1
-        self._data_gen += 1  # new data: memoised shared values are out of date
+        self._n_readings += 1  # also the data generation: memoised shared values are out of date
         clean = flags is None and status == "ok"
         for metric, series, appends, particulate in metrics:
             value = values.get(metric)
@@ -465,7 +463,7 @@ class Engine:
         if not src.shared:
             return src.compute(now)
         # shared by several rules (interlocks, backgrounds): computed once per `now`
-        gen = self._data_gen
+        gen = self._n_readings
         if src.memo_now == now and src.memo_gen == gen:
             return src.memo_value
         result = src.memo_value = src.compute(now)

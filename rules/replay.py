@@ -217,7 +217,8 @@ def _read_wide(
     end: float, metrics_for: MetricsFor | None = None,
 ) -> Iterator[Reading]:  # fmt: skip
     i_ts, i_site, i_dev = header.index("ts"), header.index("site"), header.index("device")
-    i_status = header.index("status") if "status" in header else None
+    with_status = "status" in header
+    i_status = header.index("status") if with_status else 0
     metrics = tuple((i, h) for i, h in enumerate(header) if h not in NON_METRIC_COLUMNS)
     # per (site, device): the cells to convert, and the other metric cells to check
     plans: dict[tuple[str, str], tuple[tuple[tuple[int, str], ...], tuple[int, ...]]] = {}
@@ -225,6 +226,7 @@ def _read_wide(
     ts_text: str | None = None  # rows of one second share the timestamp: parse it once
     ts = 0.0
     ncols = len(header)
+    bounded = start > -math.inf or end < math.inf
     for rows in batches:
         for row in rows:
             if len(row) != ncols:
@@ -260,10 +262,9 @@ def _read_wide(
             except (ValueError, ReplayError):
                 counters["bad_rows"] += 1
                 continue
-            if ts < start or ts >= end:
+            if bounded and (ts < start or ts >= end):
                 continue
-            status = (row[i_status] or "ok") if i_status is not None else "ok"
-            yield ts, site, device, values, status, None
+            yield ts, site, device, values, (row[i_status] or "ok") if with_status else "ok", None
 
 
 def _read_long(
