@@ -33,7 +33,7 @@ venv: $(STAMP)
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check gateway/protocol.py gateway/configfile.py
+	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
 	$(VENV)/bin/mypy gateway drivers rules
@@ -41,7 +41,7 @@ typecheck: venv
 check-examples: venv
 	$(VENV)/bin/dustgate check examples/site.yaml examples/rules.yaml
 
-test: deps venv lint check-examples
+test: deps venv lint typecheck check-examples
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: deps venv

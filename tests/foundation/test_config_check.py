@@ -196,9 +196,15 @@ def test_unknown_kind_of_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_uplink_devices_must_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = GOOD_SITE + 'uplinks:\n  - {type: hj212, host: 127.0.0.1, port: 8212, mn: "1", pw: x, devices: [gate, ghost]}\n'
+    text = (
+        GOOD_SITE
+        + 'uplinks:\n  - {type: hj212, host: 127.0.0.1, port: 8212, mn: "1", pw: x, devices: [gate, ghost]}\n'
+    )
     rc, err = _check(tmp_path, text, capsys)
     assert rc == 1
-    assert f"{tmp_path / 'site.yaml'}:10:" in err and "uplinks[0].devices[1]: undefined device 'ghost'" in err
+    assert (
+        f"{tmp_path / 'site.yaml'}:10:" in err
+        and "uplinks[0].devices[1]: undefined device 'ghost'" in err
+    )
     rc, err = _check(tmp_path, text.replace(", ghost", ""), capsys)
     assert rc == 0, err
