@@ -184,13 +184,18 @@ class CsvReadings:
         return next(self._it)
 
     def select(self, metrics_for: MetricsFor) -> Iterator[Reading]:
-        """The readings, with wide rows cut down to ``metrics_for(site, device)``."""
+        """The readings, with wide rows cut down to ``metrics_for(site, device)``.
+
+        Unlike plain iteration, this reads the header at once (a bad header raises
+        :class:`ReplayError` here)."""
         if self._it is not None:
             raise RuntimeError("select() on a CSV reader that was already iterated")
         self._it = it = self._readings(metrics_for)
         return it
 
     def _readings(self, metrics_for: MetricsFor | None) -> Iterator[Reading]:
+        """Reads the header now and returns the row generator (one generator, not two,
+        between the rows and the replay loop)."""
         batches = _row_batches(self._stream)
         header: list[str] | None = None
         first: list[list[str]] = []
@@ -200,16 +205,15 @@ class CsvReadings:
                 first = batch[1:]
                 break
         if header is None:
-            return
+            return iter(())
         for need in ("ts", "site", "device"):
             if need not in header:
                 raise ReplayError(f"CSV header lacks {need!r}: {','.join(header)}")
         rows = itertools.chain([first], batches)
         c, start, end = self._counters, self._start, self._end
         if "metric" in header and "value" in header:
-            yield from _read_long(itertools.chain.from_iterable(rows), header, c, start, end)
-        else:
-            yield from _read_wide(rows, header, c, start, end, metrics_for)
+            return _read_long(itertools.chain.from_iterable(rows), header, c, start, end)
+        return _read_wide(rows, header, c, start, end, metrics_for)
 
 
 def _read_wide(
