@@ -38,6 +38,12 @@ value is back at/beyond its ``clear`` level.
 
 The state is a small frozen dataclass of floats and strings, so it survives
 restarts as JSON: timers are absolute times and resume where they were.
+
+Most seconds change nothing (a rule below its threshold, waiting out ``for``,
+between renewals, cooling down, blocked): :func:`steady` recognises those
+without building anything, and :func:`evaluate` is ``steady`` plus the full
+:func:`transition`. ``steady`` must never claim a second that ``transition``
+would act on; tests hold it to that on a grid of timer and level boundaries.
 """
 
 from __future__ import annotations

@@ -14,6 +14,14 @@ evaluated on each reading; the difference is below a second). Gaps in the
 data are ticked through second by second while any rule or actuator is busy
 (timers must run out), and skipped while everything is idle.
 
+Speed (one week of 1 Hz data for 10 devices is 6 million readings): the CSV
+is split with ``str.split`` wherever the csv module would read it the same way
+(no quotes, NULs or bare CRs), a wide row is converted only for the metrics
+some rule reads (other cells are still checked), and the engine's steady
+fast path skips rules that are waiting. ``tests/rules/test_fast_paths.py``
+holds the result to the plain path (csv module, every rule through the full
+state machine every second): same statistics to the last bit, same actions.
+
 Input:
 
 - CSV, long format: header ``ts,site,device,metric,value[,status]``; rows of
