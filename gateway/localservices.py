@@ -138,8 +138,26 @@ def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     return False
 
 
+class _Service:
+    """Stop / kill / running, shared by both services (each owns one process)."""
+
+    _proc: _Proc | None
+
+    def stop(self) -> None:
+        if self._proc:
+            self._proc.stop()
+
+    def kill(self) -> None:
+        if self._proc:
+            self._proc.kill()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._proc and self._proc.running)
+
+
 @dataclass
-class Mosquitto:
+class Mosquitto(_Service):
     """A mosquitto broker on loopback. ``extra_conf`` is appended verbatim."""
 
     workdir: Path
@@ -185,18 +203,6 @@ class Mosquitto:
         _wait(lambda: mqtt_answers(LOOPBACK, self.port), "mosquitto", self._proc, timeout)
         return self
 
-    def stop(self) -> None:
-        if self._proc:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        if self._proc:
-            self._proc.kill()
-
-    @property
-    def running(self) -> bool:
-        return bool(self._proc and self._proc.running)
-
 
 def _current_user() -> str:
     import pwd
@@ -205,7 +211,7 @@ def _current_user() -> str:
 
 
 @dataclass
-class Influxd:
+class Influxd(_Service):
     """An InfluxDB 1.x server on loopback with all state under ``workdir``."""
 
     workdir: Path
@@ -253,18 +259,6 @@ class Influxd:
                 return int(r.status) == 204
         except (OSError, urllib.error.URLError):
             return False
-
-    def stop(self) -> None:
-        if self._proc:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        if self._proc:
-            self._proc.kill()
-
-    @property
-    def running(self) -> bool:
-        return bool(self._proc and self._proc.running)
 
     # Small HTTP helpers for tests and the demo (the sink has its own client).
     def query(self, q: str, db: str | None = None) -> dict[str, object]:
