@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import sys
 import time
@@ -25,13 +24,11 @@ import uuid
 from pathlib import Path
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway import protocol as p
 from gateway.actuation import ActuatorLimits, manual_command
 from gateway.configfile import ConfigError, MqttSettings, parse_duration
-from gateway.session import make_client
+from gateway.mqttclient import make_client, request_reply
 
 
 def _duration(text: str) -> float:
@@ -101,29 +98,18 @@ async def send(
     """Publish ``cmd`` and return the agent's ack (None if none came within ``timeout``)."""
     client = make_client(settings, f"dustgate-actuate-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     async with client:
-        await client.subscribe(p.ack_topic(site, actuator), qos=1)
         # a command nobody took within our wait must not switch the output later (the
         # agent's persistent session would otherwise get it on its next connect)
-        props = Properties(PacketTypes.PUBLISH)
-        props.MessageExpiryInterval = max(1, math.ceil(timeout))
-        await client.publish(
-            p.cmd_topic(site, actuator), p.encode(cmd), qos=1, properties=props, timeout=timeout
+        return await request_reply(
+            client,
+            p.cmd_topic(site, actuator),
+            p.encode(cmd),
+            p.ack_topic(site, actuator),
+            p.Ack,
+            lambda ack: ack.cmd_id == cmd.id,
+            timeout,
+            expiry_s=timeout,
         )
-        try:
-            async with asyncio.timeout(timeout):
-                async for message in client.messages:
-                    payload = message.payload
-                    if not isinstance(payload, bytes | bytearray):
-                        continue
-                    try:
-                        ack = p.decode(p.Ack, bytes(payload))
-                    except p.ProtocolError:
-                        continue
-                    if ack.cmd_id == cmd.id:
-                        return ack
-        except TimeoutError:
-            return None
-    return None
 
 
 def main(argv: list[str]) -> int:

@@ -7,14 +7,21 @@ everywhere. Part of the contract, like ``gateway.protocol``.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import protocol as p
 from gateway.configfile import MqttSettings
+
+M = TypeVar("M", bound=p.Payload)
 
 PUBLISH_WINDOW = 500  # QoS 1 publishes awaiting PUBACK at once
 SESSION_EXPIRY_S = 3600  # broker keeps a persistent session (subscriptions) for an hour
@@ -58,3 +65,48 @@ def make_client(
         max_inflight_messages=PUBLISH_WINDOW,
         timeout=30,
     )
+
+
+def expiry(seconds: float) -> Properties:
+    """PUBLISH properties with an MQTT 5 message expiry: the broker drops the message
+    if it cannot deliver it in time (a late command must never act)."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = max(1, math.ceil(seconds))
+    return props
+
+
+async def request_reply(
+    client: aiomqtt.Client,
+    request_topic: str,
+    payload: bytes,
+    reply_filter: str,
+    reply_model: type[M],
+    is_reply: Callable[[M], bool],
+    timeout: float,
+    expiry_s: float,
+) -> M | None:
+    """Publish a request (QoS 1, expiring) and wait for the first matching reply.
+
+    Replies that do not decode or do not match are skipped; ``None`` after
+    ``timeout`` without one. Used by the CLIs that talk to the agent
+    (``dustgate actuate``) and to the engine (``dustgate override``).
+    """
+    await client.subscribe(reply_filter, qos=1)
+    await client.publish(
+        request_topic, payload, qos=1, properties=expiry(expiry_s), timeout=timeout
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            async for message in client.messages:
+                raw = message.payload
+                if not isinstance(raw, bytes | bytearray):
+                    continue
+                try:
+                    reply = p.decode(reply_model, bytes(raw))
+                except p.ProtocolError:
+                    continue
+                if is_reply(reply):
+                    return reply
+    except TimeoutError:
+        return None
+    return None

@@ -189,6 +189,8 @@ class OverrideRequest(_Payload):
         return self
 
 
+Payload = _Payload  # the base of every wire payload (for typing callers)
+
 PAYLOAD_TYPES: tuple[type[_Payload], ...] = (
     Telemetry,
     GatewayStatus,

@@ -48,13 +48,12 @@ from pathlib import Path
 from typing import Literal
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from gateway import protocol as p
 from gateway.configfile import ConfigError, MqttSettings, parse_duration
-from gateway.mqttclient import make_client
+from gateway.mqttclient import expiry, make_client, request_reply
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +94,7 @@ def encode_request(req: OverrideRequest) -> bytes:
 
 
 def request_properties() -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    props.MessageExpiryInterval = REQUEST_EXPIRY_S
-    return props
+    return expiry(REQUEST_EXPIRY_S)
 
 
 def default_who() -> str:
@@ -178,29 +175,16 @@ async def request_override(
     """Publish ``req`` and wait for the engine's answer event (None: no answer)."""
     client = make_client(settings, f"dustgate-override-{secrets.token_hex(4)}")
     async with client:
-        await client.subscribe(p.events_topic(site), qos=1)
-        await client.publish(
+        return await request_reply(
+            client,
             override_topic(site, actuator),
             encode_request(req),
-            qos=1,
-            properties=request_properties(),
-            timeout=timeout,
+            p.events_topic(site),
+            p.Event,
+            lambda event: bool(event.data) and event.data.get("request") == req.id,  # type: ignore[union-attr]
+            timeout,
+            expiry_s=REQUEST_EXPIRY_S,
         )
-        try:
-            async with asyncio.timeout(timeout):
-                async for message in client.messages:
-                    payload = message.payload
-                    if not isinstance(payload, bytes | bytearray):
-                        continue
-                    try:
-                        event = p.decode(p.Event, payload)
-                    except p.ProtocolError:
-                        continue
-                    if event.data and event.data.get("request") == req.id:
-                        return event
-        except TimeoutError:
-            return None
-    return None
 
 
 def main(argv: list[str]) -> int:
