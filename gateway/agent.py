@@ -275,14 +275,14 @@ class Agent:
                     last_error=slot.last_error,
                     poll_interval_s=slot.interval,
                 )
-        stats = self.outbox.stats() if hasattr(self, "outbox") else None
+        stats = self.outbox.stats()
         return p.GatewayStatus(
             state=state,  # type: ignore[arg-type]
             ts=p.now_ms(time.time()),
             version=__version__,
             uptime_s=round(time.monotonic() - self.started, 1),
-            backlog=stats.backlog if stats else 0,
-            evicted=stats.evicted if stats else 0,
+            backlog=stats.backlog,
+            evicted=stats.evicted,
             poll_errors=self.counters["poll_errors"],
             refused_commands=self.counters["commands_refused"]
             + sum(a.refused for a in self.actuators.values()),
