@@ -70,13 +70,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         actuators=acts,
     )
     watcher = Watcher(broker.port).start()
-    agent = AgentProcess(cfg).start()
+    rig = Rig(broker, servers, watcher, AgentProcess(cfg).start(), cfg)
     try:
         # min_off also runs from start-up
         wait_until(lambda: (s := watcher.status()) and s["uptime_s"] >= 2.2, 20, "agent up 2 s")
-        yield Rig(broker, servers, watcher, agent, cfg)
+        yield rig
     finally:
-        agent.stop()
+        rig.agent.stop()  # a test may have replaced it with a restarted agent
         watcher.stop()
         servers.stop()
         broker.stop()
