@@ -32,6 +32,7 @@ from drivers.serial_reader import (
     NEED_MORE,
     NOT_A_FRAME,
     ChecksumMismatch,
+    FrameReader,
     MalformedFrame,
     ReportingMode,
     SerialFrameLink,
@@ -205,7 +206,7 @@ def _is_reading(frame: PmsFrame) -> bool:
     return isinstance(frame, PmsReading)
 
 
-class Pms5003Reader:
+class Pms5003Reader(FrameReader[PmsFrame]):
     """Reads one PMS5003 or PMS7003 on a serial port.
 
     ``read`` for active mode (newest frame not yet returned), ``query`` for passive mode.
@@ -214,31 +215,8 @@ class Pms5003Reader:
     """
 
     def __init__(self, port: str, *, baudrate: int = 9600) -> None:
-        self.link: SerialFrameLink[PmsFrame] = SerialFrameLink(port, PmsParser(), baudrate=baudrate)
-        self._consumed = 0
+        super().__init__(SerialFrameLink(port, PmsParser(), baudrate=baudrate))
         self.woke_at: float | None = None  # loop time of the last wake (data good 30 s later)
-
-    @property
-    def is_open(self) -> bool:
-        return self.link.is_open
-
-    def stats(self) -> dict[str, int]:
-        return {
-            **self.link.parser.stats(),
-            "opens": self.link.opens,
-            "link_losses": self.link.link_losses,
-        }
-
-    async def open(self) -> None:
-        await self.link.open()
-        self._consumed = self.link.last_seq
-
-    async def close(self) -> None:
-        await self.link.close()
-
-    async def reopen(self) -> None:
-        await self.link.reopen()
-        self._consumed = self.link.last_seq
 
     async def read(self, timeout: float = 5.0, *, max_age: float | None = None) -> PmsReading:
         """Active mode: the newest reading not returned before (waits up to ``timeout``)."""

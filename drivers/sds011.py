@@ -37,6 +37,7 @@ from drivers.serial_reader import (
     NEED_MORE,
     NOT_A_FRAME,
     ChecksumMismatch,
+    FrameReader,
     MalformedFrame,
     ReportingMode,
     SerialFrameLink,
@@ -240,7 +241,7 @@ def build_set_work_period(minutes: int, device_id: int = ALL_DEVICES) -> bytes:
 # -- async reader ---------------------------------------------------------------------------
 
 
-class Sds011Reader:
+class Sds011Reader(FrameReader[Sds011Frame]):
     """Reads one SDS011 on a serial port.
 
     ``read`` for active mode (newest frame not yet returned), ``query`` for passive mode.
@@ -251,32 +252,7 @@ class Sds011Reader:
     def __init__(self, port: str, *, device_id: int = ALL_DEVICES, baudrate: int = 9600) -> None:
         _id_bytes(device_id)
         self.device_id = device_id
-        self.link: SerialFrameLink[Sds011Frame] = SerialFrameLink(
-            port, Sds011Parser(), baudrate=baudrate
-        )
-        self._consumed = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self.link.is_open
-
-    def stats(self) -> dict[str, int]:
-        return {
-            **self.link.parser.stats(),
-            "opens": self.link.opens,
-            "link_losses": self.link.link_losses,
-        }
-
-    async def open(self) -> None:
-        await self.link.open()
-        self._consumed = self.link.last_seq
-
-    async def close(self) -> None:
-        await self.link.close()
-
-    async def reopen(self) -> None:
-        await self.link.reopen()
-        self._consumed = self.link.last_seq
+        super().__init__(SerialFrameLink(port, Sds011Parser(), baudrate=baudrate))
 
     def _ours(self, device_id: int) -> bool:
         return self.device_id in (ALL_DEVICES, device_id)

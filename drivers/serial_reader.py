@@ -354,3 +354,37 @@ class SerialFrameLink(Generic[F]):
         if protocol is self._protocol:  # not a close() we asked for: the port went away
             self._mark_lost(f"{self.port}: link lost: {exc or 'closed by peer'}")
         self._closed_event.set()
+
+
+class FrameReader(Generic[F]):
+    """What every UART sensor reader shares: one link, and which frame was consumed last.
+
+    ``open``/``reopen`` skip frames that arrived before, so the first ``read`` returns
+    a fresh reading, never one buffered while nobody was listening.
+    """
+
+    def __init__(self, link: SerialFrameLink[F]) -> None:
+        self.link = link
+        self._consumed = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.link.is_open
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **self.link.parser.stats(),
+            "opens": self.link.opens,
+            "link_losses": self.link.link_losses,
+        }
+
+    async def open(self) -> None:
+        await self.link.open()
+        self._consumed = self.link.last_seq
+
+    async def close(self) -> None:
+        await self.link.close()
+
+    async def reopen(self) -> None:
+        await self.link.reopen()
+        self._consumed = self.link.last_seq
