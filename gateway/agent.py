@@ -53,7 +53,7 @@ from gateway.outbox import Outbox
 from gateway.quality import StuckTracker, assess
 from gateway.scheduler import BusScheduler
 from gateway.session import AgentSession
-from gateway.uplink import Hj212Uplink
+from gateway.uplinks.hj212_link import Hj212Uplink
 
 log = logging.getLogger("dustgate.agent")
 
@@ -87,7 +87,9 @@ class Agent:
         self._names_warned: set[str] = set()
         self.actuators: dict[str, ActuatorController] = {}
         # upward reporting (HJ 212); each keeps its own connection and backlog
-        self.uplinks = [Hj212Uplink(settings, site.site) for settings in site.uplinks]
+        self.uplinks = [
+            Hj212Uplink(settings, site.site, store_path=path) for settings in site.uplinks
+        ]
         will = aiomqtt.Will(
             p.status_topic(site.site, site.gateway),
             p.encode(self._status("offline")),

@@ -25,7 +25,7 @@ from gateway.configfile import (
     parse_duration,
 )
 from gateway.protocol import ID_PATTERN, Status
-from gateway.uplink import Hj212Settings
+from gateway.uplinks.hj212_settings import Hj212Settings
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 RESERVED_IDS = {"gateway", "events"}  # topic segments of their own
@@ -206,7 +206,15 @@ def _check_references(data: Any) -> list[tuple[Loc, str]]:
             if "profile" in item:
                 out.extend(_check_profile(section, i, item))
     device_ids = {d.get("id") for d in data.get("devices") or [] if isinstance(d, dict)}
+    uplink_keys: dict[str, int] = {}
     for i, up in enumerate(data.get("uplinks") or []):
+        if isinstance(up, dict):
+            # the backlog on disk is kept under this key: two uplinks must not share it
+            key = str(up.get("name") or f"{up.get('host')}:{up.get('port')}")
+            if key in uplink_keys:
+                where = ("uplinks", i, "name" if up.get("name") else "host")
+                out.append((where, f"uplink {key!r} repeats uplinks[{uplink_keys[key]}]"))
+            uplink_keys.setdefault(key, i)
         if isinstance(up, dict) and isinstance(up.get("devices"), list):
             for j, dev in enumerate(up["devices"]):
                 if dev not in device_ids:

@@ -14,25 +14,18 @@ from tests.agent.agent_harness import (
     wait_until,
     write_site,
 )
-from tests.agent.test_uplink_platform import FakePlatform, check_frame, fields
+from tests.agent.hj212_platform import PlatformSim
 
 pytestmark = pytest.mark.integration
 
 
 def test_agent_uploads_realtime_pm10_to_the_platform(tmp_path: Path, mosquitto: Mosquitto) -> None:
     servers = start_servers(pm_tcp_units=2)
-    platform = FakePlatform()
+    platform = PlatformSim()
     servers.sim.run(platform.start())
-    packets: list[dict[str, str]] = []
 
-    def drain() -> list[dict[str, str]]:
-        async def take() -> None:
-            while not platform.received.empty():
-                segment = check_frame(platform.received.get_nowait())
-                packets.append({**fields(segment), "CP": segment.partition("CP=&&")[2]})
-
-        servers.sim.run(take())
-        return [f for f in packets if f.get("CN") == "2011" and "a34002-Rtd" in f.get("CP", "")]
+    def realtime_pm10() -> list[dict[str, str]]:
+        return [r.values() for r in platform.uploads("2011") if "a34002-Rtd" in r.values()]
 
     uplink = {
         "type": "hj212",
@@ -53,15 +46,16 @@ def test_agent_uploads_realtime_pm10_to_the_platform(tmp_path: Path, mosquitto: 
     agent = AgentProcess(config).start()
     try:
         try:
-            realtime = wait_until(drain, 20, "a real-time HJ 212 packet with PM10")
+            realtime = wait_until(realtime_pm10, 20, "a real-time HJ 212 packet with PM10")
         except AssertionError:
-            raise AssertionError(f"{packets[-3:]}\n{agent.log()[-3000:]}") from None
-        cp = realtime[-1]["CP"]
-        assert realtime[-1]["ST"] == "39" and realtime[-1]["MN"] == "MN0001"
+            raise AssertionError(f"{platform.received[-3:]}\n{agent.log()[-3000:]}") from None
+        last = realtime[-1]
         # generic-pm unit 1 serves pm10 from its counter (>= 10): a real value, flag N
-        value = float(cp.split("a34002-Rtd=")[1].split(",")[0].split(";")[0])
-        assert value >= 10
-        assert "a34002-Flag=N" in cp
+        assert float(last["a34002-Rtd"]) >= 10
+        assert last["a34002-Flag"] == "N"
+        header = platform.uploads("2011")[-1].header
+        assert header["ST"] == "39" and header["MN"] == "MN0001"
+        assert platform.problems == []
     finally:
         agent.stop()
         servers.sim.run(platform.stop())

@@ -6,11 +6,11 @@ from datetime import datetime
 
 import pytest
 
-from gateway import hj212
-from gateway.hj212 import (
+from gateway.protocol import Status
+from gateway.uplinks import hj212
+from gateway.uplinks.hj212 import (
     Hj212Error,
     Packet,
-    PeriodAggregator,
     Sample,
     Stats,
     StreamParser,
@@ -18,7 +18,7 @@ from gateway.hj212 import (
     decode_packet,
     encode_packet,
 )
-from gateway.protocol import Status
+from gateway.uplinks.hj212_periods import PeriodAggregator, worst_flag
 
 # The example printed in HJ 212-2017 itself (as quoted on whycan.com, topic 3594).
 STANDARD_EXAMPLE = (
@@ -250,9 +250,9 @@ def test_stream_parser_handles_chunks_and_garbage() -> None:
 
 
 def test_worst_flag_and_status_mapping() -> None:
-    assert hj212.worst_flag("N", "S") == "S"
-    assert hj212.worst_flag("D", "N") == "D"
-    assert hj212.worst_flag("B", "T") == "B"
+    assert worst_flag("N", "S") == "S"
+    assert worst_flag("D", "N") == "D"
+    assert worst_flag("B", "T") == "B"
     assert Status.CALIBRATING.hj212_flag == "C"
 
 

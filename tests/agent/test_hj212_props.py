@@ -8,8 +8,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import hj212
-from gateway.hj212 import Hj212Error, Packet, PeriodAggregator, StreamParser
+from gateway.uplinks import hj212
+from gateway.uplinks.hj212 import Hj212Error, Packet, StreamParser
+from gateway.uplinks.hj212_periods import PeriodAggregator
 
 
 def reference_crc(data: bytes) -> int:

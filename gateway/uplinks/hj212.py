@@ -3,8 +3,10 @@
 Chinese environmental platforms receive construction-site dust data as HJ 212
 packets over TCP. This module is the pure core: CRC, packet framing, the data
 segment, CP (command parameter) builders, packet splitting, a stream parser that
-resyncs after garbage, and per-period aggregation. Sockets live in
-``gateway.uplink``.
+resyncs after garbage. Per-period aggregation is in
+:mod:`gateway.uplinks.hj212_periods`, the station logic (what to send, how to
+answer the platform) in :mod:`gateway.uplinks.hj212_station`, sockets in
+:mod:`gateway.uplinks.hj212_link`.
 
 Packet layout (all ASCII)::
 
@@ -40,10 +42,11 @@ averages use valid data only; the period's flag is the worst flag seen.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 # ------------------------------------------------------------------ constants
@@ -54,9 +57,6 @@ MAX_SEGMENT = 1024
 """Longest data segment we build (the 2017 limit); longer data is split."""
 MAX_PARSE_SEGMENT = 9999
 """Longest data segment the parser accepts (what 4 length digits can say)."""
-
-VERSION_BITS = {2017: 0b000001}
-"""Flag version bits per standard year. 2025: unknown to us, must be configured."""
 
 FLAG_SPLIT = 0b10  # D
 FLAG_REPLY = 0b01  # A
@@ -70,6 +70,7 @@ CN_GET_RTD_INTERVAL = "1061"
 CN_SET_RTD_INTERVAL = "1062"
 CN_GET_MIN_INTERVAL = "1063"
 CN_SET_MIN_INTERVAL = "1064"
+CN_NEW_PASSWORD = "1072"
 CN_REALTIME = "2011"
 CN_STOP_REALTIME = "2012"
 CN_DAILY = "2031"
@@ -88,14 +89,13 @@ QN_READY = 1
 QN_REFUSED = 2
 QN_BAD_PW = 3
 QN_BAD_MN = 4
+QN_BAD_ST = 5
+QN_BAD_QN = 7
 QN_BAD_CN = 8
+QN_BAD_CRC = 9
 EXE_OK = 1
 EXE_FAILED = 2
 EXE_CONDITION = 3
-
-VALID_FLAGS = frozenset("NS")
-_FLAG_RANK = {f: i for i, f in enumerate("NSTCMFBD")}
-"""Worst-flag order: valid N < S, then the invalid ones from mild to hard."""
 
 DEFAULT_FACTORS: dict[str, str] = {
     "pm10": "a34002",
@@ -113,7 +113,6 @@ DEFAULT_FACTORS: dict[str, str] = {
 LEGACY_FACTORS: dict[str, str] = {**DEFAULT_FACTORS, "pm25": "PM25", "tsp": "TSP", "noise": "NOIS"}
 """The names some older platforms expect instead."""
 
-FACTOR_SETS = {"2017": DEFAULT_FACTORS, "legacy": LEGACY_FACTORS}
 
 FACTOR_CODE = re.compile(r"^[A-Za-z0-9]{1,16}$")
 _HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
@@ -123,6 +122,10 @@ _HEX4 = re.compile(rb"^[0-9A-Fa-f]{4}$")
 
 class Hj212Error(ValueError):
     """Bytes that are not a valid HJ 212 packet, or data we cannot encode."""
+
+
+class CrcMismatch(Hj212Error):
+    """A well-framed packet whose CRC does not match its data segment."""
 
 
 # ------------------------------------------------------------------ CRC
@@ -256,7 +259,7 @@ def _decode_framed(data: bytes, length: int) -> Packet:
         raise Hj212Error(f"CRC field {crc_text!r} is not 4 hex digits")
     want = crc16(segment)
     if int(crc_text, 16) != want:
-        raise Hj212Error(f"CRC {crc_text.decode()} does not match {want:04X}")
+        raise CrcMismatch(f"CRC {crc_text.decode()} does not match {want:04X}")
     try:
         text = segment.decode("ascii")
     except UnicodeDecodeError:
@@ -318,6 +321,9 @@ class StreamParser:
         self.garbage_bytes = 0
         self.bad_packets = 0
         self.errors: list[str] = []  # the last few reasons, for logs
+        # well-framed packets with a wrong CRC whose header could still be read:
+        # a request among them deserves QnRtn=9 (the caller takes them out)
+        self.crc_failed: list[Packet] = []
 
     def feed(self, data: bytes | bytearray) -> list[Packet]:
         self._buf += data
@@ -368,6 +374,11 @@ class StreamParser:
         packet_bytes = bytes(buf[: length + 12])
         try:
             packet = _decode_framed(packet_bytes, length)
+        except CrcMismatch as exc:
+            with contextlib.suppress(Hj212Error):
+                segment = packet_bytes[6 : 6 + length].decode("ascii")
+                self.crc_failed = [*self.crc_failed[-15:], parse_segment(segment)]
+            return str(exc)
         except Hj212Error as exc:
             return str(exc)
         del buf[: length + 12]
@@ -559,80 +570,3 @@ def reply_to(
 ) -> Packet:
     """A device's answer to a platform request: the request's QN, our ST/PW/MN."""
     return Packet(cn=cn, cp=cp, qn=request.qn, st=st, pw=pw, mn=mn, flag=flag)
-
-
-# ------------------------------------------------------------------ aggregation
-
-
-def worst_flag(a: str, b: str) -> str:
-    return a if _FLAG_RANK.get(a, 99) >= _FLAG_RANK.get(b, 99) else b
-
-
-@dataclass(slots=True)
-class _Acc:
-    count: int = 0
-    total: float = 0.0
-    low: float = math.inf
-    high: float = -math.inf
-    all_count: int = 0
-    all_total: float = 0.0
-    all_low: float = math.inf
-    all_high: float = -math.inf
-    flag: str = "N"
-
-    def add(self, value: float, flag: str) -> None:
-        self.flag = worst_flag(self.flag, flag) if self.all_count else flag
-        self.all_count += 1
-        self.all_total += value
-        self.all_low = min(self.all_low, value)
-        self.all_high = max(self.all_high, value)
-        if flag in VALID_FLAGS:
-            self.count += 1
-            self.total += value
-            self.low = min(self.low, value)
-            self.high = max(self.high, value)
-
-    def stats(self) -> Stats:
-        if self.count:
-            return Stats(self.low, self.total / self.count, self.high, self.flag, self.count)
-        # nothing valid: show what was measured, under its invalid flag
-        return Stats(self.all_low, self.all_total / self.all_count, self.all_high, self.flag, 0)
-
-
-@dataclass(slots=True)
-class PeriodAggregator:
-    """Min/avg/max per metric over fixed periods, aligned to local time.
-
-    Readings land in the period of their own timestamp. :meth:`close` returns
-    the periods that ended at least ``grace`` seconds before ``now`` (oldest
-    first); a reading for a closed period is counted in ``late`` and dropped.
-    """
-
-    period_s: float
-    utc_offset_s: float = 0.0
-    grace_s: float = 5.0
-    late: int = 0
-    _open: dict[float, dict[str, _Acc]] = field(default_factory=dict)
-    _closed_before: float = -math.inf
-
-    def period_start(self, ts: float) -> float:
-        local = ts + self.utc_offset_s
-        return math.floor(local / self.period_s) * self.period_s - self.utc_offset_s
-
-    def add(self, ts: float, metric: str, value: float, flag: str) -> bool:
-        start = self.period_start(ts)
-        if start < self._closed_before:
-            self.late += 1
-            return False
-        self._open.setdefault(start, {}).setdefault(metric, _Acc()).add(value, flag)
-        return True
-
-    def close(self, now: float) -> list[tuple[float, dict[str, Stats]]]:
-        """Finished periods as ``(start, {metric: Stats})``, oldest first."""
-        edge = self.period_start(now - self.grace_s)  # periods before this one are done
-        done = sorted(s for s in self._open if s < edge)
-        self._closed_before = max(self._closed_before, edge)
-        return [(s, {m: a.stats() for m, a in self._open.pop(s).items()}) for s in done]
-
-    def pending(self) -> int:
-        return len(self._open)
