@@ -16,7 +16,9 @@ answer in :mod:`gateway.uplinks.hj212_station` (pure), the backlog on disk in
   (or 9011) with its QN, resent up to ``retries`` times (the CN 1000
   ``OverTime``/``ReCount`` semantics). A record leaves the backlog only when
   every one of its packets was acknowledged; when every try fails the link is
-  taken as dead, closed and reopened, and the record is sent again, whole.
+  taken as dead, closed and reopened, and the record is sent again, whole,
+  under the QN it was first sent with (also after a restart), so a platform
+  that did get it can tell the copy.
   Without replies a record leaves the backlog once written to the socket: a
   cut can then lose what the kernel had not delivered, so keep replies on
   where the platform supports them.
@@ -290,14 +292,16 @@ class Hj212Uplink:
                 continue
             head = self.store.head()
             if head is not None:
-                row_id, record = head
+                row_id, record, qn = head
                 try:
-                    packets = self.station.record_packets(record, self._clock())
+                    packets = self.station.record_packets(record, self._clock(), qn)
                 except Hj212Error as exc:
                     self.station.counts["unencodable"] += 1
                     log.error("hj212 %s: cannot encode %s: %s", self.name, record, exc)
                     self.store.remove(row_id)
                     continue
+                if qn is None and packets[0].qn is not None:
+                    self.store.set_qn(row_id, packets[0].qn)
                 await self._send_unit(writer, packets, f"{record.cn} {record.data_time}")
                 self.store.remove(row_id)
                 self._counts["records_sent"] += 1

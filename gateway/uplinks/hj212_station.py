@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gateway.protocol import Telemetry
@@ -210,9 +210,12 @@ class Station:
         self._aggs = [a for a in self._aggs if not (now >= a.until + a.agg.grace_s + 1)]
         return out
 
-    def record_packets(self, record: Record, now: float) -> list[Packet]:
-        """The packets that carry ``record`` (split when long), with a fresh QN."""
+    def record_packets(self, record: Record, now: float, qn: str | None = None) -> list[Packet]:
+        """The packets that carry ``record`` (split when long): under ``qn`` when it
+        was sent before, else a fresh QN."""
         template = self._template(record.cn, now, reply=self.settings.reply)
+        if qn is not None:
+            template = replace(template, qn=qn)
         return hj212.split_upload(template, hj212.cp_groups(record.cp))
 
     def heartbeat_packet(self, now: float) -> Packet | None:

@@ -9,8 +9,11 @@ written to the socket.
 
 Tables (next to the readings in ``outbox.db``; WAL, its own connection):
 
-- ``hj212_backlog(id, uplink, cn, data_time, cp)``: records in the order they
-  closed; bounded per uplink by ``backlog_max`` (oldest evicted, counted);
+- ``hj212_backlog(id, uplink, cn, data_time, cp, qn)``: records in the order
+  they closed; bounded per uplink by ``backlog_max`` (oldest evicted,
+  counted). ``qn`` is given at the first send and kept for every resend, after
+  a reconnect or a restart too: a platform that got a record whose
+  acknowledgement was lost sees the same QN again and can drop the copy;
 - ``hj212_state(uplink, runtime, base, periods)``: what the platform changed
   (password, intervals, ...), what site.yaml said then, and the statistics of
   the periods still open (saved each minute and at shutdown).
@@ -37,7 +40,8 @@ CREATE TABLE IF NOT EXISTS hj212_backlog (
     uplink TEXT NOT NULL,
     cn TEXT NOT NULL,
     data_time TEXT NOT NULL,
-    cp TEXT NOT NULL
+    cp TEXT NOT NULL,
+    qn TEXT  -- set at the first send; a resend keeps it, so the platform can tell
 );
 CREATE INDEX IF NOT EXISTS hj212_backlog_by_uplink ON hj212_backlog (uplink, id);
 CREATE TABLE IF NOT EXISTS hj212_state (
@@ -104,13 +108,13 @@ class Hj212Store:
             self._unsaved = todo[-self.max_records :]
             log.error("hj212 %s: cannot save records (%s); kept in memory", self.uplink, exc)
 
-    def head(self) -> tuple[int, Record] | None:
-        """The oldest record not yet acknowledged, with its row id."""
+    def head(self) -> tuple[int, Record, str | None] | None:
+        """The oldest record not yet acknowledged, its row id and QN (if sent before)."""
         if self._unsaved:
             self.append([])
         try:
             row = self._con.execute(
-                "SELECT id, cn, data_time, cp FROM hj212_backlog WHERE uplink = ? "
+                "SELECT id, cn, data_time, cp, qn FROM hj212_backlog WHERE uplink = ? "
                 "ORDER BY id LIMIT 1",
                 (self.uplink,),
             ).fetchone()
@@ -118,7 +122,14 @@ class Hj212Store:
             self.errors += 1
             log.error("hj212 %s: cannot read the backlog (%s)", self.uplink, exc)
             return None
-        return None if row is None else (row[0], Record(row[1], row[2], row[3]))
+        return None if row is None else (row[0], Record(row[1], row[2], row[3]), row[4])
+
+    def set_qn(self, row_id: int, qn: str) -> None:
+        try:
+            self._con.execute("UPDATE hj212_backlog SET qn = ? WHERE id = ?", (qn, row_id))
+        except sqlite3.Error as exc:
+            self.errors += 1  # a resend then gets a new QN: a duplicate at worst
+            log.error("hj212 %s: cannot save a QN (%s)", self.uplink, exc)
 
     def remove(self, row_id: int) -> None:
         try:
