@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+from datetime import UTC, datetime
+from random import Random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.protocol import Status, Telemetry
 from gateway.uplinks import hj212
 from gateway.uplinks.hj212 import Hj212Error, Packet, StreamParser
 from gateway.uplinks.hj212_periods import PeriodAggregator
+from gateway.uplinks.hj212_settings import Hj212Settings
+from gateway.uplinks.hj212_station import Station
 
 
 def reference_crc(data: bytes) -> int:
@@ -208,3 +213,70 @@ def test_split_parts_fit_and_carry_every_group_once_in_order(
         carried += got[1:]
     assert carried == groups
     assert [p.pno for p in parts] == ([None] if len(parts) == 1 else list(range(1, len(parts) + 1)))
+
+
+# --- station: minute and hour records against a direct computation -------------------
+
+STATION_T0 = 1_795_708_800.0  # 2026-11-26 16:00 UTC = 2026-11-27 00:00 Beijing time
+station_readings = st.lists(
+    st.tuples(
+        st.integers(0, 3 * 3600 - 1),  # within three local hours: gaps are likely
+        st.sampled_from(list(Status)),
+        st.floats(-50, 1000, allow_nan=False).map(lambda v: round(v, 3)),
+    ),
+    max_size=80,
+)
+
+
+def _text(x: float) -> str:
+    out = f"{x:.1f}"
+    return "0.0" if out == "-0.0" else out
+
+
+def _reference(rows: list[tuple[int, Status, float]], period: int) -> dict[str, dict[str, str]]:
+    """Per period start (local DataTime): the a34002 fields HJ 212 asks for."""
+    rank = "NSTCMFBD"  # worst flag wins; N and S are the valid ones
+    out: dict[str, dict[str, str]] = {}
+    for start in sorted({off // period * period for off, _, _ in rows}):
+        mine = [(v, s.hj212_flag) for off, s, v in rows if start <= off < start + period]
+        valid = [v for v, f in mine if f in "NS"]
+        use = valid or [v for v, _ in mine]
+        when = datetime.fromtimestamp(STATION_T0 + start + 8 * 3600, UTC)
+        out[when.strftime("%Y%m%d%H%M%S")] = {
+            "a34002-Min": _text(min(use)),
+            "a34002-Avg": _text(sum(use) / len(use)),
+            "a34002-Max": _text(max(use)),
+            "a34002-Flag": max((f for _, f in mine), key=rank.index),
+        }
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(station_readings, st.randoms(use_true_random=False))
+def test_station_records_equal_a_direct_computation(
+    rows: list[tuple[int, Status, float]], rnd: Random
+) -> None:
+    station = Station(
+        Hj212Settings.model_validate(
+            {"host": "127.0.0.1", "port": 1, "mn": "M", "pw": "p", "grace": 0}
+        )
+    )
+    shuffled = rows[:]
+    rnd.shuffle(shuffled)  # arrival order within open periods does not matter
+    end = STATION_T0 + 3 * 3600
+    for off, status, value in shuffled:
+        t = Telemetry(ts=round((STATION_T0 + off) * 1000), seq=0, values={"pm10": value})
+        station.on_reading("d", t.model_copy(update={"status": status}), end)
+    records = station.close_periods(end)
+    got: dict[tuple[str, str], dict[str, str]] = {}
+    for r in records:
+        [packet] = station.record_packets(r, end)
+        fields = hj212.cp_fields(packet.cp)
+        assert fields.pop("DataTime") == r.data_time
+        got[(r.cn, r.data_time)] = fields
+    want = {("2051", k): v for k, v in _reference(rows, 60).items()}
+    want |= {("2061", k): v for k, v in _reference(rows, 3600).items()}
+    assert got == want
+    # minutes in order, then the hours: the order they are sent in
+    minutes = [r.data_time for r in records if r.cn == "2051"]
+    assert minutes == sorted(minutes)
