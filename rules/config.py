@@ -9,6 +9,11 @@ this engine does not serve).
 
 Actuators may be written as a map keyed ``site/actuator`` or as a list of
 ``{site, id, ...}``; both become :attr:`RulesFile.actuator_list`.
+
+Relative paths (``state_dir``, ``influx.spool_dir``, ``influx.dead_letter_file``)
+are relative to the directory of the rules file, not to the working
+directory of whoever starts the engine (systemd, a shell in another
+directory, ``dustgate replay`` from anywhere all find the same state).
 """
 
 from __future__ import annotations
@@ -100,9 +105,22 @@ Notifier = Annotated[
 ]
 
 
+SHARED_GROUP_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ServiceSettings(StrictModel):
+    """How ``dustgate rules`` runs (rules.yaml ``service:``)."""
+
+    # MQTT 5 shared subscription group: telemetry, state and status are subscribed
+    # as $share/<group>/... so several engines split the sites between them.
+    # The --shared-group command line flag overrides it.
+    shared_group: Annotated[str, Field(pattern=SHARED_GROUP_PATTERN)] | None = None
+
+
 class RulesFile(StrictModel):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     influx: InfluxSettings | None = None
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
     state_dir: Path = Path("./state/rules")
     sites: list[Id] | None = None  # None: serve every site that has rules
     actuators: Actuators = Field(default_factory=dict)
@@ -246,5 +264,24 @@ def check_references(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
 def load_rules_file(
     path: Path | str, text: str | None = None, context: dict[str, Any] | None = None
 ) -> RulesFile:
-    """Read and validate ``rules.yaml``; raise ConfigError with file:line:col issues."""
-    return load(RulesFile, path, ref_checks=[check_references], text=text, context=context)
+    """Read and validate ``rules.yaml``; raise ConfigError with file:line:col issues.
+
+    Relative paths in it are resolved against the directory of ``path``.
+    """
+    rf = load(RulesFile, path, ref_checks=[check_references], text=text, context=context)
+    return resolve_paths(rf, Path(path).parent)
+
+
+def resolve_paths(rf: RulesFile, base: Path) -> RulesFile:
+    """``rf`` with its relative paths made relative to ``base`` (the rules file's directory)."""
+
+    def under(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    rf.state_dir = under(rf.state_dir)
+    if rf.influx is not None:
+        if rf.influx.spool_dir is not None:
+            rf.influx.spool_dir = under(rf.influx.spool_dir)
+        if rf.influx.dead_letter_file is not None:
+            rf.influx.dead_letter_file = under(rf.influx.dead_letter_file)
+    return rf

@@ -173,3 +173,39 @@ notifiers:
         "rules.yaml:2:43: notifiers.ops.extra: unknown key (check the spelling; see the example "
         "config)",
     ]
+
+
+def test_service_shared_group_is_validated_with_its_line() -> None:
+    rf = load_rules_file("rules.yaml", text="service: {shared_group: rules-eu_1}\n")
+    assert rf.service.shared_group == "rules-eu_1"
+    assert load_rules_file("rules.yaml", text="rules: []\n").service.shared_group is None
+    got = issues("service:\n  shared_group: a/b\n")
+    assert len(got) == 1
+    assert got[0].startswith("rules.yaml:2:17: service.shared_group: String should match pattern")
+    assert issues("service: {group: x}\n")[0].startswith("rules.yaml:1:11: service.group: unknown")
+
+
+def test_relative_paths_resolve_against_the_rules_file_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc" / "dustgate"
+    conf.mkdir(parents=True)
+    path = conf / "rules.yaml"
+    path.write_text(
+        "state_dir: state/rules\n"
+        "influx: {url: 'http://127.0.0.1:8086', spool_dir: spool, dead_letter_file: /var/dl.jsonl}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the service is started from another directory
+    rf = load_rules_file(path)
+    assert rf.state_dir == conf / "state" / "rules"
+    assert rf.influx is not None
+    assert rf.influx.spool_dir == conf / "spool"
+    assert rf.influx.dead_letter_file == Path("/var/dl.jsonl")  # absolute: unchanged
+    # the default state_dir too, and a path given relative to the cwd
+    monkeypatch.chdir(tmp_path)
+    rf = load_rules_file(Path("etc/dustgate/rules.yaml"), text="rules: []\n")
+    assert rf.state_dir.resolve() == (conf / "state" / "rules").resolve()
+    absolute = load_rules_file(path, text=f"state_dir: {tmp_path / 'abs'}\n")
+    assert absolute.state_dir == tmp_path / "abs"
