@@ -27,6 +27,8 @@ same engine over history.
 - ``set_override(site, actuator, "on"|"off"|"auto", until, who, now)``: an
   override wins over rules until ``until``. ON leases (and renews) the
   actuator itself; OFF switches it off and blocks rules; ``auto`` hands back.
+- ``release_all(reason)``: OFF for every actuator held on (clean shutdown);
+  they are recorded as off, so after a restart the next renewal leases again.
 - ``snapshot()`` / ``Engine.restore(rules_file, snapshot, now)``: rule states,
   actuator holders, overrides and notifier rate limits survive restarts, and
   timers resume (they are absolute times). Windows are not persisted: after a
@@ -588,6 +590,22 @@ class Engine:
                 out.append(action)
             else:
                 out.append(action)
+        return out
+
+    def release_all(self, reason: str = "engine stopping") -> list[Action]:
+        """OFF for every actuator the engine holds on (a clean shutdown).
+
+        The actuators are recorded as off, but rule states and holders are
+        kept: restored from a snapshot taken after this, a rule that still
+        holds an actuator leases it again at its next renewal, and an ON
+        override re-leases at once.
+        """
+        out: list[Action] = []
+        for (site, act), a in self._actuators.items():
+            if a.on:
+                a.on = False
+                a.last_sent = None
+                out.append(SwitchOff(site, act, reason, None))
         return out
 
     # ----------------------------------------------------------- overrides

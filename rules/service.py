@@ -9,8 +9,9 @@ is the imperative shell around it:
   ``state`` (actuator changes -> ``actuator`` points), ``status`` (gateway
   health -> ``gateway`` points), ``events`` (agent events -> ``rule_event``
   points; *no local*, our own events are written directly) and ``override``
-  (:mod:`rules.override`). ``--shared-group G`` subscribes telemetry, state
-  and status as ``$share/G/...`` to spread sites over several engines.
+  (:mod:`rules.override`). ``service: {shared_group: G}`` in rules.yaml (or
+  ``--shared-group G``, which wins) subscribes telemetry, state, status and
+  events as ``$share/G/...`` to spread sites over several engines.
   Subscriptions dropped from the config are unsubscribed on the next start
   (they are remembered in the state file, the session being persistent).
 - **Actions -> wire**: ``LeaseOn`` -> ``Command(action="on", lease_s, ...)``
@@ -47,15 +48,22 @@ is the imperative shell around it:
   (unchanged rules keep their state), a ``reload`` event; invalid -> every
   ``file:line:col`` error logged, a ``reload_error`` event (warning) and the
   running rules stay. Changes of ``mqtt:``, ``influx:`` or ``state_dir:``
-  need a restart (logged); changed ``sites:`` resubscribe.
+  need a restart (logged); changed ``sites:`` or ``service.shared_group``
+  resubscribe.
 - **Health**: every ``stats_interval`` (10 s) a ``gateway`` point tagged
   ``engine=<name>``: ``messages_per_s``, cumulative ``messages``,
   ``decode_errors``, ``dropped``, ``commands_sent``, ``events_sent``,
   ``publish_failures``, ``notify_*`` and the sink's counters as ``sink_*``;
   a summary log line every minute.
-- **Stop**: SIGTERM/SIGINT -> state saved, notifications given a few seconds,
-  sink flushed (unsent points go to its disk spool). No OFF is sent: the
-  restarted engine resumes, and a dead one lets the leases run out.
+- **Stop**: SIGTERM/SIGINT -> timers stop, then an explicit OFF (reason
+  ``engine stopping``) for every actuator the engine holds on, sent while the
+  session is still up (the leases would run out on the agent anyway, but the
+  cannons should stop now); the engine records those actuators as off, so the
+  restarted engine switches them on again with its next renewal (within
+  ``lease_s / 3``) if a rule still holds them -- rule timers resume as saved.
+  Then state saved, notifications given a few seconds, sink flushed (unsent
+  points go to its disk spool). A killed engine sends nothing: its leases run
+  out.
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.configfile import ConfigError
 from gateway.mqttclient import make_client
-from rules.config import RulesFile, load_rules_file
+from rules.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
 from rules.engine import (
     PARTICULATES,
     Action,
@@ -120,6 +128,7 @@ STATE_FILE = "engine-state.json"
 STATE_VERSION = 1
 PUBLISH_TIMEOUT_S = 10.0
 OFF_EXPIRY_S = 60  # an OFF that could not be delivered within a minute is moot
+RELEASE_TIMEOUT_S = 3.0  # stopping: how long the OFFs for held actuators may take
 EVENT_EXPIRY_S = 3600
 WARN_EVERY_S = 60.0  # bad-input warnings: at most one per kind per minute
 SUMMARY_EVERY_S = 60.0
@@ -343,6 +352,7 @@ class RulesService:
         self._client: aiomqtt.Client | None = None
         self._publishing: set[asyncio.Task[None]] = set()
         self._reconnect = asyncio.Event()
+        self._release = asyncio.Event()  # stopping: switch off what we hold, then disconnect
         self._rate = _Rate(time.monotonic())
         self._last_summary = time.monotonic()
         self.connected = asyncio.Event()  # set while the broker session is up
@@ -435,10 +445,18 @@ class RulesService:
 
     # -------------------------------------------------------- subscriptions
 
+    @property
+    def shared_group(self) -> str | None:
+        """The shared subscription group: ``--shared-group``, else rules.yaml ``service:``."""
+        if self.options.shared_group is not None:
+            return self.options.shared_group
+        return self.rules_file.service.shared_group
+
     def subscriptions(self) -> list[str]:
         sites = sorted(self.rules_file.sites) if self.rules_file.sites is not None else ["+"]
         out = []
-        share = f"$share/{self.options.shared_group}/" if self.options.shared_group else ""
+        group = self.shared_group
+        share = f"$share/{group}/" if group else ""
         for s in sites:
             out.append(share + p.subscription("telemetry", s))
             out.append(share + p.subscription("state", s))
@@ -727,6 +745,7 @@ class RulesService:
     def reload_text(self, text: str, now: float) -> list[Publish]:
         """Validate ``text`` as the new rules file; swap it in or report why not."""
         old = self.rules_file
+        old_subscriptions = self.subscriptions()
         sites = sorted(self._served)
         try:
             new = load_rules_file(self.rules_path, text=text)
@@ -772,8 +791,8 @@ class RulesService:
                 log.warning(
                     "%s: changed in %s; restart the service to apply", what, self.rules_path
                 )
-        if old.sites != new.sites:
-            self._reconnect.set()  # new subscriptions
+        if self.subscriptions() != old_subscriptions:
+            self._reconnect.set()  # sites or shared group changed: resubscribe
         parts = [f"{len(new_d)} rules, {kept} unchanged (state kept)"]
         for label, ids in (("added", added), ("changed", changed), ("removed", removed)):
             if ids:
@@ -944,15 +963,19 @@ class RulesService:
                     self._reconnect.clear()
                     receiver = asyncio.create_task(self._receive(client))
                     waiter = asyncio.create_task(self._reconnect.wait())
+                    release = asyncio.create_task(self._release.wait())
                     try:
                         done, _ = await asyncio.wait(
-                            {receiver, waiter}, return_when=asyncio.FIRST_COMPLETED
+                            {receiver, waiter, release}, return_when=asyncio.FIRST_COMPLETED
                         )
                     finally:
-                        await cancel_and_wait([receiver, waiter])
+                        await cancel_and_wait([receiver, waiter, release])
+                    if release in done:
+                        await self._switch_off_held(client)
+                        return
                     if receiver in done and receiver.exception() is not None:
                         raise receiver.exception()  # type: ignore[misc]
-                    log.info("resubscribing (sites changed)")
+                    log.info("resubscribing (sites or shared group changed)")
             except aiomqtt.MqttError as exc:
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
@@ -971,6 +994,19 @@ class RulesService:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
+
+    async def _switch_off_held(self, client: aiomqtt.Client) -> None:
+        """Stopping, still connected (nothing else runs any more): OFF for every
+        actuator the engine holds on, each awaited up to RELEASE_TIMEOUT_S."""
+        pubs = self.apply(self.engine.release_all("engine stopping"), time.time())
+        if not pubs:
+            return
+        log.info("stopping: switching off %d actuator(s) the engine holds", len(pubs))
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                await asyncio.gather(*(self._publish(client, pub) for pub in pubs))
+        except TimeoutError:
+            log.warning("stopping: OFF commands not confirmed within %gs", RELEASE_TIMEOUT_S)
 
     async def _every(self, interval: float, what: str, fn: Any) -> None:
         while True:
@@ -1036,9 +1072,14 @@ class RulesService:
             await stop.wait()
         finally:
             log.info("stopping: saving state, flushing")
-            await cancel_and_wait(tasks)
+            connection, timers = tasks[0], tasks[1:]
+            # no tick may lease anything between the OFFs and the end of the session
+            await cancel_and_wait(timers)
             if self._publishing:
                 await asyncio.wait(list(self._publishing), timeout=2.0)
+            self._release.set()  # the connection sends the OFFs and ends (or is not up)
+            await asyncio.wait([connection], timeout=RELEASE_TIMEOUT_S + 2.0)
+            await cancel_and_wait([connection])
             try:
                 self.save_state(time.time())
             except OSError as exc:
@@ -1062,7 +1103,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--shared-group",
         default=None,
-        help="subscribe via $share/GROUP/... to spread sites over several engines",
+        help="subscribe via $share/GROUP/... to spread sites over several engines "
+        "(overrides service.shared_group in the rules file)",
     )
     ap.add_argument(
         "--tick", type=float, default=1.0, help="seconds between timer ticks (0.05-1, default 1)"
@@ -1104,9 +1146,7 @@ def main(argv: list[str]) -> int:
     if not 0.05 <= args.tick <= 1.0:
         print("dustgate rules: --tick must be between 0.05 and 1 second", file=sys.stderr)
         return 2
-    if args.shared_group is not None and not re.fullmatch(
-        r"[A-Za-z0-9_-]{1,64}", args.shared_group
-    ):
+    if args.shared_group is not None and not re.fullmatch(SHARED_GROUP_PATTERN, args.shared_group):
         print("dustgate rules: --shared-group must be [A-Za-z0-9_-]{1,64}", file=sys.stderr)
         return 2
     try:

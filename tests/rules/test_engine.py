@@ -333,3 +333,26 @@ def test_background_site_is_accepted_even_if_not_listed_in_sites() -> None:
     feed(eng, 1000.0, device="other-station", site="elsewhere", pm10=100.0)
     assert eng.counters["other_site"] == 1
     assert eng.counters["readings"] == 1
+
+
+def test_release_all_switches_off_what_is_held_and_restart_leases_again() -> None:
+    rf = rules_file(BASE)
+    eng = Engine(rf)
+    t = start_pm10(eng)
+    eng.set_override("site-01", "cannon-2", "on", None, "bob", t)
+    released = eng.release_all("engine stopping")
+    assert sorted((o.actuator, o.reason, o.rule) for o in offs(released)) == [
+        ("cannon-1", "engine stopping", None),
+        ("cannon-2", "engine stopping", None),
+    ]
+    assert not eng.actuator_on("site-01", "cannon-1")
+    assert eng.release_all() == []  # nothing held any more
+    # the rule stays active (its timers resume after a restart) ...
+    snap = json.loads(json.dumps(eng.snapshot()))
+    eng2 = Engine.restore(rf, snap, now=t + 2)
+    assert eng2.state("pm10", "site-01").phase == "active"
+    # ... the ON override leases again at once, the rule at its next renewal
+    assert [a.actuator for a in leases(eng2.tick(t + 2))] == ["cannon-2"]
+    assert leases(feed(eng2, t + 3, pm10=200.0)) == []
+    assert [a.actuator for a in leases(feed(eng2, t + 10, pm10=200.0))] == ["cannon-1"]
+    assert eng2.actuator_on("site-01", "cannon-1")

@@ -488,3 +488,32 @@ def test_coalesced_readings_are_decided_by_the_next_evaluation(tmp_path: Path) -
     assert len(sink.points("telemetry")) == 1
     # ... and the evaluation after it decides on everything stored
     assert [c.action for c in commands(svc.on_tick(T0 + 0.01))] == ["on"]
+
+
+def test_shared_group_from_the_rules_file_and_the_flag_wins(tmp_path: Path) -> None:
+    path = write_rules(tmp_path)
+    path.write_text("service: {shared_group: from-file}\n" + path.read_text())
+    svc, _ = make_service(tmp_path)
+    assert svc.shared_group == "from-file"
+    assert "$share/from-file/dustgate/v1/site-01/+/telemetry" in svc.subscriptions()
+    svc.options.shared_group = "from-flag"  # what --shared-group sets
+    assert "$share/from-flag/dustgate/v1/site-01/+/telemetry" in svc.subscriptions()
+    assert not any("from-file" in s for s in svc.subscriptions())
+
+
+def test_reload_with_another_shared_group_resubscribes(tmp_path: Path) -> None:
+    svc, _ = make_service(tmp_path)
+    text = (tmp_path / "rules.yaml").read_text()
+    svc.reload_text(text.replace("pm10-gate", "pm10-gate2"), T0)
+    assert not svc._reconnect.is_set()  # same subscriptions: nothing to do
+    svc.reload_text("service: {shared_group: rules}\n" + text, T0 + 1)
+    assert svc._reconnect.is_set()
+    assert svc.subscriptions()[0] == "$share/rules/dustgate/v1/site-01/+/telemetry"
+
+
+def test_cli_refuses_a_bad_shared_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rules.service import main
+
+    path = write_rules(tmp_path)
+    assert main(["--config", str(path), "--shared-group", "a/b"]) == 2
+    assert "--shared-group must be" in capsys.readouterr().err

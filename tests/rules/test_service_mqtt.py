@@ -466,3 +466,55 @@ async def test_reconnects_after_broker_restart(tmp_path: Path, mosquitto: Mosqui
         async with bus(mosquitto.port) as b:
             b.pm10 = 220.0
             await until(lambda: "on" in b.actions(), what="lease after the reconnect")
+
+
+async def test_sigterm_switches_off_held_actuators_before_exit(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    path = write_config(tmp_path / "rules.yaml", rules_config(tmp_path, mosquitto.port))
+    log_path = tmp_path / "engine.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "rules", "--config", str(path),
+             "--client-id", "engine-term"],
+            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        async with bus(mosquitto.port) as b:
+            await until(lambda: "subscribed to" in log_path.read_text(), 20, "engine up")
+            b.pm10 = 220.0
+            await until(lambda: "on" in b.actions(), what="lease")
+            assert "off" not in b.actions()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 20) == 0
+            # the OFF was sent before the session ended: it is already at (or on its
+            # way to) the bus, no lease has to run out
+            await until(lambda: "off" in b.actions(), timeout=2, what="off on SIGTERM")
+        (off,) = [c for _, c in b.commands() if c.action == "off"]
+        assert off.reason == "engine stopping" and off.source == "rule"
+        assert b.actions()[-1] == "off"  # nothing leased after it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert "switching off 1 actuator" in log_path.read_text()
+    saved = json.loads((tmp_path / "state" / STATE_FILE).read_text())
+    # the rule stays active (a restart resumes it), the actuator is recorded as off
+    assert saved["engine"]["rules"]["pm10-gate@site-01"]["state"]["phase"] == "active"
+    assert saved["engine"]["actuators"]["site-01/cannon-1"]["on"] is False
+
+
+async def test_restart_after_a_clean_stop_leases_again(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    path = write_config(tmp_path / "rules.yaml", rules_config(tmp_path, mosquitto.port))
+    async with bus(mosquitto.port) as b:
+        b.pm10 = 220.0
+        async with engine(path):
+            await until(lambda: "on" in b.actions(), what="lease")
+        await until(lambda: b.actions()[-1:] == ["off"], timeout=2, what="off on stop")
+        n = len(b.actions())
+        async with engine(path) as svc:
+            assert svc.engine.state("pm10-gate", SITE).phase == "active"
+            await until(lambda: "on" in b.actions()[n:], what="lease after the restart")
