@@ -289,6 +289,7 @@ class Agent:
             refused_commands=self.counters["commands_refused"]
             + sum(a.refused for a in self.actuators.values()),
             devices=devices,
+            uplinks={u.name: _uplink_health(u) for u in self.uplinks},
         )
 
     def publish_status(self) -> None:
@@ -432,3 +433,16 @@ def main(argv: list[str]) -> int:
 
     asyncio.run(runner())
     return 0
+
+
+def _uplink_health(uplink: Hj212Uplink) -> p.UplinkHealth:
+    s = uplink.stats()
+    skew = s["platform_skew"]
+    return p.UplinkHealth(
+        connected=bool(s["connected"]),
+        backlog=int(s["backlog"] or 0),
+        evicted=int(s["evicted"] or 0),
+        records_sent=int(s["records_sent"] or 0),
+        link_timeouts=int(s["link_timeouts"] or 0),
+        platform_skew_s=None if skew is None else float(skew),
+    )

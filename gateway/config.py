@@ -80,7 +80,7 @@ class Quality(StrictModel):
     stuck_after: Duration = 0.0
     stuck_metrics: list[str] | None = None  # default: all metrics of the device
     # operator-set state for the whole device (HJ 212 M / C flags)
-    mode: Literal["normal", "maintenance", "calibrating"] = "normal"
+    mode: Literal["normal", "maintenance", "calibrating", "stopped"] = "normal"
 
 
 class _DeviceBase(StrictModel):
@@ -258,9 +258,11 @@ def load_site_config(
 
 
 def device_status_mode(dev: _DeviceBase) -> Status | None:
-    return {"maintenance": Status.MAINTENANCE, "calibrating": Status.CALIBRATING}.get(
-        dev.quality.mode
-    )
+    return {
+        "maintenance": Status.MAINTENANCE,
+        "calibrating": Status.CALIBRATING,
+        "stopped": Status.STOPPED,
+    }.get(dev.quality.mode)
 
 
 __all__ = ["ConfigError", "SiteConfig", "load_site_config"]

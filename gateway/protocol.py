@@ -62,6 +62,7 @@ class Status(StrEnum):
     OVER_RANGE = "over_range"
     CALIBRATING = "calibrating"
     MAINTENANCE = "maintenance"
+    STOPPED = "stopped"  # the device or the site is not operating (an operator says so)
 
     @property
     def hj212_flag(self) -> str:
@@ -75,7 +76,9 @@ _HJ212_FLAGS = {
     Status.OVER_RANGE: "T",
     Status.CALIBRATING: "C",
     Status.MAINTENANCE: "M",
+    Status.STOPPED: "F",
 }
+"""HJ 212 data flags. ``S`` (manually entered data) has no source in dustgate."""
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 MetricName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
@@ -111,6 +114,17 @@ class DeviceHealth(_Payload):
     poll_interval_s: float | None = None
 
 
+class UplinkHealth(_Payload):
+    """One upward platform connection (HJ 212) as the gateway sees it."""
+
+    connected: bool
+    backlog: int = 0  # records waiting for the platform
+    evicted: int = 0  # records dropped from a full backlog
+    records_sent: int = 0
+    link_timeouts: int = 0
+    platform_skew_s: float | None = None  # platform clock minus ours, when it told us
+
+
 class GatewayStatus(_Payload):
     state: Literal["online", "offline"]
     ts: TimestampMs
@@ -121,6 +135,7 @@ class GatewayStatus(_Payload):
     poll_errors: int = 0
     refused_commands: int = 0
     devices: dict[Id, DeviceHealth] = Field(default_factory=dict)
+    uplinks: dict[Annotated[str, Field(max_length=300)], UplinkHealth] = Field(default_factory=dict)
 
 
 class Command(_Payload):

@@ -18,6 +18,7 @@ _SEVERITY = {
     Status.OVER_RANGE: 1,
     Status.CALIBRATING: 2,
     Status.MAINTENANCE: 2,
+    Status.STOPPED: 2,
     Status.FAULT: 3,
     Status.COMM_ERROR: 4,
 }

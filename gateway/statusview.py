@@ -115,6 +115,12 @@ def render(view: View, now: float) -> str:
                 f"poll errors {gw.poll_errors}  refused commands {gw.refused_commands}  "
                 f"(status {_age(now, gw.ts)} old)"
             )
+            for name, up in sorted(gw.uplinks.items()):
+                skew = "" if up.platform_skew_s is None else f"  clock {up.platform_skew_s:+.0f}s"
+                lines.append(
+                    f"    uplink {name}: {'connected' if up.connected else 'DOWN'}  "
+                    f"backlog {up.backlog}  sent {up.records_sent}  evicted {up.evicted}{skew}"
+                )
         health: dict[str, p.DeviceHealth] = {}
         for gw in site.gateways.values():
             health.update(gw.devices)

@@ -195,3 +195,21 @@ def test_a_manual_command_expires_if_the_agent_is_away(rig: Rig) -> None:
     rig.watcher.ack_for(ACT, "marker")
     assert [a for a in rig.watcher.acks(ACT) if a["cmd_id"] == cmd_id] == []
     assert not rig.servers.coil(0)
+
+
+def test_render_shows_each_platform_link() -> None:
+    view = View()
+    status = p.GatewayStatus(
+        state="online",
+        ts=1_000_000,
+        uplinks={
+            "city": p.UplinkHealth(connected=False, backlog=37, records_sent=12),
+            "district": p.UplinkHealth(connected=True, records_sent=49, platform_skew_s=-95.2),
+        },
+    )
+    view.feed(p.status_topic("s1", "gw"), p.encode(status))
+    lines = render(view, now=1_001.0).splitlines()
+    city = next(line for line in lines if "uplink city" in line)
+    district = next(line for line in lines if "uplink district" in line)
+    assert "DOWN" in city and "backlog 37" in city and "sent 12" in city
+    assert "connected" in district and "clock -95s" in district

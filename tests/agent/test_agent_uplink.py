@@ -1,4 +1,4 @@
-"""The agent reports upward: readings from the bus reach an HJ 212 platform."""
+"""The agent reports upward: readings from the bus reach two HJ 212 platforms."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from gateway.localservices import Mosquitto
 from tests.agent.agent_harness import (
     AgentProcess,
+    Watcher,
     pm_devices,
     start_servers,
     wait_until,
@@ -19,44 +20,67 @@ from tests.agent.hj212_platform import PlatformSim
 pytestmark = pytest.mark.integration
 
 
-def test_agent_uploads_realtime_pm10_to_the_platform(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def test_agent_uploads_realtime_pm10_to_two_platforms(tmp_path: Path, mosquitto: Mosquitto) -> None:
     servers = start_servers(pm_tcp_units=2)
-    platform = PlatformSim()
-    servers.sim.run(platform.start())
+    city = PlatformSim(mn="MN0001")
+    district = PlatformSim(mn="MN0002", pw="222222")
+    servers.sim.run(city.start())
+    servers.sim.run(district.start())
 
-    def realtime_pm10() -> list[dict[str, str]]:
-        return [r.values() for r in platform.uploads("2011") if "a34002-Rtd" in r.values()]
+    def realtime_pm10(platform: PlatformSim) -> list[dict[str, str]]:
+        got = [r.values() for r in platform.uploads("2011") if "a34002-Rtd" in r.values()]
+        return got
 
-    uplink = {
-        "type": "hj212",
-        "host": "127.0.0.1",
-        "port": platform.port,
-        "mn": "MN0001",
-        "pw": "123456",
-        "realtime_interval": "1s",
-        "devices": ["pm-1"],
-    }
+    def uplink(name: str, platform: PlatformSim, device: str) -> dict[str, object]:
+        return {
+            "type": "hj212",
+            "name": name,
+            "host": "127.0.0.1",
+            "port": platform.port,
+            "mn": platform.mn,
+            "pw": platform.pw,
+            "realtime_interval": "1s",
+            "devices": [device],
+        }
+
+    devices = pm_devices("tcp-1", 2, interval=0.5)
+    devices[1]["quality"] = {"mode": "stopped"}  # pm-2's site section is shut: flag F
     config = write_site(
         tmp_path / "site.yaml",
         mosquitto.port,
         servers,
-        devices=pm_devices("tcp-1", 2, interval=0.5),
-        uplinks=[uplink],
+        devices=devices,
+        uplinks=[uplink("city", city, "pm-1"), uplink("district", district, "pm-2")],
     )
+    watcher = Watcher(mosquitto.port).start()
     agent = AgentProcess(config).start()
     try:
         try:
-            realtime = wait_until(realtime_pm10, 20, "a real-time HJ 212 packet with PM10")
+            first = wait_until(lambda: realtime_pm10(city), 20, "real-time PM10 at the city")
+            second = wait_until(
+                lambda: realtime_pm10(district), 20, "real-time PM10 at the district"
+            )
         except AssertionError:
-            raise AssertionError(f"{platform.received[-3:]}\n{agent.log()[-3000:]}") from None
-        last = realtime[-1]
+            raise AssertionError(f"{city.received[-3:]}\n{agent.log()[-3000:]}") from None
         # generic-pm unit 1 serves pm10 from its counter (>= 10): a real value, flag N
-        assert float(last["a34002-Rtd"]) >= 10
-        assert last["a34002-Flag"] == "N"
-        header = platform.uploads("2011")[-1].header
+        assert float(first[-1]["a34002-Rtd"]) >= 10
+        assert first[-1]["a34002-Flag"] == "N"
+        assert second[-1]["a34002-Flag"] == "F"
+        header = city.uploads("2011")[-1].header
         assert header["ST"] == "39" and header["MN"] == "MN0001"
-        assert platform.problems == []
+        assert district.uploads("2011")[-1].header["MN"] == "MN0002"
+        # the gateway's retained status shows both platform links
+        status = wait_until(
+            lambda: (s := watcher.status()) and len(s.get("uplinks", {})) == 2 and s,
+            10,
+            "both uplinks in the gateway status",
+        )
+        assert status["uplinks"]["city"]["connected"] is True
+        assert status["uplinks"]["district"]["connected"] is True
+        assert city.problems == [] and district.problems == []
     finally:
         agent.stop()
-        servers.sim.run(platform.stop())
+        watcher.stop()
+        servers.sim.run(city.stop())
+        servers.sim.run(district.stop())
         servers.stop()
