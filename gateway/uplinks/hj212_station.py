@@ -261,7 +261,22 @@ class Station:
         )
 
     def handle_request(self, req: Packet, now: float) -> list[Packet]:
-        """Answer a platform request (and apply it); the packets to send back."""
+        """Answer a platform request (and apply it); the packets to send back.
+
+        A request whose Flag has no A bit (no reply wanted) gets no 9011 "ready"
+        and no 9013: only the data it asked for and the 9012 result. A refusal
+        is always sent: a command dropped in silence helps nobody.
+        """
+        replies = self._handle(req, now)
+        if req.flag is None or req.wants_reply:
+            return replies
+        return [
+            r
+            for r in replies
+            if not (r.cn == hj212.CN_NOTICE_REPLY or (r.cn == hj212.CN_QN_REPLY and r.cp == _READY))
+        ]
+
+    def _handle(self, req: Packet, now: float) -> list[Packet]:
         ours = self.settings.st
 
         def answer(cn: str, cp: str, st: str = hj212.ST_SYSTEM) -> Packet:
@@ -383,6 +398,7 @@ class Station:
         )
 
 
+_READY = f"QnRtn={hj212.QN_READY}"
 _REPLY_CNS = frozenset(
     (hj212.CN_QN_REPLY, hj212.CN_EXE_REPLY, hj212.CN_NOTICE_REPLY, hj212.CN_DATA_REPLY)
 )

@@ -331,3 +331,15 @@ def test_heartbeat_packet_when_configured() -> None:
     st = Station(settings(heartbeat={"interval": "60s", "cn": "9015"}))
     p = st.heartbeat_packet(T0)
     assert p is not None and (p.cn, p.st, p.cp, p.flag) == ("9015", "91", "", 4)
+
+
+def test_a_request_without_the_a_bit_gets_no_acknowledgement() -> None:
+    st = Station(settings())
+    got = [(p.cn, p.cp) for p in st.handle_request(request("1011", flag=4), T0)]
+    assert got == [("1011", "SystemTime=20261127100010"), ("9012", "ExeRtn=1")]
+    assert st.handle_request(request("2012", flag=4), T0) == []
+    assert not st.runtime.realtime_on
+    refused = st.handle_request(request("1011", flag=4, pw="x"), T0)
+    assert [(p.cn, p.cp) for p in refused] == [("9011", "QnRtn=3")]
+    # legacy packets without Flag get every answer
+    assert len(st.handle_request(request("1011", flag=None), T0)) == 3

@@ -208,3 +208,16 @@ def test_uplink_devices_must_exist(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     rc, err = _check(tmp_path, text.replace(", ghost", ""), capsys)
     assert rc == 0, err
+
+
+def test_two_uplinks_may_not_share_a_backlog(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = '  - {type: hj212, host: 127.0.0.1, port: 8212, mn: "1", pw: x}\n'
+    rc, err = _check(tmp_path, GOOD_SITE + "uplinks:\n" + entry + entry, capsys)
+    assert rc == 1 and "uplinks[1].host: uplink '127.0.0.1:8212' repeats uplinks[0]" in err
+    named = entry.replace("{type", "{name: city, type")
+    rc, err = _check(tmp_path, GOOD_SITE + "uplinks:\n" + named + entry, capsys)
+    assert rc == 0, err  # the same platform twice, one of them named: two backlogs
+    rc, err = _check(tmp_path, GOOD_SITE + "uplinks:\n" + named + named, capsys)
+    assert rc == 1 and "uplinks[1].name: uplink 'city' repeats uplinks[0]" in err
