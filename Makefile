@@ -11,7 +11,7 @@ STAMP := $(VENV)/.dustgate-installed
 DEBS := mosquitto influxdb shellcheck
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv test lint typecheck demo bench clean check-examples
+.PHONY: all deps venv test lint typecheck demo bench soak clean check-examples
 
 all: test
 
@@ -49,6 +49,10 @@ demo: deps venv
 
 bench: deps venv
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# real-time scenarios too slow for CI (each says what it runs and its fake-clock twin in CI)
+soak: deps venv
+	@for s in tests/soak/soak_*.py; do echo "== $$s"; $(PY) $$s || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis demo-data *.egg-info

@@ -53,6 +53,10 @@ _MBAP = struct.Struct(">HHHB")
 
 
 def _crc_table() -> tuple[int, ...]:
+    """The 8 shift rounds of the reflected 0xA001 polynomial for each byte value.
+
+    HJ 212's CRC (gateway.uplinks.hj212) uses the same rounds, fed differently.
+    """
     table = []
     for byte in range(256):
         crc = byte
@@ -62,13 +66,13 @@ def _crc_table() -> tuple[int, ...]:
     return tuple(table)
 
 
-_CRC_TABLE = _crc_table()
+CRC_A001_TABLE = _crc_table()
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/MODBUS of ``data`` (sent low byte first)."""
     crc = 0xFFFF
-    table = _CRC_TABLE
+    table = CRC_A001_TABLE
     for byte in data:
         crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
     return crc

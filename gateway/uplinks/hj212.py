@@ -49,6 +49,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from drivers.modbus_pdu import CRC_A001_TABLE
+
 # ------------------------------------------------------------------ constants
 
 HEADER = b"##"
@@ -131,28 +133,12 @@ class CrcMismatch(Hj212Error):
 # ------------------------------------------------------------------ CRC
 
 
-def _table() -> tuple[int, ...]:
-    # After ``crc = (crc >> 8) ^ byte`` the register is < 256, so the 8 shift
-    # rounds depend only on that value: precompute them.
-    out = []
-    for x in range(256):
-        crc = x
-        for _ in range(8):
-            lsb = crc & 1
-            crc >>= 1
-            if lsb:
-                crc ^= 0xA001
-        out.append(crc)
-    return tuple(out)
-
-
-_CRC_TABLE = _table()
-
-
 def crc16(data: bytes | bytearray | memoryview) -> int:
     """The HJ 212 CRC of ``data`` (see the module docstring)."""
     crc = 0xFFFF
-    table = _CRC_TABLE
+    # after ``crc = (crc >> 8) ^ byte`` the register is < 256, so the 8 shift
+    # rounds are a table lookup: the same table as the Modbus CRC's
+    table = CRC_A001_TABLE
     for byte in bytes(data):
         crc = table[(crc >> 8) ^ byte]
     return crc
