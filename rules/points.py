@@ -118,6 +118,10 @@ def gateway_line(site: str, gateway: str, status: GatewayStatus) -> str:
         "devices": len(status.devices),
         "devices_offline": offline,
         "uptime": float(status.uptime_s),
+        # environmental-platform (HJ 212) links: down ones, records waiting for them
+        "uplinks": len(status.uplinks),
+        "uplinks_down": sum(1 for u in status.uplinks.values() if not u.connected),
+        "uplink_backlog": sum(u.backlog for u in status.uplinks.values()),
     }
     line = encode_line(GATEWAY, {"site": site, "gateway": gateway}, fields, status.ts)
     assert line is not None

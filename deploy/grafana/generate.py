@@ -555,6 +555,24 @@ def gateway_dashboard() -> dict[str, Any]:
                 ),
             ],
         ),
+        panel(
+            10,
+            "HJ 212 platform links: down / records waiting",
+            "timeseries",
+            (0, 28, 24, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT last("uplinks_down") {gw} fill(previous)',
+                    "links down $tag_gateway",
+                ),
+                target(
+                    "B",
+                    f'SELECT last("uplink_backlog") {gw} fill(previous)',
+                    "records waiting $tag_gateway",
+                ),
+            ],
+        ),
     ]
     return dashboard(
         "dustgate-gateway",

@@ -18,7 +18,14 @@ import pytest
 import yaml
 
 from gateway.localservices import Influxd
-from gateway.protocol import ActuatorState, DeviceHealth, Event, GatewayStatus, Telemetry
+from gateway.protocol import (
+    ActuatorState,
+    DeviceHealth,
+    Event,
+    GatewayStatus,
+    Telemetry,
+    UplinkHealth,
+)
 from rules import points, report
 from rules.report import DISTRICT_COLUMNS, DISTRICT_QUERIES, expand_macros
 from rules.settings import InfluxSettings
@@ -138,6 +145,10 @@ async def load(url: str, state: Path) -> None:
                         devices={
                             "gate": DeviceHealth(state="online"),
                             "north": DeviceHealth(state="offline"),
+                        },
+                        uplinks={
+                            "city": UplinkHealth(connected=k < 30, backlog=max(0, k - 20)),
+                            "district": UplinkHealth(connected=True, backlog=1),
                         },
                     ),
                 )
@@ -317,6 +328,15 @@ def test_gateway_panels_exact_values(loaded_influxd: Influxd):
     assert _at(errors, "gateway", "gw1", START_MS + 10 * MIN) == 1  # counter went 0 -> 1
     rate = run(loaded_influxd, expand(q["gateway.json Rule engine: messages/s A"]))
     assert _at(rate, "engine", "eng-1", START_MS) == 3.0
+    down = run(
+        loaded_influxd, expand(q["gateway.json HJ 212 platform links: down / records waiting A"])
+    )
+    waiting = run(
+        loaded_influxd, expand(q["gateway.json HJ 212 platform links: down / records waiting B"])
+    )
+    assert _at(down, "gateway", "gw1", START_MS + 20 * MIN) == 0
+    assert _at(down, "gateway", "gw1", START_MS + 30 * MIN) == 1  # the city link dropped
+    assert _at(waiting, "gateway", "gw1", START_MS + 30 * MIN) == 11  # 10 + 1
 
 
 def expected_district() -> dict[str, dict[str, float]]:
