@@ -17,6 +17,8 @@
         devices: [dust1, weather]   # default: every device
         factors: {noise: NOIS}      # override / add codes; null drops a metric
         heartbeat: {interval: 60s, cn: "9015"}   # only if the platform wants one
+        reply: true                 # Flag A: wait for 9014 (what makes backfill exact)
+        realtime_reply: false       # for platforms that acknowledge records only
 
 A dialect bundles what differs between platforms: the Flag version bits and
 the factor names. ``hj212-2017`` is the 2017 standard (version bits 000001,
@@ -96,6 +98,8 @@ class Hj212Settings(StrictModel):
     decimals: Annotated[int, Field(ge=0, le=6)] = 1
     devices: list[Id] | None = None
     reply: bool = True
+    # real-time data may go without Flag A where a platform acknowledges only records
+    realtime_reply: bool | None = None  # default: as ``reply``
     reply_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     retries: Annotated[int, Field(ge=0, le=10)] = 3
     utc_offset_h: Annotated[float, Field(ge=-12, le=14)] = 8.0  # platforms run on Beijing time

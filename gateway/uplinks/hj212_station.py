@@ -192,7 +192,10 @@ class Station:
         groups = hj212.realtime_groups(
             hj212.data_time(now, self._offset), samples, self.settings.decimals
         )
-        template = self._template(hj212.CN_REALTIME, now, reply=self.settings.reply)
+        reply = self.settings.realtime_reply
+        template = self._template(
+            hj212.CN_REALTIME, now, reply=self.settings.reply if reply is None else reply
+        )
         return hj212.split_upload(template, groups)
 
     def close_periods(self, now: float) -> list[Record]:

@@ -343,3 +343,12 @@ def test_a_request_without_the_a_bit_gets_no_acknowledgement() -> None:
     assert [(p.cn, p.cp) for p in refused] == [("9011", "QnRtn=3")]
     # legacy packets without Flag get every answer
     assert len(st.handle_request(request("1011", flag=None), T0)) == 3
+
+
+def test_realtime_may_go_without_the_a_bit_while_records_keep_it() -> None:
+    st = Station(settings(realtime_reply=False))
+    st.on_reading("d", reading(T0, {"pm10": 1.0}), LATER)
+    realtime = st.realtime_packets(T0)
+    assert realtime is not None and realtime[0].flag == 4
+    [record] = st.close_periods(T0 + 3600)[:1]
+    assert st.record_packets(record, T0 + 3600)[0].flag == 5
