@@ -55,6 +55,8 @@ from gateway.protocol import Event, Telemetry, now_ms
 from rules.config import RulesFile
 from rules.evaluator import (
     IDLE,
+    RENEW,
+    STEADY,
     Action,
     EmitEvent,
     LeaseOn,
@@ -64,7 +66,8 @@ from rules.evaluator import (
     SwitchOff,
     needs_interlocks,
     quiet,
-    steady_unquiet,
+    renewal,
+    steady_code,
     transition,
 )
 from rules.model import Rule
@@ -81,6 +84,9 @@ __all__ = [
 ]
 
 PARTICULATES = frozenset({"pm1", "pm25", "pm10", "tsp"})
+# The tick's inlined quiet() test and the renewal shortcut; tests turn them off to
+# compare with every rule going through the full state machine every second.
+FAST_PATHS = True
 SNAPSHOT_VERSION = 1
 OverrideMode = Literal["on", "off", "auto"]
 InstanceKey = tuple[str, str]  # (rule id, site)
@@ -135,6 +141,7 @@ class _Source:
         "memo_gen",
         "memo_now",
         "memo_value",
+        "read",
         "ref",
         "shared",
     )
@@ -146,10 +153,16 @@ class _Source:
         self.combine = ref.combine
         self.is_above = ref.is_above
         self.shared = False  # read by several rules: memoised per (now, data generation)
+        self.read: Reader = self._combined  # compute, or memoised compute if shared (compile)
         self.memo_now: float | None = None
         self.memo_gen = -1
         self.memo_value: float | None = None
-        self.compute: Reader = _single(*items[0]) if len(items) == 1 else self._combined
+        if len(items) == 1:
+            self.compute: Reader = _single(*items[0])
+        elif self.combine == "any":
+            self.compute = _any(items, self.is_above)
+        else:
+            self.compute = self._combined
 
     def _combined(self, now: float) -> float | None:
         known: list[float] = []
@@ -171,6 +184,39 @@ class _Source:
         if self.combine == "all":
             return min(known) if self.is_above else max(known)
         return math.fsum(known) / len(known)
+
+
+def _any(items: list[tuple[Series, Reader, DeviceTrack]], is_above: bool) -> Reader:
+    """``combine: any``: the worst known value (max for ``above``, min for ``below``),
+    None if none is known. :meth:`_Source._combined` without the list: the same
+    reads in the same order and the same comparisons as ``max()``/``min()``."""
+    if is_above:
+
+        def worst_above(now: float) -> float | None:
+            best: float | None = None
+            for series, read, track in items:
+                ok_ts = series.last_ok_ts
+                if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
+                    continue
+                v = read(now)
+                if v is not None and (best is None or v > best):
+                    best = v
+            return best
+
+        return worst_above
+
+    def worst_below(now: float) -> float | None:
+        best: float | None = None
+        for series, read, track in items:
+            ok_ts = series.last_ok_ts
+            if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
+                continue
+            v = read(now)
+            if v is not None and (best is None or v < best):
+                best = v
+        return best
+
+    return worst_below
 
 
 def _single(series: Series, read: Reader, track: DeviceTrack) -> Reader:
@@ -292,7 +338,7 @@ class Engine:
             for length, kinds in lengths.items():
                 series.window(length, kinds)
             _, metrics = by_device.setdefault((site, dev), (self._tracks[(site, dev)], []))
-            metrics.append((metric, series, [w.append for w in series.windows.values()],
+            metrics.append((metric, series, [w.appender() for w in series.windows.values()],
                             metric in PARTICULATES))  # fmt: skip
         self._by_device = by_device
         sources: dict[_SeriesRef, _Source] = {}
@@ -326,6 +372,15 @@ class Engine:
                     tuple((name, resolve(ref)) for name, ref in ils),
                 )  # fmt: skip
         self._instances = instances
+        for src in sources.values():
+            src.read = self._reader(src)
+        # the tick's loop: per instance what it needs, looked up once
+        self._plan = [
+            (key, inst, inst.src_main.read,
+             inst.src_background.read if inst.src_background is not None else None,
+             inst.rule.above, inst.rule.below)
+            for key, inst in instances.items()
+        ]  # fmt: skip
         self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
         self._dependents = {k: sorted(v) for k, v in dependents.items()}
         for key in instances:
@@ -418,9 +473,36 @@ class Engine:
     def tick(self, now: float) -> list[Action]:
         """Evaluate every rule; expire overrides and dead holders; renew ON overrides."""
         out: list[Action] = []
-        evaluate_one = self._evaluate_instance
-        for key, inst in self._instances.items():
-            acts = evaluate_one(key, inst, now)
+        if not FAST_PATHS:
+            for key, inst in self._instances.items():
+                out.extend(self._evaluate_instance(key, inst, now))
+            out.extend(self._tick_actuators(now))
+            return out
+        states = self._states
+        last_values = self.last_values
+        rest = self._evaluate_rest
+        for key, inst, main, background, above, below in self._plan:
+            v = main(now)
+            if v is not None and background is not None:
+                b = background(now)
+                v = None if b is None else v - b
+            last_values[key] = v
+            state = states[key]
+            # quiet(), inlined: most rules are idle and below their threshold
+            phase = state.phase
+            if phase == "idle" or (
+                phase == "cooldown"
+                and state.cooldown_until is not None
+                and now < state.cooldown_until
+            ):
+                if v is None:
+                    if state.unknown:
+                        continue
+                elif not state.unknown and (
+                    not (v > above) if above is not None else not (v < below)  # type: ignore[operator]
+                ):
+                    continue
+            acts = rest(key, inst, state, v, now)
             if acts:
                 out.extend(acts)
         out.extend(self._tick_actuators(now))
@@ -473,6 +555,24 @@ class Engine:
         src.memo_gen = gen
         return result
 
+    def _reader(self, src: _Source) -> Reader:
+        """``src``'s value at ``now``: computed, or memoised per (now, data generation)
+        when several rules read it (as :meth:`_value`)."""
+        if not src.shared:
+            return src.compute
+        compute = src.compute
+
+        def read(now: float) -> float | None:
+            gen = self._n_readings
+            if src.memo_now == now and src.memo_gen == gen:
+                return src.memo_value
+            result = src.memo_value = compute(now)
+            src.memo_now = now
+            src.memo_gen = gen
+            return result
+
+        return read
+
     def inputs(self, key: InstanceKey, now: float) -> RuleInputs:
         """The aggregated inputs of one (rule, site) at ``now`` (interlocks always included)."""
         return self._inputs(self._instances[key], now, with_interlocks=True)
@@ -507,6 +607,12 @@ class Engine:
         self.last_values[key] = v
         if quiet(inst.rule, state, v, now):
             return []
+        return self._evaluate_rest(key, inst, state, v, now)
+
+    def _evaluate_rest(
+        self, key: InstanceKey, inst: _Instance, state: RuleState, v: float | None, now: float
+    ) -> list[Action]:
+        """The evaluation of a rule whose state is not quiet at ``now`` (value ``v``)."""
         if v is None and now < self._warmup_until and self._never_seen(inst):
             return []  # just restored: give the devices time to report
         ils: dict[str, float | None] = {}
@@ -514,11 +620,16 @@ class Engine:
             value = self._value
             for name, src in inst.src_interlocks:
                 ils[name] = value(src, now)
-        if steady_unquiet(inst.rule, state, v, ils, now, self._default_lease):
+        code = steady_code(inst.rule, state, v, ils, now, self._default_lease)
+        if code is STEADY:
             return []  # waiting for a timer or a crossing: nothing to build
         inputs = RuleInputs(inst.site, v, ils)
         self.last_inputs[key] = inputs
-        new, actions = transition(inst.rule, state, inputs, now, self._default_lease)
+        if code is RENEW and FAST_PATHS:
+            # what transition() returns here, without the full machine (tested)
+            new, actions = renewal(inst.rule, state, inst.site, now, self._default_lease)
+        else:
+            new, actions = transition(inst.rule, state, inputs, now, self._default_lease)
         self._states[key] = new
         if not actions:
             return actions

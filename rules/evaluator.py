@@ -327,9 +327,30 @@ def steady_unquiet(
     default_lease_s: float = 60.0,
 ) -> bool:
     """:func:`steady` for a caller that found the state not :func:`quiet`."""
+    return steady_code(rule, state, value, interlocks, now, default_lease_s) is STEADY
+
+
+# What steady_code() found: nothing changes / only the lease renewal is due / anything else
+STEADY, RENEW, CHANGE = "steady", "renew", "change"
+
+
+def steady_code(
+    rule: Rule,
+    state: RuleState,
+    value: float | None,
+    interlocks: Mapping[str, float | None],
+    now: float,
+    default_lease_s: float = 60.0,
+) -> str:
+    """:func:`steady_unquiet` that also recognises a bare lease renewal.
+
+    ``RENEW``: an active rule whose only change is that its renewal is due;
+    :func:`transition` then returns exactly :func:`renewal` (a property test
+    holds it to that), which the engine builds without the full machine.
+    """
     known = value is not None
     if state.unknown == known:
-        return False  # the data became unknown (stale event) or known again
+        return CHANGE  # the data became unknown (stale event) or known again
     c = compiled(rule)
     on = known and ((value > c.threshold) if c.is_above else (value < c.threshold))  # type: ignore[operator]
     blocked = state.blocked
@@ -337,35 +358,52 @@ def steady_unquiet(
     if c.interlocks and (on or phase == "pending" or phase == "active"):  # needs_interlocks
         holding = _holding(c, interlocks, blocked)
         if len(holding) != len(blocked) or tuple(holding) != blocked:
-            return False  # an interlock starts or stops holding
+            return CHANGE  # an interlock starts or stops holding
     if phase == "cooldown":
-        return state.cooldown_until is not None and now < state.cooldown_until
+        return STEADY if state.cooldown_until is not None and now < state.cooldown_until else CHANGE
     if phase == "idle":
         # not startable: below the threshold, blocked, or outside the active hours
-        return not (on and not blocked and _in_hours(c, now))
+        return CHANGE if on and not blocked and _in_hours(c, now) else STEADY
     if phase == "pending":
-        return (
+        waiting = (
             on
             and not blocked
             and _in_hours(c, now)
             and state.since is not None
             and now - state.since < rule.for_
         )
+        return STEADY if waiting else CHANGE
     # active: no stop reason, no change of the clear timer, no renewal due
     if not known or blocked or state.active_since is None or not _in_hours(c, now):
-        return False
+        return CHANGE
     acts = rule.actions
     ran = now - state.active_since
     if acts.max_on is not None and ran >= acts.max_on:
-        return False
+        return CHANGE
     clear_since = state.clear_since
     if (value <= c.clear_level) if c.is_above else (value >= c.clear_level):  # type: ignore[operator]
         if clear_since is None or (now - clear_since >= rule.min_clear and ran >= acts.run_for):
-            return False  # the clear timer starts, or the run ends as cleared
+            return CHANGE  # the clear timer starts, or the run ends as cleared
     elif clear_since is not None:
-        return False  # the clear timer resets
+        return CHANGE  # the clear timer resets
     lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
-    return state.last_lease is not None and now - state.last_lease < lease_s / 3
+    if state.last_lease is not None and now - state.last_lease < lease_s / 3:
+        return STEADY
+    return RENEW
+
+
+def renewal(
+    rule: Rule, state: RuleState, site: str, now: float, default_lease_s: float = 60.0
+) -> tuple[RuleState, list[Action]]:
+    """What :func:`transition` returns when :func:`steady_code` says ``RENEW``: the
+    state with ``last_lease = now`` and one LeaseOn per leased actuator."""
+    acts = rule.actions
+    lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
+    s = state
+    new = RuleState(s.phase, s.since, s.active_since, s.clear_since, now, s.cooldown_until,
+                    s.blocked, s.unknown, s.last_reason)  # fmt: skip
+    reason = f"{rule.id}: renew"
+    return new, [LeaseOn(site, act, lease_s, reason, rule.id) for act in acts.lease]
 
 
 def evaluate(

@@ -22,7 +22,8 @@ reading is bad is *unknown*, as is one whose last ok reading is stale).
 
 A :class:`DeviceTrack` is one (site, device): it rejects duplicate and
 out-of-order readings (``ts`` not after the previous one) and estimates the
-device's poll interval as the median of the last 16 gaps between readings.
+device's poll interval as the median of the last 16 gaps between readings
+(rounded to the microsecond; recomputed only when the set of gaps changes).
 The median ignores the odd outage gap; a device that really slows down is
 learned within 8 readings. Staleness is ``stale_factor`` x that interval,
 clamped to ``[min_staleness, max_staleness]``.
@@ -132,6 +133,51 @@ class RollingWindow:
         if self._pending >= _EVICT_EVERY:
             self.evict(ts)
 
+    def appender(self) -> Callable[[float, float], None]:
+        """:meth:`append` for the aggregates maintained now, without the tests for the
+        others (the ingest hot path). Same operations in the same order as
+        :meth:`append`; ask again after :meth:`want`."""
+        times_append = self._times.append
+        values_append = self._values.append
+        evict = self.evict
+        if self._want_max and not (self._want_min or self._want_mean):
+            maxq = self._maxq
+
+            def append_max(ts: float, value: float) -> None:
+                times_append(ts)
+                values_append(value)
+                while maxq and maxq[-1][1] <= value:
+                    maxq.pop()
+                maxq.append((ts, value))
+                self._pending += 1
+                if self._pending >= _EVICT_EVERY:
+                    evict(ts)
+
+            return append_max
+        if self._want_max or self._want_min:
+            return self.append
+        if not self._want_mean:
+
+            def append_last(ts: float, value: float) -> None:
+                times_append(ts)
+                values_append(value)
+                self._pending += 1
+                if self._pending >= _EVICT_EVERY:
+                    evict(ts)
+
+            return append_last
+
+        def append_mean(ts: float, value: float) -> None:
+            times_append(ts)
+            values_append(value)
+            self._sum += value
+            self._ops += 1
+            self._pending += 1
+            if self._pending >= _EVICT_EVERY:
+                evict(ts)
+
+        return append_mean
+
     def evict(self, now: float) -> None:
         """Drop readings at or before ``now - length``."""
         self._pending = 0
@@ -214,16 +260,36 @@ class RollingWindow:
             return total / n if n else None
         return self._sum / len(times)
 
+    # max/min/last: evict() inlined (rules read their windows every second)
+
     def max(self, now: float) -> float | None:
-        self.evict(now)
+        self._pending = 0
+        times = self._times
+        if times:
+            newest = times[-1]
+            horizon = (newest if newest > now else now) - self.length
+            if times[0] <= horizon:
+                self._drop(horizon)
         return self._maxq[0][1] if self._maxq else None
 
     def min(self, now: float) -> float | None:
-        self.evict(now)
+        self._pending = 0
+        times = self._times
+        if times:
+            newest = times[-1]
+            horizon = (newest if newest > now else now) - self.length
+            if times[0] <= horizon:
+                self._drop(horizon)
         return self._minq[0][1] if self._minq else None
 
     def last(self, now: float) -> float | None:
-        self.evict(now)
+        self._pending = 0
+        times = self._times
+        if times:
+            newest = times[-1]
+            horizon = (newest if newest > now else now) - self.length
+            if times[0] <= horizon:
+                self._drop(horizon)
         return self._values[-1] if self._values else None
 
     def oldest(self) -> float | None:
@@ -280,13 +346,14 @@ class DeviceTrack:
     second reading.
     """
 
-    __slots__ = ("factor", "gaps", "hi", "last_seq", "last_ts", "lo", "stale_after")
+    __slots__ = ("factor", "gaps", "hi", "last_seq", "last_ts", "lo", "same", "stale_after")
 
     def __init__(self, factor: float = 3.0, lo: float = 10.0, hi: float = 600.0) -> None:
         self.factor, self.lo, self.hi = factor, lo, hi
         self.last_ts: float | None = None
         self.last_seq: int | None = None
         self.gaps: deque[float] = deque(maxlen=_GAPS)
+        self.same = True  # all gaps in `gaps` are equal (a steady poll: the median is that gap)
         self.stale_after = hi
 
     def configure(self, factor: float, lo: float, hi: float) -> None:
@@ -303,13 +370,20 @@ class DeviceTrack:
                 return "out_of_order"
             if ts == last:
                 return "duplicate"
-            gap = ts - last
+            # to the microsecond: timestamps are whole milliseconds on the wire, and
+            # their float differences must not look like different poll intervals
+            gap = round(ts - last, 6)
             gaps = self.gaps
-            # the median only changes when the multiset of gaps does
-            if len(gaps) < _GAPS or gaps[0] != gap:
+            # the median only changes when the multiset of gaps does, and not while
+            # every gap is the same
+            if gaps and self.same and gap == gaps[-1]:
                 gaps.append(gap)
-                iv = self.interval
-                assert iv is not None
+            elif len(gaps) < _GAPS or gaps[0] != gap:
+                gaps.append(gap)
+                g = sorted(gaps)
+                n = len(g)
+                self.same = g[0] == g[-1]
+                iv = g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
                 self.stale_after = min(max(self.factor * iv, self.lo), self.hi)
             else:
                 gaps.append(gap)

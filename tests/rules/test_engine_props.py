@@ -96,3 +96,45 @@ def test_engine_never_leases_on_bad_data_and_is_deterministic(events: list[tuple
                 on = False
             elif isinstance(x, LeaseOn):
                 on = True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.booleans(),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["m1", "m2", "m3"]),
+            st.floats(min_value=0.1, max_value=20.0),  # seconds since the previous reading
+            st.one_of(st.floats(min_value=-5, max_value=300), st.sampled_from([0.0, -0.0])),
+            st.sampled_from(["ok"] * 6 + ["fault"]),
+        ),
+        max_size=80,
+    ),
+)
+def test_combine_any_reader_is_the_general_combination(
+    above: bool, readings: list[tuple[str, float, float, str]]
+) -> None:
+    """The specialised ``combine: any`` reader gives what the general one gives."""
+    cmp = "above: 150\n    clear: 100" if above else "below: 20\n    clear: 30"
+    eng = Engine(
+        rules_file(f"""
+defaults: {{min_staleness: 5s, max_staleness: 30s}}
+rules:
+  - id: any3
+    site: s
+    metric: pm10
+    devices: [m1, m2, m3]
+    combine: any
+    aggregate: max
+    window: 30s
+    {cmp}
+""")
+    )
+    src = eng._instances[("any3", "s")].src_main
+    assert src.compute != src._combined  # the specialised path is the one in use
+    t = 1000.0
+    for i, (dev, dt, value, status) in enumerate(readings):
+        t += dt
+        eng.ingest_values("s", dev, t, i, {"pm10": value}, t, status, None, False)
+        for lag in (0.0, 7.0, 40.0):
+            assert src.compute(t + lag) == src._combined(t + lag)

@@ -29,7 +29,18 @@ from rulehelpers import make_rule
 from rules import engine as engine_mod
 from rules import replay as replay_mod
 from rules.config import load_rules_file
-from rules.evaluator import PHASES, RuleInputs, RuleState, evaluate, steady, transition
+from rules.evaluator import (
+    CHANGE,
+    PHASES,
+    RENEW,
+    RuleInputs,
+    RuleState,
+    evaluate,
+    renewal,
+    steady,
+    steady_code,
+    transition,
+)
 from rules.model import Rule
 from rules.replay import Reading, _row_batches, read_csv
 from rules.window import RollingWindow
@@ -196,6 +207,10 @@ def test_steady_means_transition_changes_nothing(
     ils = {"frost": frost, "wind": wind}
     if steady(rule, state, v, ils, now):
         assert transition(rule, state, RuleInputs("site-01", v, ils), now) == (state, [])
+    if steady_code(rule, state, v, ils, now) is RENEW:  # the engine's renewal shortcut
+        assert transition(rule, state, RuleInputs("site-01", v, ils), now) == renewal(
+            rule, state, "site-01", now
+        )
     # and evaluate() is steady() + transition()
     assert evaluate(rule, state, RuleInputs("site-01", v, ils), now) == (
         (state, []) if steady(rule, state, v, ils, now)
@@ -283,13 +298,18 @@ def test_steady_on_a_grid_of_timer_and_level_boundaries() -> None:
     taken: Counter[str] = Counter()
     for rule, state, v, (frost, wind) in cases:
         ils = {"frost": frost, "wind": wind}
+        if steady_code(rule, state, v, ils, NOW) is RENEW:
+            taken["renew"] += 1
+            assert transition(rule, state, RuleInputs("site-01", v, ils), NOW) == renewal(
+                rule, state, "site-01", NOW
+            )
         if steady(rule, state, v, ils, NOW):
             taken[state.phase] += 1
             assert transition(rule, state, RuleInputs("site-01", v, ils), NOW) == (state, []), (
                 rule.model_dump(), state, v, ils,
             )  # fmt: skip
     # not vacuous: the fast path is taken in every phase
-    assert min(taken[p] for p in PHASES) > 50, taken
+    assert min(taken[p] for p in PHASES) > 50 and taken["renew"] > 50, taken
 
 
 # ------------------------------------------------------------- window: mean()
@@ -321,6 +341,30 @@ def test_mean_only_window_is_bit_identical_to_the_general_path(steps: list) -> N
         if query:
             assert lean.mean(t + lag) == full.mean(t + lag)
             assert len(lean) == len(full)
+
+
+KINDS = [["mean"], ["max"], ["last"], ["min"], ["mean", "max"], ["max", "min", "mean"]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(window_steps, st.sampled_from(KINDS))
+def test_appender_is_append(steps: list, kinds: list[str]) -> None:
+    """The ingest path's specialised appender leaves the window exactly as append() does."""
+    plain, fast = RollingWindow(10.0, kinds), RollingWindow(10.0, kinds)
+    add = fast.appender()
+    t = 1000.0
+    for dt, value, lag, query in steps:
+        t += dt
+        plain.append(t, value)
+        add(t, value)
+        if query:
+            for kind in {*kinds, "last"}:
+                assert plain.aggregate(kind, t + lag) == fast.aggregate(kind, t + lag)
+    for slot in ("_times", "_values", "_maxq", "_minq", "_sum", "_ops", "_pending"):
+        a, b = getattr(plain, slot), getattr(fast, slot)
+        assert (list(a) if hasattr(a, "__iter__") else a) == (
+            list(b) if hasattr(b, "__iter__") else b
+        )
 
 
 # ------------------------------------------- replay: fast paths versus every second in full
@@ -432,8 +476,9 @@ def traced_replay(text: str, fast: bool) -> tuple[dict, list[str]]:
             # metrics, every rule in full every second (no quiet/steady shortcut)
             quoted = text.replace("ts,site", '"ts",site', 1)
             readings = list(read_csv(io.StringIO(quoted)))
+            mp.setattr(engine_mod, "FAST_PATHS", False)
             mp.setattr(engine_mod, "quiet", never)
-            mp.setattr(engine_mod, "steady_unquiet", never)
+            mp.setattr(engine_mod, "steady_code", lambda *a: CHANGE)
         (res,) = replay_mod.replay(readings, [rf])
     stats = {rid: dataclasses.asdict(st) for rid, st in res.rules.items()}
     return {"stats": stats, "counters": res.counters, "n": res.readings}, trace

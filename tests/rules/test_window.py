@@ -136,3 +136,21 @@ def test_reconfigure_keeps_the_interval_estimate() -> None:
     assert t.stale_after == 6.0
     t.configure(factor=5.0, lo=1.0, hi=100.0)
     assert t.stale_after == 10.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([1000, 1000, 1000, 2000, 500, 30_000, 1001]), max_size=60))
+def test_staleness_is_the_median_of_the_last_16_gaps_in_ms(gaps_ms: list[int]) -> None:
+    """Whatever shortcut accept() takes, stale_after is factor x the median of the last 16
+    gaps, as whole milliseconds (float differences of ms timestamps do not count)."""
+    t = DeviceTrack(factor=3.0, lo=1.0, hi=1000.0)
+    ms = 1_780_000_000_123
+    assert t.accept(ms / 1000.0, 0) is None
+    for i, gap in enumerate(gaps_ms):
+        ms += gap
+        assert t.accept(ms / 1000.0, i + 1) is None
+        last = sorted(g / 1000.0 for g in gaps_ms[max(0, i - 15) : i + 1])
+        n = len(last)
+        median = last[n // 2] if n % 2 else (last[n // 2 - 1] + last[n // 2]) / 2
+        assert t.stale_after == min(max(3.0 * median, 1.0), 1000.0)
+        assert t.interval == median
