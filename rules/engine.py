@@ -43,6 +43,7 @@ same engine over history.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -91,6 +92,10 @@ SNAPSHOT_VERSION = 1
 OverrideMode = Literal["on", "off", "auto"]
 InstanceKey = tuple[str, str]  # (rule id, site)
 Reader = Callable[[float], float | None]
+# (ts, seq, values, now, status, flags, evaluate) -> actions
+DeviceIngest = Callable[
+    [float, int, Mapping[str, float], float, str, Mapping[str, str] | None, bool], list["Action"]
+]
 
 
 def rule_digest(rule: Rule) -> str:
@@ -435,6 +440,32 @@ class Engine:
             else:
                 self._counts["unknown_device"] += 1
             return []
+        return self._ingest_entry(
+            site, device, entry, ts, seq, values, now, status, flags, evaluate
+        )
+
+    def device_ingest(self, site: str, device: str) -> DeviceIngest | None:
+        """:meth:`ingest_values` bound to one device some rule reads (None: no rule reads
+        it): ``(ts, seq, values, now, status, flags, evaluate) -> actions``. Valid until
+        the next :meth:`reload` (the service caches it per topic)."""
+        entry = self._by_device.get((site, device))
+        if entry is None:
+            return None
+        return functools.partial(self._ingest_entry, site, device, entry)
+
+    def _ingest_entry(
+        self,
+        site: str,
+        device: str,
+        entry: tuple[DeviceTrack, list[Any]],
+        ts: float,
+        seq: int,
+        values: Mapping[str, float],
+        now: float,
+        status: str,
+        flags: Mapping[str, str] | None,
+        evaluate: bool,
+    ) -> list[Action]:
         track, metrics = entry
         rejected = track.accept(ts, seq)
         if rejected is not None:

@@ -102,6 +102,7 @@ from rules.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
 from rules.engine import (
     PARTICULATES,
     Action,
+    DeviceIngest,
     EmitEvent,
     Engine,
     LeaseOn,
@@ -340,7 +341,9 @@ class RulesService:
         self._boot = format(int(time.time()) % 36**6, "x")
         self._off_seq = 0
         self._served = served_sites(rules_file)
-        self._topic_cache: dict[str, tuple[str, str]] = {}
+        # telemetry topic -> (site, device, the engine's ingest for that device or None);
+        # cleared when the rules are reloaded (the engine's device bindings change)
+        self._topic_cache: dict[str, tuple[str, str, DeviceIngest | None]] = {}
         self._warned: dict[str, tuple[float, int]] = {}
         self._old_subscriptions: list[str] = []
         t = time.time() if now is None else now
@@ -507,7 +510,7 @@ class RulesService:
             self.counters["decode_errors"] += 1
             self._warn("telemetry", now, "dropped undecodable telemetry on %s: %s", topic, exc)
             return []
-        return self.on_telemetry(where[0], where[1], msg, now, evaluate)
+        return self.on_telemetry(where[0], where[1], msg, now, evaluate, where[2])
 
     def _other_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
         try:
@@ -522,8 +525,8 @@ class RulesService:
             self._warn("other", now, "dropped message on %s: %s", topic[:200], exc)
             return []
 
-    def _telemetry_topic(self, topic: str) -> tuple[str, str] | None:
-        """(site, device) of a valid telemetry topic, remembered; None if malformed."""
+    def _telemetry_topic(self, topic: str) -> tuple[str, str, DeviceIngest | None] | None:
+        """(site, device, ingest) of a valid telemetry topic, remembered; None if malformed."""
         try:
             t = p.parse_topic(topic)
         except p.ProtocolError:
@@ -533,12 +536,20 @@ class RulesService:
         cache = self._topic_cache
         if len(cache) >= TOPIC_CACHE_MAX:  # bounded even if someone sprays random device ids
             cache.clear()
-        where = cache[topic] = (t.site, t.name)
+        where = cache[topic] = (t.site, t.name, self.engine.device_ingest(t.site, t.name))
         return where
 
     def on_telemetry(
-        self, site: str, device: str, msg: p.Telemetry, now: float, evaluate: bool = True
+        self,
+        site: str,
+        device: str,
+        msg: p.Telemetry,
+        now: float,
+        evaluate: bool = True,
+        ingest: DeviceIngest | None = None,
     ) -> list[Publish]:
+        """One decoded reading. ``ingest``: the engine's ingest bound to this device
+        (from :meth:`Engine.device_ingest`, cached per topic), else looked up."""
         if site not in self._served:
             self.counters["other_site"] += 1
             self._warn("site", now, "dropped telemetry from %s/%s: site not served", site, device)
@@ -565,17 +576,14 @@ class RulesService:
                 stored = msg.model_copy(update={"flags": marked})
             sink.add(telemetry_line(site, device, stored))
         flags = msg.flags
-        actions = self.engine.ingest_values(
-            site,
-            device,
-            msg.ts / 1000.0,
-            msg.seq,
-            msg.values,
-            now,
-            status="ok" if msg.status is _OK else msg.status.value,
-            flags={k: v.value for k, v in flags.items()} if flags else None,
-            evaluate=evaluate,
-        )
+        status = "ok" if msg.status is _OK else msg.status.value
+        flag_map = {k: v.value for k, v in flags.items()} if flags else None
+        if ingest is not None:
+            actions = ingest(msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate)
+        else:  # a device no rule reads (counted by the engine), or not cached
+            actions = self.engine.ingest_values(
+                site, device, msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate
+            )
         return self.apply(actions, now) if actions else []
 
     def _other(self, t: p.Topic, payload: bytes, now: float) -> list[Publish]:
@@ -782,6 +790,7 @@ class RulesService:
         changed = sorted(r for r in set(old_d) & set(new_d) if old_d[r] != new_d[r])
         kept = len(new_d) - len(added) - len(changed)
         actions = self.engine.reload(new, now)
+        self._topic_cache.clear()  # the engine's per-device ingest bindings are new
         self.rules_file = new
         self._served = served_sites(new)
         self.notifier.update(new.notifiers)

@@ -517,3 +517,28 @@ def test_cli_refuses_a_bad_shared_group(tmp_path: Path, capsys: pytest.CaptureFi
     path = write_rules(tmp_path)
     assert main(["--config", str(path), "--shared-group", "a/b"]) == 2
     assert "--shared-group must be" in capsys.readouterr().err
+
+
+def test_reload_rebinds_cached_topics_to_the_new_windows(tmp_path: Path) -> None:
+    svc, _ = make_service(tmp_path, above=900)
+    assert svc.on_message(TOPIC, telemetry(200, T0, 1), T0) == []  # the topic is cached now
+    other = p.telemetry_topic("site-01", "gate2")
+    assert svc.on_message(other, telemetry(200, T0, 1), T0) == []  # no rule reads gate2 yet
+    text = (tmp_path / "rules.yaml").read_text()
+    extra = """\
+  - id: gate-mean
+    site: site-01
+    metric: pm10
+    devices: [gate, gate2]
+    combine: all
+    aggregate: mean
+    window: 5m
+    above: 150
+    clear: 100
+    actions: {lease: [cannon-2]}
+"""
+    svc.reload_text(text + extra, T0 + 0.5)
+    # both devices feed the new 5-minute windows through their cached topics
+    assert commands(svc.on_message(TOPIC, telemetry(200, T0 + 1, 2), T0 + 1)) == []  # no gate2
+    pubs = svc.on_message(other, telemetry(200, T0 + 1, 2), T0 + 1)
+    assert [(c.action, c.rule) for c in commands(pubs)] == [("on", "gate-mean")]
