@@ -265,6 +265,9 @@ class Engine:
         self._notify_last: dict[str, float] = {}
         self._cmd_seq = 0
         self._warmup_until = -math.inf
+        # earliest lease end of any holder (a lower bound): the tick's actuator pass is
+        # skipped before it; -inf forces the next pass (restore, reload)
+        self._holders_due = -math.inf
         self._compile(rules_file)
 
     # ----------------------------------------------------------- compile
@@ -543,6 +546,8 @@ class Engine:
         out: list[Action] = []
         if self._overrides:
             self._tick_overrides(now, out)
+        elif now < self._holders_due:
+            return out  # no holder's lease can have run out yet: the pass would change nothing
         for (site, act), a in self._actuators.items():
             if not (a.on or a.holders) or (site, act) in self._overrides:
                 continue
@@ -552,6 +557,12 @@ class Engine:
             if a.on and not holders:
                 a.on = False
                 out.append(SwitchOff(site, act, "lease expired without renewal", None))
+        due = math.inf
+        for a in self._actuators.values():
+            for until in a.holders.values():
+                if until < due:
+                    due = until
+        self._holders_due = due  # lowered again by every new holder (_arbitrate)
         return out
 
     def _tick_overrides(self, now: float, out: list[Action]) -> None:
@@ -694,7 +705,9 @@ class Engine:
                 key = (action.site, action.actuator)
                 a = self._actuators.setdefault(key, _Actuator())
                 assert action.rule is not None
-                a.holders[action.rule] = now + action.lease_s
+                until = a.holders[action.rule] = now + action.lease_s
+                if until < self._holders_due:
+                    self._holders_due = until
                 ov = self._overrides.get(key)
                 if ov is not None:
                     self._counts[f"override_{ov.mode}_wins"] += 1
@@ -930,6 +943,7 @@ class Engine:
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"unreadable snapshot: {exc}") from None
         eng._warmup_until = now + rules_file.defaults.max_staleness
+        eng._holders_due = -math.inf
         return eng
 
     def reload(self, new_rules_file: RulesFile, now: float) -> list[Action]:
@@ -966,4 +980,5 @@ class Engine:
         self.last_inputs = {k: v for k, v in self.last_inputs.items() if k in self._instances}
         self.last_values = {k: v for k, v in self.last_values.items() if k in self._instances}
         self._counts["reloads"] += 1
+        self._holders_due = -math.inf
         return out

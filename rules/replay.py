@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import itertools
 import json
@@ -473,7 +474,9 @@ def replay(readings: Iterable[Reading], rules_files: list[RulesFile]) -> list[Re
         readings = readings.select(metrics_for)
     observers = [_Observer(e, rf) for e, rf in zip(engines, rules_files, strict=True)]
     pairs = list(zip(engines, observers, strict=True))
-    ingest_one = engines[0].ingest_values if len(engines) == 1 else None
+    single = engines[0] if len(engines) == 1 else None
+    # one engine: each device's ingest bound once (Engine.device_ingest), no lookup inside
+    bound: dict[tuple[str, str], Any] = {}
     next_tick = math.inf  # placed by the first reading
     first: float | None = None
     last: float | None = None
@@ -491,8 +494,16 @@ def replay(readings: Iterable[Reading], rules_files: list[RulesFile]) -> list[Re
         elif n == 1:
             first = ts
             next_tick = math.floor(ts) + 1.0
-        if ingest_one is not None:
-            ingest_one(site, device, ts, n, values, ts, status, flags, False)
+        if single is not None:
+            ingest = bound.get((site, device))
+            if ingest is None:
+                ingest = bound[(site, device)] = (
+                    single.device_ingest(site, device)
+                    or functools.partial(
+                        single.ingest_values, site, device
+                    )  # counts the device (or site) nobody reads
+                )
+            ingest(ts, n, values, ts, status, flags, False)
         else:
             for eng in engines:
                 eng.ingest_values(site, device, ts, n, values, ts, status, flags, False)

@@ -356,3 +356,19 @@ def test_release_all_switches_off_what_is_held_and_restart_leases_again() -> Non
     assert leases(feed(eng2, t + 3, pm10=200.0)) == []
     assert [a.actuator for a in leases(feed(eng2, t + 10, pm10=200.0))] == ["cannon-1"]
     assert eng2.actuator_on("site-01", "cannon-1")
+
+
+def test_a_lease_nobody_renews_runs_out_at_its_end() -> None:
+    rf = rules_file(BASE)
+    eng = Engine(rf)
+    t = start_pm10(eng)  # leased at t for 30 s
+    eng2 = Engine.restore(rf, json.loads(json.dumps(eng.snapshot())), now=t + 5)
+    # restored without data: the rule neither renews nor stops (warm-up) ...
+    for i in range(5, 30):
+        assert eng2.tick(t + i) == []
+    assert eng2.actuator_on("site-01", "cannon-1")
+    # ... so the lease runs out on the agent, and the engine says so at that very second
+    (off,) = eng2.tick(t + 30)
+    assert isinstance(off, SwitchOff) and off.reason == "lease expired without renewal"
+    assert not eng2.actuator_on("site-01", "cannon-1")
+    assert eng2.tick(t + 31) == []
