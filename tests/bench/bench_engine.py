@@ -17,8 +17,9 @@ process below is separate: publisher, bare subscriber, engine.
    runs it (no ``influx:`` configured, so no sink), restarted between rounds
    (its state file carries over). Three rounds, alternating, because this
    machine is shared and noisy; the best of each is compared, and each
-   round also prints both processes' CPU time per message and the engine's
-   time inside its message handler. Goal: engine / bare >= 0.8.
+   round also prints both processes' CPU time per message, the engine's
+   time inside its message handler, and the time either spent in the cyclic
+   garbage collector. Goal: engine / bare >= 0.8.
 2. **Decision latency**: with the engine live and a background process
    publishing 1,000 readings/s, a probe process publishes one exceeding
    reading for each rule in turn and times until that rule's lease command
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -56,7 +58,7 @@ logging.getLogger("mqtt").setLevel(logging.ERROR)
 from gateway import protocol as p  # noqa: E402
 from gateway.configfile import MqttSettings  # noqa: E402
 from gateway.localservices import Mosquitto  # noqa: E402
-from gateway.session import make_client  # noqa: E402
+from gateway.mqttclient import make_client  # noqa: E402
 from rules.service import set_nodelay  # noqa: E402
 
 SITE = "site-01"
@@ -142,6 +144,29 @@ def reading(rnd: random.Random, ts_ms: int, seq: int, exceed: bool = False) -> b
 # ------------------------------------------------------------------ roles
 
 
+class GcMeter:
+    """Time spent in the cyclic garbage collector (per generation), once started."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.t0 = 0.0
+        self.seconds = 0.0
+        self.counts = [0, 0, 0]
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self.t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self.t0
+            self.counts[info["generation"]] += 1
+
+    def report(self) -> dict[str, Any]:
+        return {"gc_s": self.seconds, "gc_counts": self.counts}
+
+
 def settings(port: int) -> MqttSettings:
     return MqttSettings(host="127.0.0.1", port=port)
 
@@ -154,16 +179,19 @@ async def role_bare(port: int, n: int, prime: bool) -> None:
             print(json.dumps({"primed": True}), flush=True)
             return
         count, first, cpu0 = 0, 0.0, 0.0
+        meter = GcMeter()
         async for m in client.messages:
             p.decode(p.Telemetry, m.payload)  # type: ignore[arg-type]
             count += 1
             if count == 1:
                 first = time.perf_counter()
                 cpu0 = time.process_time()
+                meter.on = True
             if count == n:
                 break
         cpu = time.process_time() - cpu0
-        print(json.dumps({"n": n, "seconds": time.perf_counter() - first, "cpu": cpu}), flush=True)
+        out = {"n": n, "seconds": time.perf_counter() - first, "cpu": cpu, **meter.report()}
+        print(json.dumps(out), flush=True)
 
 
 async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
@@ -171,6 +199,8 @@ async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
     from rules.service import RulesService, ServiceOptions
 
     rf = load_rules_file(config)
+
+    meter = GcMeter()
 
     class Timed(RulesService):
         count = 0
@@ -184,6 +214,7 @@ async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
             if self.count == 1:
                 self.first = time.perf_counter()
                 self.cpu0 = time.process_time()
+                meter.on = True
             if n and self.count == n:
                 cpu = time.process_time() - self.cpu0
                 wall = time.perf_counter() - self.first
@@ -193,6 +224,7 @@ async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
                     "cpu": cpu,
                     "handler": self.inside,
                     "ticks": self.counters["coalesced_ticks"],
+                    **meter.report(),
                 }
                 print(json.dumps(out_), flush=True)
             return out
@@ -399,7 +431,9 @@ def run(n: int, samples: int, rounds: int) -> None:
                     f"CPU per message: bare {bare['cpu'] / bare['n'] * 1e6:.0f} us, "
                     f"engine {eng['cpu'] / eng['n'] * 1e6:.0f} us, of which "
                     f"decode+ingest+rules {eng['handler'] / eng['n'] * 1e6:.0f} us; "
-                    f"{eng['ticks']} coalesced evaluations"
+                    f"{eng['ticks']} coalesced evaluations; in the garbage collector: bare "
+                    f"{bare['gc_s'] / bare['n'] * 1e6:.1f} us/msg {bare['gc_counts']}, engine "
+                    f"{eng['gc_s'] / eng['n'] * 1e6:.1f} us/msg {eng['gc_counts']}"
                 )
             bare_rate, eng_rate = max(bare_rates), max(eng_rates)
             print(f"bare subscriber (aiomqtt + decode), best: {bare_rate:10,.0f} messages/s")
