@@ -37,7 +37,8 @@ is the imperative shell around it:
   gone. TCP_NODELAY is set on the broker socket (paho does not), so a command
   does not wait for the ACK of our previous packet.
 - **State**: ``engine.snapshot()`` is written atomically (temp file, fsync,
-  rename, fsync of the directory) to ``<state_dir>/engine-state.json`` when
+  rename, fsync of the directory) to ``<state_dir>/engine-state.json`` (a
+  relative ``state_dir`` is relative to the rules file's directory) when
   it changed (checked every ``persist_interval``) and on shutdown, and
   restored on start, so a restart in the middle of ``for`` or a cooldown
   resumes the timers. An unreadable state file is kept aside as
