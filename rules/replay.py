@@ -18,11 +18,12 @@ Speed (one week of 1 Hz data for 10 devices is 6 million readings): the CSV
 is split with ``str.split`` wherever the csv module would read it the same way
 (no quotes, NULs or bare CRs), a wide row is converted only for the metrics
 some rule reads (other cells are still checked), each device's ingest is
-bound once, and the engine's fast paths (``rules.engine.FAST_PATHS``: the
-tick's precompiled loop with ``quiet()`` inlined, the steady test, the bare
-lease renewal, the skipped actuator pass) leave rules that are waiting
-alone. ``tests/rules/test_fast_paths.py`` holds the result to the plain path
-(csv module, every rule through the full state machine every second): same
+bound once, and the engine's fast paths (the tick's precompiled loop with
+``quiet()`` inlined and the bare lease renewal, both behind
+``rules.engine.FAST_PATHS``; the steady test; the actuator pass skipped
+until a lease can have ended) leave rules that are waiting alone.
+``tests/rules/test_fast_paths.py`` holds the result to the plain path (csv
+module, every rule through the full state machine every second): same
 statistics to the last bit, same actions.
 
 Input:
