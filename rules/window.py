@@ -346,7 +346,9 @@ class DeviceTrack:
     second reading.
     """
 
-    __slots__ = ("factor", "gaps", "hi", "last_seq", "last_ts", "lo", "same", "stale_after")
+    __slots__ = (
+        "factor", "gaps", "hi", "last_seq", "last_ts", "lo", "raw_gap", "same", "stale_after",
+    )  # fmt: skip
 
     def __init__(self, factor: float = 3.0, lo: float = 10.0, hi: float = 600.0) -> None:
         self.factor, self.lo, self.hi = factor, lo, hi
@@ -354,6 +356,7 @@ class DeviceTrack:
         self.last_seq: int | None = None
         self.gaps: deque[float] = deque(maxlen=_GAPS)
         self.same = True  # all gaps in `gaps` are equal (a steady poll: the median is that gap)
+        self.raw_gap = -1.0  # the last gap before rounding (gaps[-1] is its rounded value)
         self.stale_after = hi
 
     def configure(self, factor: float, lo: float, hi: float) -> None:
@@ -372,8 +375,13 @@ class DeviceTrack:
                 return "duplicate"
             # to the microsecond: timestamps are whole milliseconds on the wire, and
             # their float differences must not look like different poll intervals
-            gap = round(ts - last, 6)
             gaps = self.gaps
+            raw = ts - last
+            if raw == self.raw_gap:
+                gap = gaps[-1]  # the same difference as last time: rounds the same
+            else:
+                gap = round(raw, 6)
+                self.raw_gap = raw
             # the median only changes when the multiset of gaps does, and not while
             # every gap is the same
             if gaps and self.same and gap == gaps[-1]:
