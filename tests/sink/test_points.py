@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.protocol import ActuatorState, DeviceHealth, Event, GatewayStatus, Status, Telemetry
+from gateway.protocol import (
+    ActuatorState,
+    DeviceHealth,
+    Event,
+    GatewayStatus,
+    Status,
+    Telemetry,
+    UplinkHealth,
+)
 from rules.lineprotocol import parse_line
 from rules.points import (
     EngineStats,
@@ -105,6 +113,10 @@ def test_gateway_and_engine_schema():
             "b": DeviceHealth(state="backoff"),
             "c": DeviceHealth(state="offline"),
         },
+        uplinks={
+            "city": UplinkHealth(connected=False, backlog=40),
+            "district": UplinkHealth(connected=True, backlog=2),
+        },
     )
     p = parse_line(gateway_line("s", "gw1", gs))
     assert p.tags == {"site": "s", "gateway": "gw1"} and p.ts_ms == 9000
@@ -117,6 +129,9 @@ def test_gateway_and_engine_schema():
         "devices": 3,
         "devices_offline": 2,
         "uptime": 12.5,
+        "uplinks": 2,
+        "uplinks_down": 1,
+        "uplink_backlog": 42,
     }
     e = parse_line(engine_line("eng-1", EngineStats(10, 55.5, 2, 1), {"written": 9}))
     assert e.measurement == "gateway" and e.tags == {"engine": "eng-1"}
