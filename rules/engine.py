@@ -195,33 +195,19 @@ def _any(items: list[tuple[Series, Reader, DeviceTrack]], is_above: bool) -> Rea
     """``combine: any``: the worst known value (max for ``above``, min for ``below``),
     None if none is known. :meth:`_Source._combined` without the list: the same
     reads in the same order and the same comparisons as ``max()``/``min()``."""
-    if is_above:
 
-        def worst_above(now: float) -> float | None:
-            best: float | None = None
-            for series, read, track in items:
-                ok_ts = series.last_ok_ts
-                if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
-                    continue
-                v = read(now)
-                if v is not None and (best is None or v > best):
-                    best = v
-            return best
-
-        return worst_above
-
-    def worst_below(now: float) -> float | None:
+    def worst(now: float) -> float | None:
         best: float | None = None
         for series, read, track in items:
             ok_ts = series.last_ok_ts
             if series.bad or ok_ts is None or now - ok_ts > track.stale_after:
                 continue
             v = read(now)
-            if v is not None and (best is None or v < best):
+            if v is not None and (best is None or (v > best if is_above else v < best)):
                 best = v
         return best
 
-    return worst_below
+    return worst
 
 
 def _single(series: Series, read: Reader, track: DeviceTrack) -> Reader:

@@ -295,6 +295,10 @@ def quiet(rule: Rule, state: RuleState, value: float | None, now: float) -> bool
     return not (value > above) if above is not None else not (value < rule.below)  # type: ignore[operator]
 
 
+# What steady_code() found: nothing changes / only the lease renewal is due / anything else
+STEADY, RENEW, CHANGE = "steady", "renew", "change"
+
+
 def steady(
     rule: Rule,
     state: RuleState,
@@ -313,25 +317,9 @@ def steady(
     a property test holds this to :func:`transition` for random states and
     inputs. ``interlocks`` is only read when :func:`needs_interlocks` says so.
     """
-    return quiet(rule, state, value, now) or steady_unquiet(
-        rule, state, value, interlocks, now, default_lease_s
-    )
-
-
-def steady_unquiet(
-    rule: Rule,
-    state: RuleState,
-    value: float | None,
-    interlocks: Mapping[str, float | None],
-    now: float,
-    default_lease_s: float = 60.0,
-) -> bool:
-    """:func:`steady` for a caller that found the state not :func:`quiet`."""
+    if quiet(rule, state, value, now):
+        return True
     return steady_code(rule, state, value, interlocks, now, default_lease_s) is STEADY
-
-
-# What steady_code() found: nothing changes / only the lease renewal is due / anything else
-STEADY, RENEW, CHANGE = "steady", "renew", "change"
 
 
 def steady_code(
@@ -342,7 +330,7 @@ def steady_code(
     now: float,
     default_lease_s: float = 60.0,
 ) -> str:
-    """:func:`steady_unquiet` that also recognises a bare lease renewal.
+    """:func:`steady` past :func:`quiet`, telling a bare lease renewal apart.
 
     ``RENEW``: an active rule whose only change is that its renewal is due;
     :func:`transition` then returns exactly :func:`renewal` (a property test

@@ -260,36 +260,16 @@ class RollingWindow:
             return total / n if n else None
         return self._sum / len(times)
 
-    # max/min/last: evict() inlined (rules read their windows every second)
-
     def max(self, now: float) -> float | None:
-        self._pending = 0
-        times = self._times
-        if times:
-            newest = times[-1]
-            horizon = (newest if newest > now else now) - self.length
-            if times[0] <= horizon:
-                self._drop(horizon)
+        self.evict(now)
         return self._maxq[0][1] if self._maxq else None
 
     def min(self, now: float) -> float | None:
-        self._pending = 0
-        times = self._times
-        if times:
-            newest = times[-1]
-            horizon = (newest if newest > now else now) - self.length
-            if times[0] <= horizon:
-                self._drop(horizon)
+        self.evict(now)
         return self._minq[0][1] if self._minq else None
 
     def last(self, now: float) -> float | None:
-        self._pending = 0
-        times = self._times
-        if times:
-            newest = times[-1]
-            horizon = (newest if newest > now else now) - self.length
-            if times[0] <= horizon:
-                self._drop(horizon)
+        self.evict(now)
         return self._values[-1] if self._values else None
 
     def oldest(self) -> float | None:
@@ -389,9 +369,8 @@ class DeviceTrack:
             elif len(gaps) < _GAPS or gaps[0] != gap:
                 gaps.append(gap)
                 g = sorted(gaps)
-                n = len(g)
                 self.same = g[0] == g[-1]
-                iv = g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
+                iv = _median(g)
                 self.stale_after = min(max(self.factor * iv, self.lo), self.hi)
             else:
                 gaps.append(gap)
@@ -402,8 +381,10 @@ class DeviceTrack:
     @property
     def interval(self) -> float | None:
         """Median gap between the last readings, None before the second reading."""
-        g = sorted(self.gaps)
-        n = len(g)
-        if n == 0:
-            return None
-        return g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
+        return _median(sorted(self.gaps)) if self.gaps else None
+
+
+def _median(g: list[float]) -> float:
+    """The median of a sorted, non-empty list."""
+    n = len(g)
+    return g[n // 2] if n % 2 else (g[n // 2 - 1] + g[n // 2]) / 2
