@@ -122,9 +122,7 @@ class Hj212Uplink:
         if records or now - self._last_snapshot >= SNAPSHOT_INTERVAL:
             self._last_snapshot = now
             self.store.save_periods(st.snapshot())
-        if st.runtime_changed:
-            st.runtime_changed = False
-            self.store.save_runtime(asdict(st.runtime), self._base)
+        self._save_runtime_if_changed()
         if st.realtime_due(now):
             packets = st.realtime_packets(now) if self._connected else None
             if packets is None:
@@ -132,6 +130,12 @@ class Hj212Uplink:
             else:
                 self._realtime = packets  # a newer one replaces one not yet sent
                 self._work.set()
+
+    def _save_runtime_if_changed(self) -> None:
+        """Keep what a platform request changed (password, intervals) on disk."""
+        if self.station.runtime_changed:
+            self.station.runtime_changed = False
+            self.store.save_runtime(asdict(self.station.runtime), self._base)
 
     def stats(self) -> dict[str, int | float | bool | None]:
         out: dict[str, int | float | bool | None] = {**self._counts, **self.station.counts}
@@ -268,9 +272,7 @@ class Hj212Uplink:
         log.info("hj212 %s: platform request CN=%s QN=%s", self.name, p.cn, p.qn)
         for r in replies:
             await self._write(writer, hj212.encode_packet(r))
-        if self.station.runtime_changed:
-            self.station.runtime_changed = False
-            self.store.save_runtime(asdict(self.station.runtime), self._base)
+        self._save_runtime_if_changed()
         if p.cn == hj212.CN_REALTIME and self.station.runtime.realtime_on:
             self._realtime = self.station.realtime_packets(now)
             self._work.set()

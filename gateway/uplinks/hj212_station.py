@@ -82,10 +82,7 @@ class Runtime:
         for key, value in saved.items():
             if key in mine and saved_base.get(key) == mine[key]:
                 out[key] = value
-        try:
-            return Runtime(**out)
-        except TypeError:
-            return self
+        return Runtime(**out)
 
 
 @dataclass(slots=True)

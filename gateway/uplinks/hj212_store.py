@@ -169,21 +169,22 @@ class Hj212Store:
         return {}, {}, {}
 
     def save_runtime(self, runtime: dict[str, Any], base: dict[str, Any]) -> None:
-        self._save("runtime, base", (json.dumps(runtime), json.dumps(base)))
+        self._save(
+            "INSERT INTO hj212_state (uplink, runtime, base) VALUES (?, ?, ?) "
+            "ON CONFLICT (uplink) DO UPDATE SET runtime = excluded.runtime, base = excluded.base",
+            (self.uplink, json.dumps(runtime), json.dumps(base)),
+        )
 
     def save_periods(self, periods: dict[str, Any]) -> None:
-        self._save("periods", (json.dumps(periods),))
+        self._save(
+            "INSERT INTO hj212_state (uplink, periods) VALUES (?, ?) "
+            "ON CONFLICT (uplink) DO UPDATE SET periods = excluded.periods",
+            (self.uplink, json.dumps(periods)),
+        )
 
-    def _save(self, columns: str, values: tuple[str, ...]) -> None:
-        names = [c.strip() for c in columns.split(",")]
-        sets = ", ".join(f"{n} = excluded.{n}" for n in names)
-        marks = ", ".join("?" for _ in names)
+    def _save(self, sql: str, params: tuple[str, ...]) -> None:
         try:
-            self._con.execute(
-                f"INSERT INTO hj212_state (uplink, {columns}) VALUES (?, {marks}) "
-                f"ON CONFLICT (uplink) DO UPDATE SET {sets}",
-                (self.uplink, *values),
-            )
+            self._con.execute(sql, params)
         except sqlite3.Error as exc:
             self.errors += 1
             log.error("hj212 %s: cannot save state (%s)", self.uplink, exc)

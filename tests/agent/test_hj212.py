@@ -19,6 +19,7 @@ from gateway.uplinks.hj212 import (
     encode_packet,
 )
 from gateway.uplinks.hj212_periods import PeriodAggregator, worst_flag
+from tests.agent.hj212_platform import crc as reference_crc  # the standard's bitwise routine
 
 # The example printed in HJ 212-2017 itself (as quoted on whycan.com, topic 3594).
 STANDARD_EXAMPLE = (
@@ -26,19 +27,6 @@ STANDARD_EXAMPLE = (
     b"Flag=5;CP=&&RtdInterval=30&&1C80\r\n"
 )
 CST = 8 * 3600  # Beijing time, the platforms' clock
-
-
-def reference_crc(data: bytes) -> int:
-    """The standard's C routine CRC16_Checkout, transcribed bit by bit."""
-    crc_reg = 0xFFFF
-    for byte in data:
-        crc_reg = (crc_reg >> 8) ^ byte
-        for _ in range(8):
-            check = crc_reg & 0x0001
-            crc_reg >>= 1
-            if check == 0x0001:
-                crc_reg ^= 0xA001
-    return crc_reg
 
 
 def test_crc_of_the_standard_example() -> None:
