@@ -243,6 +243,9 @@ class Engine:
         # inputs of the last evaluation that was not steady (that changed state or acted)
         self.last_inputs: dict[InstanceKey, RuleInputs] = {}
         self.last_values: dict[InstanceKey, float | None] = {}  # main value, every evaluation
+        # the instances the last tick() evaluated past the quiet test; the others were
+        # idle (or resting in cooldown), not active, and not beyond their threshold
+        self.tick_unquiet: list[InstanceKey] = []
         self._tracks: dict[tuple[str, str], DeviceTrack] = {}
         self._series: dict[tuple[str, str, str], Series] = {}
         self._states: dict[InstanceKey, RuleState] = {}
@@ -496,11 +499,13 @@ class Engine:
         if not FAST_PATHS:
             for key, inst in self._instances.items():
                 out.extend(self._evaluate_instance(key, inst, now))
+            self.tick_unquiet = list(self._instances)
             out.extend(self._tick_actuators(now))
             return out
         states = self._states
         last_values = self.last_values
         rest = self._evaluate_rest
+        unquiet = self.tick_unquiet = []
         for key, inst, main, background, above, below in self._plan:
             v = main(now)
             if v is not None and background is not None:
@@ -522,6 +527,7 @@ class Engine:
                     not (v > above) if above is not None else not (v < below)  # type: ignore[operator]
                 ):
                     continue
+            unquiet.append(key)
             acts = rest(key, inst, state, v, now)
             if acts:
                 out.extend(acts)

@@ -70,7 +70,7 @@ from typing import Any, TextIO
 
 from gateway.configfile import ConfigError
 from rules.config import RulesFile, load_rules_file
-from rules.engine import Engine
+from rules.engine import Engine, InstanceKey
 from rules.evaluator import EmitEvent
 
 # A reading: (ts seconds, site, device, values, status, per-metric flags or None)
@@ -425,13 +425,12 @@ class _Observer:
         self.run: dict[tuple[str, str], float] = {}  # current exceedance stretch, seconds
         lpm = {(a.site, a.id): a.litres_per_minute for a in rf.actuator_list}
         self.keys = engine.instances()
-        self.info = []
+        self.info: dict[InstanceKey, tuple[RuleStats, float, bool, float]] = {}
         for key in self.keys:
             rule = engine.rule(key)
             site = key[1]
             water = sum(lpm.get((site, act), 0.0) for act in rule.actions.lease)
-            self.info.append((key, rule, self.stats[rule.id], water, rule.is_above,
-                              rule.threshold))  # fmt: skip
+            self.info[key] = (self.stats[rule.id], water, rule.is_above, rule.threshold)
 
     def observe(self, actions: list[Any], dt: float) -> None:
         for a in actions:
@@ -444,11 +443,20 @@ class _Observer:
                 elif a.event.kind == "off" and a.event.data:
                     reason = str(a.event.data.get("reason", "")).split(":")[0]
                     st.stops[reason] = st.stops.get(reason, 0) + 1
-        last_values = self.engine.last_values
-        states = self.engine.states
+        engine = self.engine
+        last_values = engine.last_values
+        states = engine.states
         runs = self.run
         minutes = dt / 60.0
-        for key, _rule, st, water, is_above, thr in self.info:
+        info = self.info
+        unquiet = engine.tick_unquiet
+        if runs:
+            # an instance the tick found quiet is neither active nor beyond its threshold
+            evaluated = set(unquiet)
+            for key in [k for k in runs if k not in evaluated]:
+                del runs[key]
+        for key in unquiet:
+            st, water, is_above, thr = info[key]
             state = states[key]
             if state.phase == "active":
                 st.active_min += minutes
