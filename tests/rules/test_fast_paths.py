@@ -42,7 +42,7 @@ from rules.evaluator import (
     transition,
 )
 from rules.model import Rule
-from rules.replay import Reading, _row_batches, read_csv
+from rules.replay_input import Reading, _row_batches, read_csv
 from rules.window import RollingWindow
 
 FROST = {"name": "frost", "metric": "temp", "devices": ["m"], "below": 3, "clear": 4}
