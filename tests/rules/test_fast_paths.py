@@ -453,7 +453,27 @@ def replay_series(seed: int, seconds: int) -> str:
             lines.append(lines[-1])  # a duplicate
         if s % 10 == 0 and not (1000 < s < 1600):
             lines.append(f"{ms},bg,county,{dust * 0.5:.1f},,,,")
+        # bad rows (counted, skipped) and a device nobody reads
+        junk = rnd.random()
+        if junk < 0.001:
+            lines.append("garbage")
+        elif junk < 0.002:
+            lines.append(f"{ms},s,a,n/a,{temp:.2f},,,")  # a cell a rule reads
+        elif junk < 0.003:
+            lines.append(f"{ms},s,b,{dust:.1f},,oops,,")  # a cell no rule reads from b
+        elif junk < 0.004:
+            lines.append(f"soon,s,b,{dust:.1f},,,,")
+        elif junk < 0.006:
+            lines.append(f"{ms},s,x,{dust:.1f},,,,")
     return "\n".join(lines) + "\n"
+
+
+def without_column(text: str, name: str) -> str:
+    """The CSV without one column (a metric some rule reads that this file lacks)."""
+    lines = text.splitlines()
+    k = lines[0].split(",").index(name)
+    return "\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != k)
+                     if line.count(",") >= k else line for line in lines) + "\n"  # fmt: skip
 
 
 def traced_replay(text: str, fast: bool) -> tuple[dict, list[str]]:
@@ -469,24 +489,30 @@ def traced_replay(text: str, fast: bool) -> tuple[dict, list[str]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(replay_mod._Observer, "observe", observe)
         readings: Iterable[Reading]
+        csv_counts: Counter[str] = Counter()
         if fast:
-            readings = read_csv(io.StringIO(text))  # select(), split batches
+            readings = read_csv(io.StringIO(text), csv_counts)  # select(), split batches
         else:
             # the csv module (a quoted header cell makes the reader hand over to it), all
             # metrics, every rule in full every second (no quiet/steady shortcut)
             quoted = text.replace("ts,site", '"ts",site', 1)
-            readings = list(read_csv(io.StringIO(quoted)))
+            readings = list(read_csv(io.StringIO(quoted), csv_counts))
             mp.setattr(engine_mod, "FAST_PATHS", False)
             mp.setattr(engine_mod, "quiet", never)
             mp.setattr(engine_mod, "steady_code", lambda *a: CHANGE)
         (res,) = replay_mod.replay(readings, [rf])
     stats = {rid: dataclasses.asdict(st) for rid, st in res.rules.items()}
-    return {"stats": stats, "counters": res.counters, "n": res.readings}, trace
+    result = {"stats": stats, "counters": res.counters, "n": res.readings, "csv": csv_counts}
+    return result | {"first": res.first_ts, "last": res.last_ts}, trace
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_replay_fast_paths_give_the_same_statistics_and_actions(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "drop"), [(1, None), (2, None), (3, "level")])
+def test_replay_fast_paths_give_the_same_statistics_and_actions(
+    seed: int, drop: str | None
+) -> None:
     text = replay_series(seed, 4 * 3600)
+    if drop is not None:
+        text = without_column(text, drop)
     fast, fast_trace = traced_replay(text, fast=True)
     full, full_trace = traced_replay(text, fast=False)
     assert fast == full  # exact floats, not rounded
@@ -496,4 +522,5 @@ def test_replay_fast_paths_give_the_same_statistics_and_actions(seed: int) -> No
     assert st["any2"]["triggers"] > 0 and st["rel"]["triggers"] > 0 and st["maxb"]["triggers"] > 0
     assert st["any2"]["blocked_min"] > 0
     assert len({r for s in st.values() for r in s["stops"]}) >= 3, st
-    assert {"duplicate", "negative_value", "bad_status"} <= set(fast["counters"])
+    assert {"duplicate", "negative_value", "bad_status", "unknown_device"} <= set(fast["counters"])
+    assert fast["csv"]["bad_rows"] > 20
