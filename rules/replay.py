@@ -14,30 +14,20 @@ evaluated on each reading; the difference is below a second). Gaps in the
 data are ticked through second by second while any rule or actuator is busy
 (timers must run out), and skipped while everything is idle.
 
-Speed (one week of 1 Hz data for 10 devices is 6 million readings): the CSV
-is split with ``str.split`` wherever the csv module would read it the same way
-(no quotes, NULs or bare CRs), a wide row is converted only for the metrics
-some rule reads (other cells are still checked), each device's ingest is
-bound once, and the engine's fast paths (the tick's precompiled loop with
+Input (CSV long or wide, InfluxDB 1.x) is read by :mod:`rules.replay_input`;
+rows must be in time order per device (out-of-order ones are counted and
+dropped, as live).
+
+Speed (one week of 1 Hz data for 10 devices is 6 million readings): a wide
+row is converted only for the metrics some rule reads, each device's ingest
+is bound once, and the engine's fast paths (the tick's precompiled loop with
 ``quiet()`` inlined and the bare lease renewal, both behind
 ``rules.engine.FAST_PATHS``; the steady test; the actuator pass skipped
-until a lease can have ended) leave rules that are waiting alone.
+until a lease can have ended) leave rules that are waiting alone; the
+per-second statistics visit only the rules the tick did not find quiet.
 ``tests/rules/test_fast_paths.py`` holds the result to the plain path (csv
 module, every rule through the full state machine every second): same
 statistics to the last bit, same actions.
-
-Input:
-
-- CSV, long format: header ``ts,site,device,metric,value[,status]``; rows of
-  one reading (same ts, site, device) must be adjacent.
-- CSV, wide format: header ``ts,site,device,<metric>,...[,status][,seq]``;
-  empty cells are missing values.
-- ``ts``: milliseconds since the epoch, or ISO 8601 (``Z`` or an offset;
-  naive times are UTC). Rows must be in time order per device (out-of-order
-  ones are counted and dropped, as live).
-- InfluxDB 1.x: ``SELECT * FROM telemetry WHERE time >= .. AND time < ..``
-  over HTTP ``/query`` (chunked, epoch=ms); tag/field columns other than
-  site/device/model/status/seq are metrics.
 
 Per rule (summed over its sites): ``triggers`` (runs started), ``active_min``
 (minutes active = spraying for rules that lease actuators), ``water_l``
