@@ -542,3 +542,88 @@ def test_reload_rebinds_cached_topics_to_the_new_windows(tmp_path: Path) -> None
     assert commands(svc.on_message(TOPIC, telemetry(200, T0 + 1, 2), T0 + 1)) == []  # no gate2
     pubs = svc.on_message(other, telemetry(200, T0 + 1, 2), T0 + 1)
     assert [(c.action, c.rule) for c in commands(pubs)] == [("on", "gate-mean")]
+
+
+# Operations for the deferral test: a reading of the rule's device or of one nobody
+# reads (value, seconds after the previous one: 0 or less is a duplicate or out of
+# order, stored during a backlog or evaluated), a tick, an override, a reload with
+# another threshold, a snapshot.
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("reading"),
+            st.sampled_from(["gate", "gate", "gate", "nobody"]),
+            st.sampled_from([40.0, 120.0, 160.0, 400.0, -5.0]),
+            st.sampled_from([1.0, 1.0, 2.5, 0.0, -1.0, 45.0]),
+            st.booleans(),
+        ),
+        st.tuples(st.just("tick")),
+        st.tuples(st.just("override"), st.sampled_from(["on", "off", "auto"])),
+        st.tuples(st.just("reload"), st.sampled_from([150, 300])),
+        st.tuples(st.just("snapshot")),
+    ),
+    max_size=60,
+)
+
+
+def _run_ops(tmp: Path, ops: list[tuple[Any, ...]]) -> dict[str, Any]:
+    svc, sink = make_service(tmp)
+    svc._boot = "boot"  # OFF command ids carry the start second: the same in both runs
+    text = (tmp / "rules.yaml").read_text()
+    out: list[tuple[str, bytes]] = []
+    snapshots = []
+    now = T0
+    seq = 0
+    for op in ops:
+        now += 0.5
+        if op[0] == "reading":
+            _, dev, value, dt, evaluate = op
+            now += dt if dt > 0 else 0.0
+            seq += 1
+            ts = now if dt > 0 else now - 1.0 + dt  # dt <= 0: at or before an earlier one
+            topic = p.telemetry_topic("site-01", dev)
+            pubs = svc.on_message(topic, telemetry(value, ts, seq), now, evaluate)
+        elif op[0] == "tick":
+            pubs = svc.on_tick(now)
+        elif op[0] == "override":
+            pubs = svc.on_message(OVR, request(op[1], now, id=f"o-{seq}-{op[1]}"), now)
+        elif op[0] == "reload":
+            pubs = svc.reload_text(text.replace("above: 150", f"above: {op[1]}"), now)
+        else:
+            snapshots.append(svc.state_snapshot(now)["engine"])
+            pubs = []
+        out.extend((x.topic, x.payload) for x in pubs)
+    return {
+        "publishes": out,
+        "snapshots": snapshots,
+        "end": svc.state_snapshot(now)["engine"],
+        "counters": dict(svc.counters),
+        "engine": dict(svc.engine.counters),
+        "sink": sink.lines,
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(_OPS)
+def test_readings_deferred_in_a_backlog_change_nothing(ops: list[tuple[Any, ...]]) -> None:
+    """Readings stored in a batch before the next evaluation (DEFER_MAX) give the same
+    commands, events, state, counters and sink lines as storing each one as it comes."""
+    import tempfile
+
+    import rules.service as service_mod
+
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        batched = _run_ops(Path(a), ops)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(service_mod, "DEFER_MAX", 1)  # every reading stored at once
+            at_once = _run_ops(Path(b), ops)
+    assert batched == at_once
+
+
+def test_deferred_readings_wait_for_the_next_evaluation(tmp_path: Path) -> None:
+    svc, sink = make_service(tmp_path)
+    for k in range(3):
+        svc.on_message(TOPIC, telemetry(300, T0 + k, k + 1), T0 + k, evaluate=False)
+    assert len(svc._deferred) == 3 and len(sink.points("telemetry")) == 3  # sunk at once
+    assert svc.engine.counters["readings"] == 3  # any use of the engine stores them
+    assert svc._deferred == []
