@@ -143,6 +143,7 @@ COALESCE_BACKLOG = 64  # queued messages that count as a backlog
 COALESCE_MAX = 5000  # readings stored before the rules are evaluated, with a backlog
 COALESCE_S = 0.25  # ... or this long
 DEFER_MAX = 10_000  # deferred readings stored at once even if nobody evaluates
+_BYTES = (bytes, bytearray)
 
 
 class LineSink(Protocol):
@@ -945,13 +946,20 @@ class RulesService:
         messages = client.messages
         deferred = 0
         deferred_since = 0.0
+        backlog_known = 0  # messages still surely queued behind the current one
         for_tick: list[Publish] = []
         async for message in messages:
             payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
+            if not isinstance(payload, _BYTES):
                 payload = b"" if payload is None else str(payload).encode()
             now = clock()
-            backlog = len(messages)
+            if backlog_known > COALESCE_BACKLOG:
+                # only this loop takes messages off the queue: it cannot have shrunk by
+                # more than one since it was counted
+                backlog_known -= 1
+                backlog = backlog_known
+            else:
+                backlog = backlog_known = len(messages)
             evaluate = backlog < COALESCE_BACKLOG or (
                 deferred > 0 and (deferred >= COALESCE_MAX or now - deferred_since >= COALESCE_S)
             )
