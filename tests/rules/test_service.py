@@ -627,3 +627,65 @@ def test_deferred_readings_wait_for_the_next_evaluation(tmp_path: Path) -> None:
     assert len(svc._deferred) == 3 and len(sink.points("telemetry")) == 3  # sunk at once
     assert svc.engine.counters["readings"] == 3  # any use of the engine stores them
     assert svc._deferred == []
+
+
+class _Queue:
+    """aiomqtt's ``client.messages`` as the receive loop sees it: an async iterator
+    over queued messages whose ``len`` is what is still queued; ``arrivals`` adds
+    messages while the loop runs (after the message with that index was taken)."""
+
+    def __init__(self, payloads: list[bytes], arrivals: dict[int, list[bytes]]) -> None:
+        self.queue = list(payloads)
+        self.arrivals = arrivals
+        self.taken = 0
+
+    def __aiter__(self) -> _Queue:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self.queue:
+            raise StopAsyncIteration
+        payload = self.queue.pop(0)
+        self.queue.extend(self.arrivals.get(self.taken, []))
+        self.taken += 1
+
+        class Message:
+            topic = type("Topic", (), {"value": TOPIC})()
+
+        m = Message()
+        m.payload = payload  # type: ignore[attr-defined]
+        return m
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
+async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rules.service as service_mod
+
+    monkeypatch.setattr(service_mod, "COALESCE_S", 1e9)  # a slow machine must not force one
+    svc, _ = make_service(tmp_path)
+    seen: list[tuple[int, bool]] = []
+    queue = _Queue(
+        [telemetry(50, T0 + k, k + 1) for k in range(300)],
+        {200: [telemetry(50, T0 + 300 + k, 301 + k) for k in range(100)]},
+    )
+    orig = svc.on_message
+
+    def on_message(topic: str, payload: bytes, now: float, evaluate: bool = True) -> Any:
+        seen.append((len(queue), evaluate))  # what is queued behind this message
+        return orig(topic, payload, now, evaluate)
+
+    svc.on_message = on_message  # type: ignore[method-assign]
+    client = type("Client", (), {"messages": queue})()
+    await svc._receive(client)  # type: ignore[arg-type]
+    assert len(seen) == 400
+    # deferred exactly while 64 or more were queued behind the message (the last
+    # of those stored and then evaluated with the first message after them)
+    first_live = next(i for i, (queued, _) in enumerate(seen) if queued < 64)
+    assert all(not ev for _, ev in seen[:first_live])
+    assert all(ev for _, ev in seen[first_live:])
+    assert first_live == 400 - 64
+    assert svc.engine.counters["readings"] == 400
