@@ -554,6 +554,7 @@ _OPS = st.lists(
             st.just("reading"),
             st.sampled_from(["gate", "gate", "gate", "nobody"]),
             st.sampled_from([40.0, 120.0, 160.0, 400.0, -5.0]),
+            st.sampled_from(["ok", "ok", "ok", "calibrating", "flagged"]),
             st.sampled_from([1.0, 1.0, 2.5, 0.0, -1.0, 45.0]),
             st.booleans(),
         ),
@@ -577,12 +578,17 @@ def _run_ops(tmp: Path, ops: list[tuple[Any, ...]]) -> dict[str, Any]:
     for op in ops:
         now += 0.5
         if op[0] == "reading":
-            _, dev, value, dt, evaluate = op
+            _, dev, value, status, dt, evaluate = op
             now += dt if dt > 0 else 0.0
             seq += 1
             ts = now if dt > 0 else now - 1.0 + dt  # dt <= 0: at or before an earlier one
             topic = p.telemetry_topic("site-01", dev)
-            pubs = svc.on_message(topic, telemetry(value, ts, seq), now, evaluate)
+            extra: dict[str, Any] = {}
+            if status == "flagged":
+                extra["flags"] = {"pm10": "calibrating"}
+            elif status != "ok":
+                extra["status"] = status
+            pubs = svc.on_message(topic, telemetry(value, ts, seq, **extra), now, evaluate)
         elif op[0] == "tick":
             pubs = svc.on_tick(now)
         elif op[0] == "override":
