@@ -158,7 +158,6 @@ class _Source:
         self.combine = ref.combine
         self.is_above = ref.is_above
         self.shared = False  # read by several rules: memoised per (now, data generation)
-        self.read: Reader = self._combined  # compute, or memoised compute if shared (compile)
         self.memo_now: float | None = None
         self.memo_gen = -1
         self.memo_value: float | None = None
@@ -168,6 +167,7 @@ class _Source:
             self.compute = _any(items, self.is_above)
         else:
             self.compute = self._combined
+        self.read: Reader = self.compute  # memoised instead if shared (Engine._reader)
 
     def _combined(self, now: float) -> float | None:
         known: list[float] = []
@@ -577,21 +577,9 @@ class Engine:
 
     # ---------------------------------------------------------- evaluation
 
-    def _value(self, src: _Source, now: float) -> float | None:
-        if not src.shared:
-            return src.compute(now)
-        # shared by several rules (interlocks, backgrounds): computed once per `now`
-        gen = self._n_readings
-        if src.memo_now == now and src.memo_gen == gen:
-            return src.memo_value
-        result = src.memo_value = src.compute(now)
-        src.memo_now = now
-        src.memo_gen = gen
-        return result
-
     def _reader(self, src: _Source) -> Reader:
-        """``src``'s value at ``now``: computed, or memoised per (now, data generation)
-        when several rules read it (as :meth:`_value`)."""
+        """``src``'s value at ``now``: computed, or, when several rules read it
+        (interlocks, backgrounds), computed once per (now, data generation)."""
         if not src.shared:
             return src.compute
         compute = src.compute
@@ -612,9 +600,9 @@ class Engine:
         return self._inputs(self._instances[key], now, with_interlocks=True)
 
     def _main_value(self, inst: _Instance, now: float) -> float | None:
-        v = self._value(inst.src_main, now)
+        v = inst.src_main.read(now)
         if v is not None and inst.src_background is not None:
-            b = self._value(inst.src_background, now)
+            b = inst.src_background.read(now)
             v = None if b is None else v - b
         return v
 
@@ -622,7 +610,7 @@ class Engine:
         v = self._main_value(inst, now)
         ils = {}
         if with_interlocks:
-            ils = {name: self._value(src, now) for name, src in inst.src_interlocks}
+            ils = {name: src.read(now) for name, src in inst.src_interlocks}
         return RuleInputs(inst.site, v, ils)
 
     def _never_seen(self, inst: _Instance) -> bool:
@@ -633,12 +621,7 @@ class Engine:
 
     def _evaluate_instance(self, key: InstanceKey, inst: _Instance, now: float) -> list[Action]:
         state = self._states[key]
-        src = inst.src_main
-        v = self._value(src, now) if src.shared else src.compute(now)
-        if v is not None and inst.src_background is not None:
-            b = self._value(inst.src_background, now)
-            v = None if b is None else v - b
-        self.last_values[key] = v
+        v = self.last_values[key] = self._main_value(inst, now)
         if quiet(inst.rule, state, v, now):
             return []
         return self._evaluate_rest(key, inst, state, v, now)
@@ -651,9 +634,8 @@ class Engine:
             return []  # just restored: give the devices time to report
         ils: dict[str, float | None] = {}
         if inst.src_interlocks and needs_interlocks(inst.rule, state, v):
-            value = self._value
             for name, src in inst.src_interlocks:
-                ils[name] = value(src, now)
+                ils[name] = src.read(now)
         code = steady_code(inst.rule, state, v, ils, now, self._default_lease)
         if code is STEADY:
             return []  # waiting for a timer or a crossing: nothing to build
