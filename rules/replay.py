@@ -107,9 +107,8 @@ class _Observer:
         self.stats = {r.id: RuleStats(r.id) for r in rf.rules if r.enabled}
         self.run: dict[tuple[str, str], float] = {}  # current exceedance stretch, seconds
         lpm = {(a.site, a.id): a.litres_per_minute for a in rf.actuator_list}
-        self.keys = engine.instances()
         self.info: dict[InstanceKey, tuple[RuleStats, float, bool, float]] = {}
-        for key in self.keys:
+        for key in engine.instances():
             rule = engine.rule(key)
             site = key[1]
             water = sum(lpm.get((site, act), 0.0) for act in rule.actions.lease)
