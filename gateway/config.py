@@ -25,7 +25,7 @@ from gateway.configfile import (
     parse_duration,
 )
 from gateway.protocol import ID_PATTERN, Status
-from gateway.uplinks.hj212_settings import Hj212Settings
+from gateway.uplinks.hj212_settings import Hj212Settings, uplink_key
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 RESERVED_IDS = {"gateway", "events"}  # topic segments of their own
@@ -210,7 +210,7 @@ def _check_references(data: Any) -> list[tuple[Loc, str]]:
     for i, up in enumerate(data.get("uplinks") or []):
         if isinstance(up, dict):
             # the backlog on disk is kept under this key: two uplinks must not share it
-            key = str(up.get("name") or f"{up.get('host')}:{up.get('port')}")
+            key = uplink_key(up.get("name"), up.get("host"), up.get("port"))
             if key in uplink_keys:
                 where = ("uplinks", i, "name" if up.get("name") else "host")
                 out.append((where, f"uplink {key!r} repeats uplinks[{uplink_keys[key]}]"))

@@ -62,6 +62,12 @@ MINUTE_INTERVALS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
 """Minute-record intervals (in minutes) that divide an hour."""
 
 
+def uplink_key(name: object, host: object, port: object) -> str:
+    """An uplink's name, else ``host:port``: it keys the backlog on disk (also checked
+    on the raw site.yaml, before validation)."""
+    return str(name or f"{host}:{port}")
+
+
 class Heartbeat(StrictModel):
     """A keep-alive packet (``CP=&&&&``) sent when the link was idle for ``interval``.
 
@@ -129,7 +135,7 @@ class Hj212Settings(StrictModel):
     @property
     def key(self) -> str:
         """What names this uplink's backlog and state on disk."""
-        return self.name or f"{self.host}:{self.port}"
+        return uplink_key(self.name, self.host, self.port)
 
     @property
     def flag_version(self) -> int:
