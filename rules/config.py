@@ -111,8 +111,8 @@ SHARED_GROUP_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 class ServiceSettings(StrictModel):
     """How ``dustgate rules`` runs (rules.yaml ``service:``)."""
 
-    # MQTT 5 shared subscription group: telemetry, state and status are subscribed
-    # as $share/<group>/... so several engines split the sites between them.
+    # MQTT 5 shared subscription group: telemetry, state, status and events are
+    # subscribed as $share/<group>/... so several engines split the sites between them.
     # The --shared-group command line flag overrides it.
     shared_group: Annotated[str, Field(pattern=SHARED_GROUP_PATTERN)] | None = None
 

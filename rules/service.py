@@ -37,8 +37,8 @@ is the imperative shell around it:
   evaluated, once per ``COALESCE_MAX`` messages / ``COALESCE_S`` or when the
   backlog is gone (a tight loop over a thousand readings runs far faster
   than the same work interleaved with the MQTT client's; any use of the
-  engine stores them first). TCP_NODELAY is set on the broker socket (paho does not), so a command
-  does not wait for the ACK of our previous packet.
+  engine stores them first). TCP_NODELAY is set on the broker socket (paho
+  does not), so a command does not wait for the ACK of our previous packet.
 - **State**: ``engine.snapshot()`` is written atomically (temp file, fsync,
   rename, fsync of the directory) to ``<state_dir>/engine-state.json`` (a
   relative ``state_dir`` is relative to the rules file's directory) when
