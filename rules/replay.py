@@ -18,8 +18,10 @@ Input (CSV long or wide, InfluxDB 1.x) is read by :mod:`rules.replay_input`;
 rows must be in time order per device (out-of-order ones are counted and
 dropped, as live).
 
-Speed (one week of 1 Hz data for 10 devices is 6 million readings): a wide
-row is converted only for the metrics some rule reads, each device's ingest
+Speed (one week of 1 Hz data for 10 devices is 6 million readings): the
+command reads its input in a second process (``replay(..., ahead=True)``,
+:mod:`rules.readahead`), a wide row is converted only for the metrics some
+rule reads, each device's ingest
 is bound once, and the engine's fast paths (the tick's precompiled loop with
 ``quiet()`` inlined and the bare lease renewal, both behind
 ``rules.engine.FAST_PATHS``; the steady test; the actuator pass skipped
@@ -58,7 +60,9 @@ from gateway.configfile import ConfigError
 from rules.config import RulesFile, load_rules_file
 from rules.engine import Engine, InstanceKey
 from rules.evaluator import EmitEvent
+from rules.readahead import ReadAhead, read_ahead
 from rules.replay_input import (
+    INPUT_ERRORS,
     CsvReadings,
     Reading,
     ReplayError,
@@ -157,15 +161,32 @@ class _Observer:
                 st.longest_exceed_min = run / 60.0
 
 
-def replay(readings: Iterable[Reading], rules_files: list[RulesFile]) -> list[ReplayResult]:
-    """Run one engine per rules file over the same readings."""
+def replay(
+    readings: Iterable[Reading], rules_files: list[RulesFile], ahead: bool = False
+) -> list[ReplayResult]:
+    """Run one engine per rules file over the same readings; ``ahead``: read them in
+    a second process where that is safe (:mod:`rules.readahead`)."""
     engines = [Engine(rf) for rf in rules_files]
+    counters = None
     if isinstance(readings, CsvReadings):
 
         def metrics_for(site: str, device: str) -> set[str]:
             return set().union(*(e.metrics_of(site, device) for e in engines))
 
+        counters = readings.counters
         readings = readings.select(metrics_for)
+    if ahead:
+        readings = read_ahead(readings, counters)
+    try:
+        return _run(readings, engines, rules_files)
+    finally:
+        if isinstance(readings, ReadAhead):
+            readings.close()  # stopped by an error: the reader process goes too
+
+
+def _run(
+    readings: Iterable[Reading], engines: list[Engine], rules_files: list[RulesFile]
+) -> list[ReplayResult]:
     observers = [_Observer(e, rf) for e, rf in zip(engines, rules_files, strict=True)]
     pairs = list(zip(engines, observers, strict=True))
     single = engines[0] if len(engines) == 1 else None
@@ -339,19 +360,19 @@ def main(argv: list[str]) -> int:
         counters: Counter[str] = Counter()
         if args.csv:
             if args.csv == "-":
-                results = replay(read_csv(sys.stdin, counters, start, end), files)
+                results = replay(read_csv(sys.stdin, counters, start, end), files, ahead=True)
             else:
                 with open(args.csv, newline="", encoding="utf-8") as fh:
-                    results = replay(read_csv(fh, counters, start, end), files)
+                    results = replay(read_csv(fh, counters, start, end), files, ahead=True)
         else:
             if not (args.start and args.end):
                 print("--influx needs --from and --to", file=sys.stderr)
                 return 2
             src = read_influx(args.influx, args.db, start, end, args.user, args.password)
-            results = replay(src, files)
+            results = replay(src, files, ahead=True)
         for r in results:
             r.counters.update({k: v for k, v in counters.items() if v})
-    except (ReplayError, OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError) as exc:
+    except INPUT_ERRORS as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 1
     fmt = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]

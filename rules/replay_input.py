@@ -14,8 +14,8 @@ parsing apart from the HTTP query; bad rows are counted, not raised.
 Speed: the CSV is split with ``str.split`` wherever the csv module would
 read it the same way (no quotes, NULs or bare CRs), and a wide row is
 converted only for the metrics some rule reads (the other cells are still
-checked). :meth:`CsvReadings.feed_wide` hands wide rows to per-device
-consumers without building a :data:`Reading` (the replay's own loop).
+checked). ``dustgate replay`` reads ahead in a second process
+(:mod:`rules.readahead`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ NON_METRIC_COLUMNS = frozenset(
 
 class ReplayError(Exception):
     """Input that cannot be replayed (bad header, unreadable timestamp, HTTP error)."""
+
+
+# What reading the input may raise for bad input (the CLI reports them in one line).
+INPUT_ERRORS = (ReplayError, OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError)
 
 
 # ---------------------------------------------------------------- parsing
@@ -143,7 +147,7 @@ class CsvReadings:
 
     def __init__(self, stream: TextIO, counters: Counter[str], start: float, end: float) -> None:
         self._stream = stream
-        self._counters = counters
+        self.counters = counters  # bad_rows, ... (updated as the rows are read)
         self._start = start
         self._end = end
         self._it: Iterator[Reading] | None = None
@@ -183,7 +187,7 @@ class CsvReadings:
             if need not in header:
                 raise ReplayError(f"CSV header lacks {need!r}: {','.join(header)}")
         rows = itertools.chain([first], batches)
-        c, start, end = self._counters, self._start, self._end
+        c, start, end = self.counters, self._start, self._end
         if "metric" in header and "value" in header:
             return _read_long(itertools.chain.from_iterable(rows), header, c, start, end)
         return _read_wide(rows, header, c, start, end, metrics_for)

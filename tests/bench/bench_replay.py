@@ -10,7 +10,10 @@ with ``examples/rules.yaml`` plus one PM10 rule per extra monitor (every
 device is read by some rule), and the ratio against a baseline measured in
 the same run: the bare loop that parses the same CSV rows into floats and
 appends them to deques, each the best of ``--rounds`` alternating rounds
-(the slowest replay round is printed too). Goal: >= 200,000 readings/s.
+(the slowest replay round is printed too). The replay runs as ``dustgate
+replay`` runs it (the input read ahead in a second process,
+:mod:`rules.readahead`) and, for comparison, in one process. Goal: >= 200,000
+readings/s.
 
     .venv/bin/python tests/bench/bench_replay.py [--hours 24]
 """
@@ -113,17 +116,21 @@ def main() -> int:
     data = make_csv(seconds)
     rf = load_rules_file("bench-rules.yaml", text=rules_text())
     # alternating rounds, best of each: this machine is shared and its speed drifts
-    base_times, replay_times = [], []
+    base_times: list[float] = []
+    replay_times: list[float] = []
+    single_times: list[float] = []
     for _ in range(args.rounds):
         n_base, t_base = baseline(data)
         base_times.append(t_base)
-        t0 = time.perf_counter()
-        (result,) = replay(read_csv(io.StringIO(data)), [rf])
-        replay_times.append(time.perf_counter() - t0)
-        assert result.readings == n_base, (result.readings, n_base)
+        for ahead, times in ((True, replay_times), (False, single_times)):
+            t0 = time.perf_counter()
+            (result,) = replay(read_csv(io.StringIO(data)), [rf], ahead=ahead)
+            times.append(time.perf_counter() - t0)
+            assert result.readings == n_base, (result.readings, n_base)
     t_base, t_replay = min(base_times), min(replay_times)
     rate, base_rate = result.readings / t_replay, n_base / t_base
     worst = result.readings / max(replay_times)
+    single = result.readings / min(single_times)
     week = 7 * 86400 * len(DEVICES)
     print(f"slice: {args.hours:g} h of 1 Hz data x {len(DEVICES)} devices = {n_base} readings"
           f" ({n_base / week:.1%} of one week = {week} readings)")  # fmt: skip
@@ -131,7 +138,10 @@ def main() -> int:
         f"best of {args.rounds} alternating rounds (slowest replay round: {worst:,.0f} readings/s)"
     )
     print(f"baseline (csv -> floats -> deques): {base_rate:,.0f} readings/s ({t_base:.2f} s)")
-    print(f"replay (csv -> engine -> stats):    {rate:,.0f} readings/s ({t_replay:.2f} s)")
+    print(f"replay (csv -> engine -> stats):    {rate:,.0f} readings/s ({t_replay:.2f} s),"
+          f" input read ahead in a second process as the CLI does")  # fmt: skip
+    print(f"replay in one process:              {single:,.0f} readings/s"
+          f" ({min(single_times):.2f} s, ratio {single / base_rate:.2f})")  # fmt: skip
     print(f"ratio replay/baseline: {rate / base_rate:.2f}; one week extrapolated: "
           f"{week / rate:.0f} s; goal 200,000 readings/s: {'met' if rate >= 200_000 else 'NOT met'}")  # fmt: skip
     for s in result.rules.values():

@@ -476,7 +476,7 @@ def without_column(text: str, name: str) -> str:
                      if line.count(",") >= k else line for line in lines) + "\n"  # fmt: skip
 
 
-def traced_replay(text: str, fast: bool) -> tuple[dict, list[str]]:
+def traced_replay(text: str, fast: bool, ahead: bool = False) -> tuple[dict, list[str]]:
     rf = load_rules_file("r.yaml", text=REPLAY_RULES)
     trace: list[str] = []
     orig = replay_mod._Observer.observe
@@ -500,20 +500,24 @@ def traced_replay(text: str, fast: bool) -> tuple[dict, list[str]]:
             mp.setattr(engine_mod, "FAST_PATHS", False)
             mp.setattr(engine_mod, "quiet", never)
             mp.setattr(engine_mod, "steady_code", lambda *a: CHANGE)
-        (res,) = replay_mod.replay(readings, [rf])
+        (res,) = replay_mod.replay(readings, [rf], ahead=ahead)
     stats = {rid: dataclasses.asdict(st) for rid, st in res.rules.items()}
     result = {"stats": stats, "counters": res.counters, "n": res.readings, "csv": csv_counts}
     return result | {"first": res.first_ts, "last": res.last_ts}, trace
 
 
-@pytest.mark.parametrize(("seed", "drop"), [(1, None), (2, None), (3, "level")])
+@pytest.mark.parametrize(
+    ("seed", "drop", "ahead"), [(1, None, True), (2, None, False), (3, "level", True)]
+)
 def test_replay_fast_paths_give_the_same_statistics_and_actions(
-    seed: int, drop: str | None
+    seed: int, drop: str | None, ahead: bool
 ) -> None:
+    """The replay as the CLI runs it (``ahead``: input read in a second process) or in
+    one process, against the plain path in one process."""
     text = replay_series(seed, 4 * 3600)
     if drop is not None:
         text = without_column(text, drop)
-    fast, fast_trace = traced_replay(text, fast=True)
+    fast, fast_trace = traced_replay(text, fast=True, ahead=ahead)
     full, full_trace = traced_replay(text, fast=False)
     assert fast == full  # exact floats, not rounded
     assert fast_trace == full_trace
