@@ -7,7 +7,8 @@ One point is one physical line::
 Escaping (InfluxDB 1.x/2.x tokeniser: a backslash always takes the next byte):
 
 =================  ==============================================================
-measurement        ``\\`` ``,`` and space escaped with a backslash
+measurement        ``\\`` ``,`` and space escaped with a backslash; a leading ``#``
+                   is refused (the line would be a comment, and no escape exists)
 tag key/value      ``\\`` ``,`` ``=`` and space escaped
 field key          ``\\`` ``,`` ``=`` and space escaped
 string field       wrapped in ``"``; ``\\`` and ``"`` escaped
@@ -102,6 +103,8 @@ def encode_line(
     """One point as one line (no trailing newline); ``None`` if no field is storable."""
     if not measurement:
         raise LineProtocolError("measurement name is empty")
+    if measurement.startswith("#"):  # no escape exists: the line would be a comment
+        raise LineProtocolError(f"measurement name {measurement!r} starts with '#'")
     parts = [escape_measurement(measurement)]
     for key in sorted(tags):
         tag_value = tags[key]

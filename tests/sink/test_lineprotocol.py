@@ -28,7 +28,7 @@ field_values = st.one_of(
 
 
 @given(
-    meas=names,
+    meas=names.filter(lambda m: not m.startswith("#")),  # a comment line: refused (below)
     tags=st.dictionaries(names, tag_values, max_size=4),
     fields=st.dictionaries(names, field_values, min_size=1, max_size=5),
     ts=st.one_of(st.none(), st.integers(min_value=0, max_value=10**13)),
@@ -39,6 +39,14 @@ def test_round_trip(meas: str, tags: dict[str, str], fields: dict[str, object], 
     assert "\n" not in line and "\r" not in line  # one point, one physical line
     assert parse_line(line) == Point(meas, tags, fields, ts)  # type: ignore[arg-type]
     assert measurement_of(line) == meas
+
+
+def test_a_measurement_that_would_read_as_a_comment_is_refused() -> None:
+    with pytest.raises(LineProtocolError, match="starts with '#'"):
+        encode_line("#telemetry", {}, {"pm10": 1.0}, 1)
+    assert parse_line(encode_line("te#lemetry", {}, {"pm10": 1.0}, 1) or "").measurement == (
+        "te#lemetry"
+    )
 
 
 @given(
