@@ -61,7 +61,7 @@ def hook() -> Iterator[Hook]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server.daemon_threads = False  # server_close() joins the request threads
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -71,6 +71,7 @@ def hook() -> Iterator[Hook]:
         state.gate.set()
         server.shutdown()
         server.server_close()
+        thread.join()
 
 
 def msg(notifier: str = "ops", text: str = "pm10-gate: on, mean(pm10) = 180.0") -> Message:

@@ -26,6 +26,11 @@ from rules.replay_input import Reading, ReplayError
 
 @pytest.fixture(autouse=True)
 def single_threaded() -> None:
+    """Forking needs a single-threaded process (rules.readahead.can_read_ahead); a
+    thread an earlier test left behind gets a few seconds to end."""
+    for t in threading.enumerate():
+        if t is not threading.current_thread():
+            t.join(timeout=5)
     others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
     assert not others, f"an earlier test left threads running: {others}"
     assert can_read_ahead()

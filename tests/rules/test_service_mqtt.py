@@ -228,6 +228,7 @@ def hook() -> Iterator[Hook]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = False  # server_close() joins the request threads
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -235,6 +236,7 @@ def hook() -> Iterator[Hook]:
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
 
 
 # -------------------------------------------------------------------- tests

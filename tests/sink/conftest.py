@@ -23,6 +23,7 @@ def fake_influx() -> Iterator[FakeInflux]:
     finally:
         fake.server.shutdown()
         fake.server.server_close()
+        fake.thread.join()
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ class FakeInflux:
                 pass
 
         self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.server.daemon_threads = True
+        self.server.daemon_threads = False  # server_close() joins the request threads
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
