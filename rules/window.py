@@ -12,8 +12,10 @@ is O(1) amortised:
 - ``max``/``min``: monotonic deques (each reading is pushed and popped once).
 - ``last``: the newest reading still inside the window.
 
-Only the aggregates some rule asks for are maintained (``kinds``), which
-keeps the replay hot path short.
+Only the aggregates some rule asks for are maintained (``kinds``), and only
+what they need is stored: the readings themselves only for ``mean``. That
+keeps the ingest path short and memory low (a 24 h max window over a 1 Hz
+sensor holds its monotonic deque, not 86,400 readings).
 
 A :class:`Series` is one (site, device, metric): its windows of different
 lengths, when it last had an ok value, and whether its latest reading was bad
@@ -43,11 +45,20 @@ _EVICT_EVERY = 64
 
 
 class RollingWindow:
-    """Readings in ``(horizon, newest]`` with O(1) amortised mean/max/min/last."""
+    """Readings in ``(horizon, newest]`` with O(1) amortised mean/max/min/last.
+
+    Only what the wanted aggregates need is stored: the readings themselves
+    (two deques) only for ``mean``; for ``max``/``min`` their monotonic deques
+    alone; for ``last`` only the newest reading, which every window keeps.
+    """
 
     __slots__ = (
+        "_keep",
+        "_last_in",
+        "_last_v",
         "_maxq",
         "_minq",
+        "_newest",
         "_ops",
         "_pending",
         "_sum",
@@ -67,22 +78,27 @@ class RollingWindow:
         unknown = kinds - set(AGGREGATES)
         if unknown:
             raise ValueError(f"unknown aggregate(s): {sorted(unknown)}")
-        self._want_mean = "mean" in kinds
+        self._want_mean = self._keep = "mean" in kinds
         self._want_max = "max" in kinds
         self._want_min = "min" in kinds
-        self._times: deque[float] = deque()
+        self._times: deque[float] = deque()  # the readings, kept only for the mean
         self._values: deque[float] = deque()
         self._maxq: deque[tuple[float, float]] = deque()
         self._minq: deque[tuple[float, float]] = deque()
         self._sum = 0.0
         self._ops = 0
         self._pending = 0
+        self._newest = -math.inf  # time of the newest reading (also once evicted)
+        self._last_v = 0.0  # its value, ...
+        self._last_in = False  # ... and whether it is still inside the window
 
     def want(self, kinds: Iterable[str]) -> None:
-        """Start maintaining more aggregates (rebuilt from the stored readings)."""
+        """Start maintaining more aggregates. A window that keeps its readings (one with
+        ``mean``) rebuilds the new ones from them; otherwise a new aggregate covers the
+        readings from now on, as a new window would (after a rules reload)."""
         kinds = set(kinds)
         if "mean" in kinds and not self._want_mean:
-            self._want_mean = True
+            self._want_mean = self._keep = True
             self._sum = math.fsum(self._values)
             self._ops = 0
         if "max" in kinds and not self._want_max:
@@ -97,6 +113,7 @@ class RollingWindow:
                 self._push_min(t, v)
 
     def __len__(self) -> int:
+        """The readings kept: all in the window for a window with ``mean``, else none."""
         return len(self._times)
 
     def _push_max(self, ts: float, value: float) -> None:
@@ -113,9 +130,12 @@ class RollingWindow:
 
     def append(self, ts: float, value: float) -> None:
         """Add an ok reading; ``ts`` must not be before the newest one (caller checks)."""
-        self._times.append(ts)
-        self._values.append(value)
-        if self._want_mean:
+        self._newest = ts
+        self._last_v = value
+        self._last_in = True
+        if self._keep:
+            self._times.append(ts)
+            self._values.append(value)
             self._sum += value
             self._ops += 1
         if self._want_max:
@@ -128,88 +148,97 @@ class RollingWindow:
             while q and q[-1][1] >= value:
                 q.pop()
             q.append((ts, value))
-        # Queries evict; here only now and then, to bound windows nobody queries.
-        self._pending += 1
-        if self._pending >= _EVICT_EVERY:
-            self.evict(ts)
+        # Queries evict; here only now and then, to bound windows nobody queries (a
+        # last-only window keeps nothing to bound).
+        if self._keep or self._want_max or self._want_min:
+            self._pending += 1
+            if self._pending >= _EVICT_EVERY:
+                self.evict(ts)
 
     def appender(self) -> Callable[[float, float], None]:
         """:meth:`append` for the aggregates maintained now, without the tests for the
         others (the ingest hot path). Same operations in the same order as
         :meth:`append`; ask again after :meth:`want`."""
-        times_append = self._times.append
-        values_append = self._values.append
-        evict = self.evict
-        if self._want_max and not (self._want_min or self._want_mean):
-            maxq = self._maxq
+        if self._want_min or (self._want_mean and self._want_max):
+            return self.append
+        if self._want_mean:
+            times_append = self._times.append
+            values_append = self._values.append
+            evict = self.evict
 
-            def append_max(ts: float, value: float) -> None:
+            def append_mean(ts: float, value: float) -> None:
+                self._newest = ts
+                self._last_v = value
+                self._last_in = True
                 times_append(ts)
                 values_append(value)
-                while maxq and maxq[-1][1] <= value:
-                    maxq.pop()
-                maxq.append((ts, value))
+                self._sum += value
+                self._ops += 1
                 self._pending += 1
                 if self._pending >= _EVICT_EVERY:
                     evict(ts)
 
-            return append_max
-        if self._want_max or self._want_min:
-            return self.append
-        if not self._want_mean:
+            return append_mean
+        if not self._want_max:
 
             def append_last(ts: float, value: float) -> None:
-                times_append(ts)
-                values_append(value)
-                self._pending += 1
-                if self._pending >= _EVICT_EVERY:
-                    evict(ts)
+                # nothing to bound: only the newest reading is kept
+                self._newest = ts
+                self._last_v = value
+                self._last_in = True
 
             return append_last
+        maxq = self._maxq
+        evict_max = self.evict
 
-        def append_mean(ts: float, value: float) -> None:
-            times_append(ts)
-            values_append(value)
-            self._sum += value
-            self._ops += 1
+        def append_max(ts: float, value: float) -> None:
+            self._newest = ts
+            self._last_v = value
+            self._last_in = True
+            while maxq and maxq[-1][1] <= value:
+                maxq.pop()
+            maxq.append((ts, value))
             self._pending += 1
             if self._pending >= _EVICT_EVERY:
-                evict(ts)
+                evict_max(ts)
 
-        return append_mean
+        return append_max
 
     def evict(self, now: float) -> None:
         """Drop readings at or before ``now - length``."""
         self._pending = 0
+        newest = self._newest
+        # the horizon follows the newest reading too (as if evicted on every append)
+        horizon = (newest if newest > now else now) - self.length
+        if newest <= horizon:
+            self._last_in = False
         times = self._times
-        if times:
-            newest = times[-1]
-            # the horizon follows the newest reading too (as if evicted on every append)
-            horizon = (newest if newest > now else now) - self.length
-            if times[0] <= horizon:
-                self._drop(horizon)
+        if times and times[0] <= horizon:
+            self._drop(horizon)
+        else:
+            q = self._maxq
+            while q and q[0][0] <= horizon:
+                q.popleft()
+            q = self._minq
+            while q and q[0][0] <= horizon:
+                q.popleft()
 
     def _drop(self, horizon: float) -> None:
-        """Pop the readings at or before ``horizon`` (there is at least one)."""
+        """Pop the readings at or before ``horizon`` (there is at least one kept)."""
         times = self._times
         values = self._values
-        if self._want_mean:
-            total = self._sum
-            ops = self._ops
-            while times and times[0] <= horizon:
-                times.popleft()
-                total -= values.popleft()
-                ops += 1
-            n = len(times)
-            if not n or ops >= (n if n > _RESUM_MIN else _RESUM_MIN):
-                total = math.fsum(values)
-                ops = 0
-            self._sum = total
-            self._ops = ops
-        else:
-            while times and times[0] <= horizon:
-                times.popleft()
-                values.popleft()
+        total = self._sum
+        ops = self._ops
+        while times and times[0] <= horizon:
+            times.popleft()
+            total -= values.popleft()
+            ops += 1
+        n = len(times)
+        if not n or ops >= (n if n > _RESUM_MIN else _RESUM_MIN):
+            total = math.fsum(values)
+            ops = 0
+        self._sum = total
+        self._ops = ops
         q = self._maxq
         while q and q[0][0] <= horizon:
             q.popleft()
@@ -239,6 +268,8 @@ class RollingWindow:
         newest = times[-1]
         horizon = (newest if newest > now else now) - self.length
         if times[0] <= horizon:
+            if newest <= horizon:
+                self._last_in = False
             if self._want_max or self._want_min:
                 self._drop(horizon)
                 return self._sum / len(times) if times else None
@@ -270,10 +301,7 @@ class RollingWindow:
 
     def last(self, now: float) -> float | None:
         self.evict(now)
-        return self._values[-1] if self._values else None
-
-    def oldest(self) -> float | None:
-        return self._times[0] if self._times else None
+        return self._last_v if self._last_in else None
 
 
 @dataclass(slots=True)

@@ -360,7 +360,7 @@ def test_appender_is_append(steps: list, kinds: list[str]) -> None:
         if query:
             for kind in {*kinds, "last"}:
                 assert plain.aggregate(kind, t + lag) == fast.aggregate(kind, t + lag)
-    for slot in ("_times", "_values", "_maxq", "_minq", "_sum", "_ops", "_pending"):
+    for slot in RollingWindow.__slots__:
         a, b = getattr(plain, slot), getattr(fast, slot)
         assert (list(a) if hasattr(a, "__iter__") else a) == (
             list(b) if hasattr(b, "__iter__") else b

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.window import DeviceTrack, RollingWindow, Series
+from rules.window import AGGREGATES, DeviceTrack, RollingWindow, Series
 
 LENGTH = 10.0
 
@@ -23,10 +23,15 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(steps)
-def test_aggregates_match_naive_reference(series: list[tuple[float, float, float]]) -> None:
-    w = RollingWindow(LENGTH)
+KINDS = [AGGREGATES, ("mean",), ("max",), ("min",), ("last",), ("max", "min"), ("mean", "max")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, st.sampled_from(KINDS))
+def test_aggregates_match_naive_reference(
+    series: list[tuple[float, float, float]], kinds: tuple[str, ...]
+) -> None:
+    w = RollingWindow(LENGTH, kinds)
     kept: list[tuple[float, float]] = []
     t = 1000.0
     horizon = -math.inf
@@ -38,15 +43,50 @@ def test_aggregates_match_naive_reference(series: list[tuple[float, float, float
         horizon = max(horizon, now - LENGTH)
         ref = [v for ts, v in kept if ts > horizon]
         if not ref:
-            assert w.aggregate("mean", now) is None
+            for kind in {*kinds, "last"}:
+                assert w.aggregate(kind, now) is None
             continue
-        assert w.aggregate("max", now) == max(ref)
-        assert w.aggregate("min", now) == min(ref)
+        if "max" in kinds:
+            assert w.aggregate("max", now) == max(ref)
+        if "min" in kinds:
+            assert w.aggregate("min", now) == min(ref)
         assert w.aggregate("last", now) == ref[-1]
-        mean = w.aggregate("mean", now)
-        assert mean is not None
-        assert mean == pytest.approx(math.fsum(ref) / len(ref), rel=1e-9, abs=1e-6)
-        assert len(w) == len(ref)
+        if "mean" in kinds:
+            mean = w.aggregate("mean", now)
+            assert mean is not None
+            assert mean == pytest.approx(math.fsum(ref) / len(ref), rel=1e-9, abs=1e-6)
+        # only the mean needs the readings themselves
+        assert len(w) == (len(ref) if "mean" in kinds else 0)
+
+
+def test_windows_without_a_mean_keep_no_readings() -> None:
+    """A day at 1 Hz: the max window holds its monotonic deque, the last window one
+    reading, neither the 86,400 readings."""
+    day = 86400.0
+    wmax, wlast = RollingWindow(day, ["max"]), RollingWindow(day, ["last"])
+    add_max, add_last = wmax.appender(), wlast.appender()
+    for i in range(86400):
+        v = 50.0 + (i * 7919) % 101  # no trend: the monotonic deque stays short
+        add_max(float(i), v)
+        add_last(float(i), v)
+    assert len(wmax) == 0 and len(wlast) == 0
+    assert len(wmax._maxq) < 200
+    assert wmax.max(86399.0) == 150.0 and wlast.last(86399.0) == 50.0 + (86399 * 7919) % 101
+    assert wlast.last(86399.0 + day) is None  # the newest reading left the window
+
+
+def test_an_aggregate_added_to_a_window_without_readings_starts_empty() -> None:
+    w = RollingWindow(60.0, ["max"])
+    w.append(0.0, 90.0)
+    w.want(["mean", "min"])  # cannot be rebuilt: they cover the readings from now on
+    assert w.aggregate("max", 0.0) == 90.0
+    assert w.aggregate("mean", 0.0) is None and w.aggregate("min", 0.0) is None
+    w.append(1.0, 10.0)
+    assert (w.aggregate("mean", 1.0), w.aggregate("min", 1.0), w.aggregate("max", 1.0)) == (
+        10.0,
+        10.0,
+        90.0,
+    )
 
 
 def test_running_sum_does_not_drift_over_many_updates() -> None:
