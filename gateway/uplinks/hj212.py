@@ -82,6 +82,8 @@ CN_QN_REPLY = "9011"
 CN_EXE_REPLY = "9012"
 CN_NOTICE_REPLY = "9013"
 CN_DATA_REPLY = "9014"
+# answers, never requests: nobody answers them back
+REPLY_CNS = frozenset((CN_QN_REPLY, CN_EXE_REPLY, CN_NOTICE_REPLY, CN_DATA_REPLY))
 
 ST_SYSTEM = "91"
 ST_DUST = "39"

@@ -260,7 +260,7 @@ class Hj212Uplink:
                 await self._on_packet(p, writer)
 
     async def _on_packet(self, p: Packet, writer: asyncio.StreamWriter) -> None:
-        if p.cn in (hj212.CN_DATA_REPLY, hj212.CN_QN_REPLY, hj212.CN_EXE_REPLY):
+        if p.cn in hj212.REPLY_CNS:  # a 9013 too: no notification of ours waits for one
             fut = self._waiters.get(p.qn or "")
             if fut is not None and not fut.done():
                 fut.set_result(p)

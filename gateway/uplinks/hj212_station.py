@@ -248,7 +248,7 @@ class Station:
 
     def refuse_crc(self, req: Packet) -> list[Packet]:
         """The answer to a request whose CRC was wrong (QnRtn 9), if it can be addressed."""
-        if req.qn is None or req.cn in _REPLY_CNS:
+        if req.qn is None or req.cn in hj212.REPLY_CNS:
             return []
         self.counts["requests"] += 1
         self.counts["refused"] += 1
@@ -399,6 +399,3 @@ class Station:
 
 
 _READY = f"QnRtn={hj212.QN_READY}"
-_REPLY_CNS = frozenset(
-    (hj212.CN_QN_REPLY, hj212.CN_EXE_REPLY, hj212.CN_NOTICE_REPLY, hj212.CN_DATA_REPLY)
-)

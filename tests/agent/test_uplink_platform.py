@@ -252,6 +252,7 @@ async def test_bad_and_unknown_requests_get_refusals_and_the_link_survives(
         platform.request("20261127100000003", "1011", pw="999999")
         platform.send(b"\x00\x01##12ab junk\r\n##0010QN=1;CN=9&&ABCD\r\n")  # not packets at all
         platform.request("20261127100000004", "1062", "RtdInterval=1")  # out of range
+        platform.request("20261127100000006", "9013")  # a reply to nothing: never answered
         platform.request("20261127100000005", "1011")  # a good one, after all that
         await platform.wait_for("the last answer", lambda: platform.answers_to("20261127100000005"))
         await platform.wait_for(
@@ -265,9 +266,10 @@ async def test_bad_and_unknown_requests_get_refusals_and_the_link_survives(
             ("9012", "ExeRtn=3"),
         ]
         assert platform.answers_to("20261127100000005")[2] == ("9012", "ExeRtn=1")
+        assert platform.answers_to("20261127100000006") == []
         s = up.stats()
         assert platform.connections == 1 and s["reconnects"] == 0 and s["connected"]
-        assert s["bad_packets"] >= 2 and s["refused"] == 3
+        assert s["bad_packets"] >= 2 and s["refused"] == 3 and s["unmatched_replies"] == 1
         assert up.stats()["rtd_interval"] == 60.0
 
 
