@@ -16,8 +16,8 @@ counters (``bad_rows``, ...) the child kept are copied into the parent's
 cannot read, an InfluxDB error) is raised in the parent, after the readings
 before it, as :class:`~rules.replay_input.ReplayError` with the same text;
 any other exception as a RuntimeError carrying the child's traceback. A
-child that dies (killed, out of memory) is an error
-too, never a silently short replay.
+child that dies (killed, out of memory) is an error too, never a silently
+short replay. ``marshal`` is safe here: the parent only reads its own child.
 
 Forking is only safe in a single-threaded process (the ``dustgate replay``
 command); :func:`can_read_ahead` says when it is, and :func:`read_ahead`
