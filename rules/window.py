@@ -53,7 +53,6 @@ class RollingWindow:
     """
 
     __slots__ = (
-        "_keep",
         "_last_in",
         "_last_v",
         "_maxq",
@@ -78,7 +77,7 @@ class RollingWindow:
         unknown = kinds - set(AGGREGATES)
         if unknown:
             raise ValueError(f"unknown aggregate(s): {sorted(unknown)}")
-        self._want_mean = self._keep = "mean" in kinds
+        self._want_mean = "mean" in kinds  # also: the readings are kept
         self._want_max = "max" in kinds
         self._want_min = "min" in kinds
         self._times: deque[float] = deque()  # the readings, kept only for the mean
@@ -98,7 +97,7 @@ class RollingWindow:
         readings from now on, as a new window would (after a rules reload)."""
         kinds = set(kinds)
         if "mean" in kinds and not self._want_mean:
-            self._want_mean = self._keep = True
+            self._want_mean = True
             self._sum = math.fsum(self._values)
             self._ops = 0
         if "max" in kinds and not self._want_max:
@@ -133,7 +132,7 @@ class RollingWindow:
         self._newest = ts
         self._last_v = value
         self._last_in = True
-        if self._keep:
+        if self._want_mean:
             self._times.append(ts)
             self._values.append(value)
             self._sum += value
@@ -150,7 +149,7 @@ class RollingWindow:
             q.append((ts, value))
         # Queries evict; here only now and then, to bound windows nobody queries (a
         # last-only window keeps nothing to bound).
-        if self._keep or self._want_max or self._want_min:
+        if self._want_mean or self._want_max or self._want_min:
             self._pending += 1
             if self._pending >= _EVICT_EVERY:
                 self.evict(ts)
