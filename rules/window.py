@@ -215,15 +215,11 @@ class RollingWindow:
         if times and times[0] <= horizon:
             self._drop(horizon)
         else:
-            q = self._maxq
-            while q and q[0][0] <= horizon:
-                q.popleft()
-            q = self._minq
-            while q and q[0][0] <= horizon:
-                q.popleft()
+            self._drop_queues(horizon)
 
     def _drop(self, horizon: float) -> None:
-        """Pop the readings at or before ``horizon`` (there is at least one kept)."""
+        """Pop the readings at or before ``horizon`` (there is at least one kept), and
+        the queues' entries."""
         times = self._times
         values = self._values
         total = self._sum
@@ -238,6 +234,9 @@ class RollingWindow:
             ops = 0
         self._sum = total
         self._ops = ops
+        self._drop_queues(horizon)
+
+    def _drop_queues(self, horizon: float) -> None:
         q = self._maxq
         while q and q[0][0] <= horizon:
             q.popleft()

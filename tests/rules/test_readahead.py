@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_replay import RULES, T0  # one pm10 rule (last 1 min > 150) with a wind interlock
 
 from rules import readahead
 from rules.config import load_rules_file
@@ -135,8 +136,8 @@ def test_stopping_early_kills_and_reaps_the_reader() -> None:
 
 def test_a_replay_stopped_by_an_error_takes_the_reader_with_it(tmp_path: Path) -> None:
     rf = load_rules_file("r.yaml", text=RULES)
-    text = "ts,site,device,pm10\n" + "".join(
-        f"{(T0 + s) * 1000},site-01,m,50\n" for s in range(200000)
+    text = "ts,site,device,pm10,wind_speed\n" + "".join(
+        f"{(T0 + s) * 1000},site-01,m,50,2\n" for s in range(200000)
     )
     pids: list[int] = []
     real_fork = os.fork
@@ -175,43 +176,28 @@ def test_with_another_thread_running_the_input_is_read_in_process() -> None:
         t.join()
 
 
-RULES = """\
-actuators:
-  site-01/cannon-1: {litres_per_minute: 10}
-rules:
-  - id: pm10
-    site: site-01
-    metric: pm10
-    devices: [m]
-    aggregate: last
-    window: 1m
-    above: 150
-    clear: 100
-    actions: {lease: [cannon-1]}
-"""
-T0 = 1_780_000_000
-
-
 def test_cli_reports_an_input_error_met_by_the_reader(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "r.yaml").write_text(RULES)
-    good = "".join(f"{(T0 + s) * 1000},site-01,m,{200 if s < 120 else 50}\n" for s in range(20000))
+    good = "".join(
+        f"{(T0 + s) * 1000},site-01,m,{200 if s < 120 else 50},2\n" for s in range(20000)
+    )
     data = tmp_path / "data.csv"
     # an invalid UTF-8 byte far enough in for the reader process to meet it
-    data.write_bytes(b"ts,site,device,pm10\n" + good.encode() + b"\xff,site-01,m,1\n")
+    data.write_bytes(b"ts,site,device,pm10,wind_speed\n" + good.encode() + b"\xff,site-01,m,1,2\n")
     assert main([str(tmp_path / "r.yaml"), "--csv", str(data)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("replay: 'utf-8' codec can't decode byte 0xff"), err
-    data.write_bytes(b"ts,site,device,pm10\n" + good.encode())
+    data.write_bytes(b"ts,site,device,pm10,wind_speed\n" + good.encode())
     assert main([str(tmp_path / "r.yaml"), "--csv", str(data), "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "r.yaml,pm10,1,2.0,20.0,2.0,2.0,0.0"
 
 
 def test_batches_split_anywhere_give_the_same_replay() -> None:
     rf = load_rules_file("r.yaml", text=RULES)
-    text = "ts,site,device,pm10\n" + "".join(
-        f"{(T0 + s) * 1000},site-01,m,{200 if 60 <= s < 180 else 50}\n" for s in range(700)
+    text = "ts,site,device,pm10,wind_speed\n" + "".join(
+        f"{(T0 + s) * 1000},site-01,m,{200 if 60 <= s < 180 else 50},2\n" for s in range(700)
     )
     results = []
     for batch in (1, 7, readahead.BATCH):
