@@ -19,9 +19,9 @@ any other exception as a RuntimeError carrying the child's traceback. A
 child that dies (killed, out of memory) is an error too, never a silently
 short replay. ``marshal`` is safe here: the parent only reads its own child.
 
-Forking is only safe in a single-threaded process (the ``dustgate replay``
-command); :func:`can_read_ahead` says when it is, and :func:`read_ahead`
-otherwise returns the readings as they are.
+Forking is only safe on Linux and in a single-threaded process (the
+``dustgate replay`` command); :func:`can_read_ahead` says when it is, and
+:func:`read_ahead` otherwise returns the readings as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import contextlib
 import marshal
 import os
 import signal
+import sys
 import threading
 import traceback
 from collections import Counter
@@ -43,10 +44,11 @@ _HEAD = 4
 
 
 def can_read_ahead() -> bool:
-    """True where a reader process may be forked: ``os.fork`` exists and this process
-    runs no other thread (a fork copies only the calling thread, so a lock another
-    thread held would stay locked in the child)."""
-    return hasattr(os, "fork") and threading.active_count() == 1
+    """True where a reader process may be forked: on Linux (macOS system libraries
+    are not fork-safe, and Windows has no fork), in a process that runs no other
+    thread (a fork copies only the calling thread, so a lock another thread held
+    would stay locked in the child)."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
 def read_ahead(
