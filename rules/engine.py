@@ -43,7 +43,6 @@ same engine over history.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -380,6 +379,10 @@ class Engine:
         ]  # fmt: skip
         self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
         self._dependents = {k: sorted(v) for k, v in dependents.items()}
+        self._ingests = {
+            (site, dev): self._make_ingest(site, dev, track, metrics)
+            for (site, dev), (track, metrics) in by_device.items()
+        }
         for key in instances:
             self._states.setdefault(key, IDLE)
         for a in rf.actuator_list:
@@ -423,8 +426,8 @@ class Engine:
         With ``evaluate=False`` only the windows are updated (the replay does
         this and ticks once per second of data time).
         """
-        entry = self._by_device.get((site, device))
-        if entry is None:
+        ingest = self._ingests.get((site, device))
+        if ingest is None:
             # every device a rule reads is on a served site, so the site check waits till here
             served = self._served
             if served is not None and site not in served:
@@ -432,64 +435,68 @@ class Engine:
             else:
                 self._counts["unknown_device"] += 1
             return []
-        return self._ingest_entry(
-            site, device, entry, ts, seq, values, now, status, flags, evaluate
-        )
+        return ingest(ts, seq, values, now, status, flags, evaluate)
 
     def device_ingest(self, site: str, device: str) -> DeviceIngest | None:
         """:meth:`ingest_values` bound to one device some rule reads (None: no rule reads
         it): ``(ts, seq, values, now, status, flags, evaluate) -> actions``. Valid until
         the next :meth:`reload` (the service caches it per topic)."""
-        entry = self._by_device.get((site, device))
-        if entry is None:
-            return None
-        return functools.partial(self._ingest_entry, site, device, entry)
+        return self._ingests.get((site, device))
 
-    def _ingest_entry(
-        self,
-        site: str,
-        device: str,
-        entry: tuple[DeviceTrack, list[Any]],
-        ts: float,
-        seq: int,
-        values: Mapping[str, float],
-        now: float,
-        status: str,
-        flags: Mapping[str, str] | None,
-        evaluate: bool,
-    ) -> list[Action]:
-        track, metrics = entry
-        rejected = track.accept(ts, seq)
-        if rejected is not None:
-            self._counts[rejected] += 1
-            return []
-        self._n_readings += 1  # also the data generation: memoised shared values are out of date
-        clean = flags is None and status == "ok"
-        for metric, series, appends, particulate in metrics:
-            value = values.get(metric)
-            if value is None:
-                continue
-            if clean and not (particulate and value < 0):
-                # the hot path: Series.add inlined
-                series.last_ts = ts
-                series.last_ok_ts = ts
-                series.bad = False
-                for append in appends:
-                    append(ts, value)
-                continue
-            ok = flags.get(metric, status) == "ok" if flags is not None else status == "ok"
-            if particulate and value < 0:
-                self._counts["negative_value"] += 1
-                ok = False
-            elif not ok:
-                self._counts["bad_status"] += 1
-            series.add(ts, value, ok)
-        if not evaluate:
-            return []
-        out: list[Action] = []
-        for key in self._dependents.get((site, device), ()):
-            out.extend(self._evaluate(key, now))
-        return out
+    def _make_ingest(
+        self, site: str, device: str, track: DeviceTrack, metrics: list[Any]
+    ) -> DeviceIngest:
+        """The ingest of one device, with what it needs looked up once (the hot path of
+        the live engine and the replay)."""
+        accept = track.accept
+        counts = self._counts
+        evaluate_instance = self._evaluate_instance
+        dependents = [
+            (key, self._instances[key]) for key in self._dependents.get((site, device), ())
+        ]
+
+        def ingest(
+            ts: float,
+            seq: int,
+            values: Mapping[str, float],
+            now: float,
+            status: str,
+            flags: Mapping[str, str] | None,
+            evaluate: bool,
+        ) -> list[Action]:
+            rejected = accept(ts, seq)
+            if rejected is not None:
+                counts[rejected] += 1
+                return []
+            self._n_readings += 1  # also the data generation: memoised shared values are stale
+            clean = flags is None and status == "ok"
+            for metric, series, appends, particulate in metrics:
+                value = values.get(metric)
+                if value is None:
+                    continue
+                if clean and not (particulate and value < 0):
+                    # the hot path: Series.add inlined
+                    series.last_ts = ts
+                    series.last_ok_ts = ts
+                    series.bad = False
+                    for append in appends:
+                        append(ts, value)
+                    continue
+                ok = flags.get(metric, status) == "ok" if flags is not None else status == "ok"
+                if particulate and value < 0:
+                    counts["negative_value"] += 1
+                    ok = False
+                elif not ok:
+                    counts["bad_status"] += 1
+                series.add(ts, value, ok)
+            if not evaluate:
+                return []
+            out: list[Action] = []
+            for key, inst in dependents:
+                out.extend(evaluate_instance(key, inst, now))
+            return out
+
+        return ingest
 
     # --------------------------------------------------------------- tick
 
@@ -615,9 +622,6 @@ class Engine:
 
     def _never_seen(self, inst: _Instance) -> bool:
         return any(track.last_ts is None for _, _, track in inst.src_main.items)
-
-    def _evaluate(self, key: InstanceKey, now: float) -> list[Action]:
-        return self._evaluate_instance(key, self._instances[key], now)
 
     def _evaluate_instance(self, key: InstanceKey, inst: _Instance, now: float) -> list[Action]:
         state = self._states[key]
