@@ -32,12 +32,13 @@ is the imperative shell around it:
 - **Timers**: ``engine.tick(now)`` every ``tick_interval`` (1 s).
 - **Hot path**: each reading is evaluated as it arrives (decision latency);
   while a backlog of ``COALESCE_BACKLOG`` or more messages is queued (after a
-  reconnect, a burst) readings are decoded, checked and sunk as they come,
-  but stored into the windows in one batch just before the rules are
-  evaluated, once per ``COALESCE_MAX`` messages / ``COALESCE_S`` or when the
-  backlog is gone (a tight loop over a thousand readings runs far faster
-  than the same work interleaved with the MQTT client's; any use of the
-  engine stores them first). TCP_NODELAY is set on the broker socket (paho
+  reconnect, a burst) telemetry is held back undecoded, then decoded,
+  checked, sunk and stored into the windows in one batch just before the
+  rules are evaluated, once per ``COALESCE_MAX`` messages / ``COALESCE_S``
+  or when the backlog is gone (a tight loop over a thousand readings runs
+  far faster than the same work interleaved with the MQTT client's: each
+  keeps its own working set in the CPU caches; any other message, and any
+  use of the engine, handles them first). TCP_NODELAY is set on the broker socket (paho
   does not), so a command does not wait for the ACK of our previous packet.
 - **State**: ``engine.snapshot()`` is written atomically (temp file, fsync,
   rename, fsync of the directory) to ``<state_dir>/engine-state.json`` (a
@@ -88,7 +89,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -142,7 +143,7 @@ _OK = p.Status.OK
 COALESCE_BACKLOG = 64  # queued messages that count as a backlog
 COALESCE_MAX = 5000  # readings stored before the rules are evaluated, with a backlog
 COALESCE_S = 0.25  # ... or this long
-DEFER_MAX = 10_000  # deferred readings stored at once even if nobody evaluates
+DEFER_MAX = 10_000  # held-back telemetry handled at once even if nobody evaluates
 _BYTES = (bytes, bytearray)
 
 
@@ -353,9 +354,8 @@ class RulesService:
         self._warned: dict[str, tuple[float, int]] = {}
         self._old_subscriptions: list[str] = []
         t = time.time() if now is None else now
-        # readings held back during a backlog (see `engine`): ingest + its arguments
-        self._deferred: list[tuple[DeviceIngest, float, int, Mapping[str, float], float, str,
-                                   dict[str, str] | None]] = []  # fmt: skip
+        # telemetry held back during a backlog, undecoded (see `engine`): where, payload, now
+        self._deferred: list[tuple[tuple[str, str, DeviceIngest | None], bytes, float]] = []
         self._engine = self._restore(t)
         self._saved_key: str | None = None
         self._state_lock = threading.Lock()
@@ -411,7 +411,7 @@ class RulesService:
 
     @property
     def engine(self) -> Engine:
-        """The rule engine, with every deferred reading stored first: whatever reads or
+        """The rule engine, with every deferred reading handled first: whatever reads or
         changes the engine (a tick, an override, a reload, a snapshot, counters) sees
         the readings in the order they came."""
         if self._deferred:
@@ -419,10 +419,13 @@ class RulesService:
         return self._engine
 
     def _store_deferred(self) -> None:
+        """Decode, check, sink and store the telemetry held back during a backlog, in
+        the order it came (one tight loop: see the module's *Hot path*)."""
         deferred, self._deferred = self._deferred, []
-        for ingest, ts, seq, values, now, status, flags in deferred:
+        handle = self._telemetry_message
+        for where, payload, now in deferred:
             try:
-                ingest(ts, seq, values, now, status, flags, False)
+                handle(where, payload, now, False)
             except Exception:  # a bug must not cost the other readings
                 self.counters["internal_errors"] += 1
                 log.exception("storing a deferred reading failed")
@@ -523,6 +526,15 @@ class RulesService:
         """
         self.counters["messages"] += 1
         where = self._topic_cache.get(topic)  # the hot path: a telemetry topic seen before
+        if where is not None and not evaluate:
+            # a backlog: handled in one batch before the next evaluation (see `engine`)
+            deferred = self._deferred
+            deferred.append((where, payload, now))
+            if len(deferred) >= DEFER_MAX:
+                self._store_deferred()
+            return []
+        if self._deferred:  # whatever comes next comes after them (sink lines included)
+            self._store_deferred()
         if where is None:
             if not topic.endswith("/telemetry"):
                 return self._other_message(topic, payload, now)
@@ -531,11 +543,27 @@ class RulesService:
                 self.counters["decode_errors"] += 1
                 self._warn("topic", now, "ignored message on malformed topic %r", topic[:200])
                 return []
+        return self._telemetry_message(where, payload, now, evaluate)
+
+    def _telemetry_message(
+        self,
+        where: tuple[str, str, DeviceIngest | None],
+        payload: bytes,
+        now: float,
+        evaluate: bool,
+    ) -> list[Publish]:
         try:
             msg = p.decode(p.Telemetry, payload)
         except p.ProtocolError as exc:
             self.counters["decode_errors"] += 1
-            self._warn("telemetry", now, "dropped undecodable telemetry on %s: %s", topic, exc)
+            self._warn(
+                "telemetry",
+                now,
+                "dropped undecodable telemetry of %s/%s: %s",
+                where[0],
+                where[1],
+                exc,
+            )
             return []
         return self.on_telemetry(where[0], where[1], msg, now, evaluate, where[2])
 
@@ -606,16 +634,9 @@ class RulesService:
         status = "ok" if msg.status is _OK else msg.status.value
         flag_map = {k: v.value for k, v in flags.items()} if flags else None
         if ingest is not None:
-            if not evaluate:  # stored with the batch (no actions come of storing alone)
-                deferred = self._deferred
-                deferred.append((ingest, msg.ts / 1000.0, msg.seq, msg.values, now, status,
-                                 flag_map))  # fmt: skip
-                if len(deferred) >= DEFER_MAX:
-                    self._store_deferred()
-                return []
-            if self._deferred:
+            if self._deferred:  # called directly: after the telemetry held back
                 self._store_deferred()
-            actions = ingest(msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, True)
+            actions = ingest(msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate)
         else:  # a device no rule reads (counted by the engine), or not cached
             actions = self.engine.ingest_values(
                 site, device, msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate

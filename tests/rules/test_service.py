@@ -628,11 +628,26 @@ def test_readings_deferred_in_a_backlog_change_nothing(ops: list[tuple[Any, ...]
 
 def test_deferred_readings_wait_for_the_next_evaluation(tmp_path: Path) -> None:
     svc, sink = make_service(tmp_path)
-    for k in range(3):
+    svc.on_message(TOPIC, telemetry(300, T0, 1), T0)  # the topic is known from now on
+    for k in range(1, 4):
         svc.on_message(TOPIC, telemetry(300, T0 + k, k + 1), T0 + k, evaluate=False)
-    assert len(svc._deferred) == 3 and len(sink.points("telemetry")) == 3  # sunk at once
-    assert svc.engine.counters["readings"] == 3  # any use of the engine stores them
+    svc.on_message(TOPIC, b"{not json", T0 + 4, evaluate=False)
+    assert len(svc._deferred) == 4 and len(sink.points("telemetry")) == 1  # held back
+    assert svc.counters["messages"] == 5 and svc.counters["decode_errors"] == 0
+    assert svc.engine.counters["readings"] == 4  # any use of the engine handles them
+    assert svc._deferred == [] and len(sink.points("telemetry")) == 4
+    assert svc.counters["decode_errors"] == 1
+
+
+def test_any_other_message_comes_after_the_deferred_telemetry(tmp_path: Path) -> None:
+    svc, sink = make_service(tmp_path)
+    svc.on_message(TOPIC, telemetry(50, T0, 1), T0)
+    svc.on_message(TOPIC, telemetry(60, T0 + 1, 2), T0 + 1, evaluate=False)
+    state = p.encode(p.ActuatorState(state="off", since=p.now_ms(T0), source="rule"))
+    svc.on_message(p.state_topic("site-01", "cannon-1"), state, T0 + 2, evaluate=False)
     assert svc._deferred == []
+    kinds = [line.split(",")[0] for line in sink.lines]
+    assert kinds == ["telemetry", "telemetry", "actuator"]
 
 
 class _Queue:
