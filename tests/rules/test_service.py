@@ -639,6 +639,19 @@ def test_deferred_readings_wait_for_the_next_evaluation(tmp_path: Path) -> None:
     assert svc.counters["decode_errors"] == 1
 
 
+def test_held_back_telemetry_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody evaluating for a long while must not grow the held-back list without end."""
+    import rules.service as service_mod
+
+    monkeypatch.setattr(service_mod, "DEFER_MAX", 3)
+    svc, sink = make_service(tmp_path)
+    svc.on_message(TOPIC, telemetry(50, T0, 1), T0)
+    for k in range(1, 8):
+        svc.on_message(TOPIC, telemetry(50, T0 + k, k + 1), T0 + k, evaluate=False)
+        assert len(svc._deferred) == k % 3
+    assert len(sink.points("telemetry")) == 7  # the first and two batches of three
+
+
 def test_any_other_message_comes_after_the_deferred_telemetry(tmp_path: Path) -> None:
     svc, sink = make_service(tmp_path)
     svc.on_message(TOPIC, telemetry(50, T0, 1), T0)
