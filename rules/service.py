@@ -521,8 +521,9 @@ class RulesService:
     ) -> list[Publish]:
         """Handle one inbound message; never raises for bad input.
 
-        ``evaluate=False`` stores a reading without evaluating the rules that
-        read it (the caller runs :meth:`on_tick` soon after: backlog coalescing).
+        ``evaluate=False`` holds a telemetry message of a known topic back, to be
+        handled without evaluating the rules that read it once the engine is next
+        used (the caller runs :meth:`on_tick` soon after: backlog coalescing).
         """
         self.counters["messages"] += 1
         where = self._topic_cache.get(topic)  # the hot path: a telemetry topic seen before
@@ -603,8 +604,9 @@ class RulesService:
         evaluate: bool = True,
         ingest: DeviceIngest | None = None,
     ) -> list[Publish]:
-        """One decoded reading. ``ingest``: the engine's ingest bound to this device
-        (from :meth:`Engine.device_ingest`, cached per topic), else looked up."""
+        """One decoded reading, the second half of :meth:`on_message` (which has handled
+        any telemetry held back before it). ``ingest``: the engine's ingest bound to
+        this device (from :meth:`Engine.device_ingest`, cached per topic), else looked up."""
         if site not in self._served:
             self.counters["other_site"] += 1
             self._warn("site", now, "dropped telemetry from %s/%s: site not served", site, device)
@@ -634,8 +636,6 @@ class RulesService:
         status = "ok" if msg.status is _OK else msg.status.value
         flag_map = {k: v.value for k, v in flags.items()} if flags else None
         if ingest is not None:
-            if self._deferred:  # called directly: after the telemetry held back
-                self._store_deferred()
             actions = ingest(msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate)
         else:  # a device no rule reads (counted by the engine), or not cached
             actions = self.engine.ingest_values(
