@@ -3,6 +3,7 @@ reload, persistence, overrides. The clock is injected (``now``); no sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import protocol as p
+from gateway.mqttclient import Inbox
 from rules.config import load_rules_file
 from rules.lineprotocol import parse_line
 from rules.notify import Notifier
@@ -663,35 +665,27 @@ def test_any_other_message_comes_after_the_deferred_telemetry(tmp_path: Path) ->
     assert kinds == ["telemetry", "telemetry", "actuator"]
 
 
-class _Queue:
-    """aiomqtt's ``client.messages`` as the receive loop sees it: an async iterator
-    over queued messages whose ``len`` is what is still queued; ``arrivals`` adds
-    messages while the loop runs (after the message with that index was taken)."""
+class _Message:
+    topic = type("Topic", (), {"value": TOPIC})()
 
-    def __init__(self, payloads: list[bytes], arrivals: dict[int, list[bytes]]) -> None:
-        self.queue = list(payloads)
-        self.arrivals = arrivals
-        self.taken = 0
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
 
-    def __aiter__(self) -> _Queue:
+
+class _Messages:
+    """aiomqtt's ``client.messages`` as the receive loop sees it: waits on the
+    client's queue (the inbox's) for the next message; ends when it is empty."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self.queue = queue
+
+    def __aiter__(self) -> _Messages:
         return self
 
     async def __anext__(self) -> Any:
-        if not self.queue:
+        if self.queue.empty():
             raise StopAsyncIteration
-        payload = self.queue.pop(0)
-        self.queue.extend(self.arrivals.get(self.taken, []))
-        self.taken += 1
-
-        class Message:
-            topic = type("Topic", (), {"value": TOPIC})()
-
-        m = Message()
-        m.payload = payload  # type: ignore[attr-defined]
-        return m
-
-    def __len__(self) -> int:
-        return len(self.queue)
+        return await self.queue.get()
 
 
 async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
@@ -701,20 +695,27 @@ async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
 
     monkeypatch.setattr(service_mod, "COALESCE_S", 1e9)  # a slow machine must not force one
     svc, _ = make_service(tmp_path)
+    inbox = Inbox()
+    queue = inbox.queue_type()(maxsize=0)  # as aiomqtt makes its queue
+    for k in range(300):
+        queue.put_nowait(_Message(telemetry(50, T0 + k, k + 1)))
+    delivered = 300
     seen: list[tuple[int, bool]] = []
-    queue = _Queue(
-        [telemetry(50, T0 + k, k + 1) for k in range(300)],
-        {200: [telemetry(50, T0 + 300 + k, 301 + k) for k in range(100)]},
-    )
     orig = svc.on_message
 
     def on_message(topic: str, payload: bytes, now: float, evaluate: bool = True) -> Any:
-        seen.append((len(queue), evaluate))  # what is queued behind this message
+        nonlocal delivered
+        # what the broker has delivered behind this message, taken by the loop or not
+        seen.append((delivered - len(seen) - 1, evaluate))
+        if len(seen) == 200:  # more arrive while the loop runs
+            for k in range(100):
+                queue.put_nowait(_Message(telemetry(50, T0 + 300 + k, 301 + k)))
+            delivered += 100
         return orig(topic, payload, now, evaluate)
 
     svc.on_message = on_message  # type: ignore[method-assign]
-    client = type("Client", (), {"messages": queue})()
-    await svc._receive(client)  # type: ignore[arg-type]
+    client = type("Client", (), {"messages": _Messages(queue)})()
+    await svc._receive(client, inbox)  # type: ignore[arg-type]
     assert len(seen) == 400
     # deferred exactly while 64 or more were queued behind the message (the last
     # of those stored and then evaluated with the first message after them)
