@@ -71,6 +71,22 @@ def make_client(
     )
 
 
+class _InboxQueue(asyncio.Queue[aiomqtt.Message]):
+    """asyncio.Queue that remembers the message its ``get()`` last handed out until
+    the consumer confirms it (:meth:`Inbox.queued`). aiomqtt's iterator gets each
+    message in a task of its own; cancelled just after that task took one, it
+    drops the message (already acknowledged to the broker)."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.handed: aiomqtt.Message | None = None
+
+    async def get(self) -> aiomqtt.Message:
+        message = await super().get()
+        self.handed = message
+        return message
+
+
 class Inbox:
     """The incoming queue of one aiomqtt client, taken in batches by a busy consumer.
 
@@ -82,17 +98,22 @@ class Inbox:
     with the iterator only for the first message (a disconnect still ends the
     wait) and takes what is queued behind it directly: :meth:`queued`.
 
+    paho acknowledges a QoS 1 message as it queues it, so the broker will not
+    send again what is still queued when the session ends: :meth:`take_all`
+    hands it over then, with the message the iterator had taken when it was
+    cancelled (aiomqtt drops that one).
+
     The queue is made by aiomqtt through its public ``queue_type`` parameter
     (called as ``queue_type(maxsize=n)``), so :meth:`queue_type` hands it a
     factory that keeps the queue it makes. One inbox per client.
     """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[aiomqtt.Message] | None = None
+        self._queue: _InboxQueue | None = None
 
     def queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
         def make(maxsize: int = 0) -> asyncio.Queue[aiomqtt.Message]:
-            self._queue = asyncio.Queue(maxsize)
+            self._queue = _InboxQueue(maxsize)
             return self._queue
 
         # aiomqtt only calls it; a factory does that as well as a class
@@ -103,16 +124,29 @@ class Inbox:
         return self._queue.qsize() if self._queue is not None else 0
 
     def queued(self, first: aiomqtt.Message, limit: int = DRAIN_MAX) -> list[aiomqtt.Message]:
-        """``first`` (from the client's iterator), then up to ``limit - 1`` messages
-        queued behind it, in order of arrival."""
+        """``first`` (just from the client's iterator: call this before any ``await``),
+        then up to ``limit - 1`` messages queued behind it, in order of arrival."""
         queue = self._queue
         if queue is None:
             raise RuntimeError("the inbox was not given to the client (make_client(inbox=...))")
+        queue.handed = None  # the consumer has it
         n = min(queue.qsize(), limit - 1)
         if n <= 0:
             return [first]
         take = queue.get_nowait
         return [first, *[take() for _ in range(n)]]
+
+    def take_all(self) -> list[aiomqtt.Message]:
+        """Once the session has ended: the message the iterator took but never
+        handed over (if it was cancelled in between), then every message queued."""
+        queue = self._queue
+        if queue is None:
+            return []
+        out = [] if queue.handed is None else [queue.handed]
+        queue.handed = None
+        take = queue.get_nowait
+        out.extend(take() for _ in range(queue.qsize()))
+        return out
 
 
 def expiry(seconds: float) -> Properties:

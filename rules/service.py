@@ -30,6 +30,11 @@ is the imperative shell around it:
   particulates bad (stored with ``<metric>_flag=fault``). Readings of devices
   no rule reads are still stored.
 - **Timers**: ``engine.tick(now)`` every ``tick_interval`` (1 s).
+- **Session end** (stop, resubscribe, lost connection): paho acknowledged
+  every message it queued, so the broker will not send those again; after
+  the disconnect they are stored and sunk (rules not evaluated: the next
+  tick does), with the one aiomqtt's cancelled iterator had taken
+  (``handled_after_session``).
 - **Hot path**: each reading is evaluated as it arrives (decision latency);
   while a backlog of ``COALESCE_BACKLOG`` or more messages is queued (after a
   reconnect, a burst) telemetry is held back undecoded, then decoded,
@@ -148,6 +153,14 @@ COALESCE_MAX = 5000  # readings stored before the rules are evaluated, with a ba
 COALESCE_S = 0.25  # ... or this long
 DEFER_MAX = 10_000  # held-back telemetry handled at once even if nobody evaluates
 _BYTES = (bytes, bytearray)
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    """The payload as bytes (paho gives bytes; aiomqtt's type allows more)."""
+    payload = message.payload
+    if not isinstance(payload, _BYTES):
+        return b"" if payload is None else str(payload).encode()
+    return bytes(payload)
 
 
 class LineSink(Protocol):
@@ -981,7 +994,7 @@ class RulesService:
             left = len(batch)  # taken, not yet handled
             for message in batch:
                 left -= 1
-                payload = message.payload
+                payload = message.payload  # _payload(), inlined
                 if not isinstance(payload, _BYTES):
                     payload = b"" if payload is None else str(payload).encode()
                 now = clock()
@@ -1014,6 +1027,25 @@ class RulesService:
                     continue
                 if pubs:
                     self._send(pubs)
+
+    def _handle_left(self, inbox: Inbox) -> None:
+        """Handle the messages still queued when the session ends (stop, resubscribe,
+        a lost connection). paho acknowledged each as it arrived, so the broker will
+        not send them again: dropped here, they would be lost to the sink too. Stored
+        without evaluating the rules (the session that would carry the commands is
+        gone); the next tick evaluates."""
+        left = inbox.take_all()
+        if not left:
+            return
+        now = time.time()
+        for message in left:
+            try:
+                self._send(self.on_message(message.topic.value, _payload(message), now, False))
+            except Exception:  # a bug must not cost the other messages
+                self.counters["internal_errors"] += 1
+                log.exception("handling a message on %s failed", message.topic.value)
+        self.counters["handled_after_session"] += len(left)
+        log.info("handled %d message(s) still queued when the MQTT session ended", len(left))
 
     async def _connection(self, stop: asyncio.Event) -> None:
         settings = self.rules_file.mqtt
@@ -1075,6 +1107,8 @@ class RulesService:
             finally:
                 self._client = None
                 self.connected.clear()
+                # after the disconnect: paho reads (and acknowledges) until then
+                self._handle_left(inbox)
             if failures:
                 delay = backoff.delay(failures, rng.random())
                 with contextlib.suppress(TimeoutError):

@@ -59,3 +59,36 @@ def test_an_inbox_not_given_to_a_client_says_so() -> None:
     first = aiomqtt.Message(TOPIC, b"1", qos=0, retain=False, mid=1, properties=None)
     with pytest.raises(RuntimeError, match="make_client"):
         Inbox().queued(first)
+
+
+def test_take_all_empties_the_queue_in_order() -> None:
+    inbox = Inbox()
+    assert inbox.take_all() == []  # no client made its queue yet
+    queue = inbox.queue_type()(maxsize=0)  # as aiomqtt makes it
+    msgs = [
+        aiomqtt.Message(TOPIC, str(k).encode(), qos=1, retain=False, mid=k, properties=None)
+        for k in range(5)
+    ]
+    for m in msgs:
+        queue.put_nowait(m)
+    assert len(inbox) == 5
+    assert inbox.take_all() == msgs
+    assert len(inbox) == 0 and inbox.take_all() == []
+
+
+async def test_the_message_a_cancelled_iterator_took_is_handed_over_at_the_end() -> None:
+    """aiomqtt's iterator gets each message in a task; cancelled right after that
+    task took one, it drops it. take_all() hands that one over first."""
+    inbox = Inbox()
+    queue = inbox.queue_type()(maxsize=0)
+    msgs = [
+        aiomqtt.Message(TOPIC, str(k).encode(), qos=1, retain=False, mid=k, properties=None)
+        for k in range(4)
+    ]
+    for m in msgs:
+        queue.put_nowait(m)
+    got = await asyncio.create_task(queue.get())  # the iterator's task, as aiomqtt runs it
+    assert inbox.queued(got, limit=2) == msgs[:2]  # handed over: confirmed
+    await asyncio.create_task(queue.get())  # taken, then the consumer was cancelled
+    assert inbox.take_all() == [msgs[2], msgs[3]]
+    assert inbox.take_all() == []  # nothing twice

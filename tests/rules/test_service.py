@@ -666,9 +666,10 @@ def test_any_other_message_comes_after_the_deferred_telemetry(tmp_path: Path) ->
 
 
 class _Message:
-    topic = type("Topic", (), {"value": TOPIC})()
+    """An aiomqtt message as the receive loop reads it: ``topic.value``, ``payload``."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, topic: str = TOPIC) -> None:
+        self.topic = type("Topic", (), {"value": topic})()
         self.payload = payload
 
 
@@ -686,6 +687,32 @@ class _Messages:
         if self.queue.empty():
             raise StopAsyncIteration
         return await self.queue.get()
+
+
+def test_messages_left_queued_when_the_session_ends_are_stored_not_evaluated(
+    tmp_path: Path,
+) -> None:
+    svc, sink = make_service(tmp_path)
+    inbox = Inbox()
+    queue = inbox.queue_type()(maxsize=0)  # as aiomqtt makes it
+    state = p.encode(p.ActuatorState(state="off", since=p.now_ms(T0), source="rule"))
+    left = [
+        _Message(telemetry(500, T0 + 1, 1)),  # far above the threshold
+        _Message(telemetry(510, T0 + 2, 2)),
+        _Message(state, p.state_topic("site-01", "cannon-1")),
+        _Message(b"{not json"),
+    ]
+    for m in left:
+        queue.put_nowait(m)
+    svc._handle_left(inbox)
+    assert len(inbox) == 0
+    assert svc.counters["handled_after_session"] == 4
+    assert svc.engine.counters["readings"] == 2
+    assert svc.counters["decode_errors"] == 1
+    assert [line.split(",")[0] for line in sink.lines] == ["telemetry", "telemetry", "actuator"]
+    assert svc.engine.state("pm10-gate", "site-01").phase == "idle"  # the next tick decides
+    svc._handle_left(inbox)  # nothing left: nothing counted twice
+    assert svc.counters["handled_after_session"] == 4
 
 
 async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
