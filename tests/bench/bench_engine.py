@@ -496,8 +496,8 @@ def run(n: int, samples: int, rounds: int) -> None:
                 print(
                     f"per round, median of {rounds}, engine against {base}: ratio "
                     f"{statistics.median(per_round):.2f}, CPU per message {base} / engine "
-                    f"{statistics.median(cpu_ratio):.2f} (engine +"
-                    f"{statistics.median(e - b for e, b in zip(cpus['engine'], cpus[base], strict=True)):.1f} us)"
+                    f"{statistics.median(cpu_ratio):.2f} (engine "
+                    f"{statistics.median(e - b for e, b in zip(cpus['engine'], cpus[base], strict=True)):+.1f} us)"
                 )
             engine = spawn("--role", "engine", *common, "--messages", "0")
             result(engine)  # subscribed
