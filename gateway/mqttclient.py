@@ -105,7 +105,9 @@ class Inbox:
 
     The queue is made by aiomqtt through its public ``queue_type`` parameter
     (called as ``queue_type(maxsize=n)``), so :meth:`queue_type` hands it a
-    factory that keeps the queue it makes. One inbox per client.
+    factory that keeps the queue it makes. One inbox per client, and every
+    message the iterator yields goes through :meth:`queued` (that is how the
+    inbox knows the consumer has it).
     """
 
     def __init__(self) -> None:
