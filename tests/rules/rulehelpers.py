@@ -6,6 +6,7 @@ from typing import Any
 
 from rules.config import RulesFile, load_rules_file
 from rules.evaluator import Action, EmitEvent, LeaseOn, SwitchOff
+from rules.lineprotocol import parse_line
 from rules.model import Rule
 
 
@@ -46,3 +47,24 @@ def events(actions: list[Action], kind: str | None = None) -> list[EmitEvent]:
     return [
         a for a in actions if isinstance(a, EmitEvent) and (kind is None or a.event.kind == kind)
     ]
+
+
+class ListSink:
+    """Records the lines a rules service hands to its sink (no influxd needed)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, line: str | None) -> None:
+        if line is not None:
+            self.lines.append(line)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def seqs(self) -> list[int]:
+        """The ``seq`` of every telemetry line, in order."""
+        return [int(parse_line(x).fields["seq"]) for x in self.lines if x.startswith("telemetry")]

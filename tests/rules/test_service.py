@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rulehelpers import ListSink
 
 from gateway import protocol as p
 from gateway.mqttclient import Inbox
@@ -51,26 +52,6 @@ rules:
     for: {for_}
     actions: {{lease: [cannon-1], lease_s: 30s, cooldown: 20s}}
 """
-
-
-class ListSink:
-    """Records the lines the service hands to the sink."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, line: str | None) -> None:
-        if line is not None:
-            self.lines.append(line)
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def points(self, measurement: str) -> list[Any]:
-        return [pt for pt in map(parse_line, self.lines) if pt.measurement == measurement]
 
 
 def write_rules(tmp_path: Path, above: float = 150, for_: str = "0s") -> Path:

@@ -26,11 +26,11 @@ from typing import Any
 import aiomqtt
 import pytest
 import yaml
+from rulehelpers import ListSink
 
 from gateway import protocol as p
 from gateway.localservices import Influxd, Mosquitto
 from rules.config import load_rules_file
-from rules.lineprotocol import parse_line
 from rules.service import STATE_FILE, RulesService, ServiceOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -555,26 +555,6 @@ async def test_a_backlog_queued_while_away_is_drained_and_acted_on(
                     cmd = p.decode(p.Command, m.payload)  # type: ignore[arg-type]
                     assert cmd.action == "on"
                     break
-
-
-class ListSink:
-    """Records the lines the service hands to the sink (no influxd needed here)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, line: str | None) -> None:
-        if line is not None:
-            self.lines.append(line)
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def seqs(self) -> list[int]:
-        return [int(parse_line(x).fields["seq"]) for x in self.lines if x.startswith("telemetry")]
 
 
 async def test_stopping_in_the_middle_of_a_backlog_loses_no_reading(
