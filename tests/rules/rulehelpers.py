@@ -65,6 +65,9 @@ class ListSink:
     async def close(self) -> None:
         pass
 
+    def points(self, measurement: str) -> list[Any]:
+        return [pt for pt in map(parse_line, self.lines) if pt.measurement == measurement]
+
     def seqs(self) -> list[int]:
-        """The ``seq`` of every telemetry line, in order."""
-        return [int(parse_line(x).fields["seq"]) for x in self.lines if x.startswith("telemetry")]
+        """The ``seq`` of every telemetry point, in order."""
+        return [int(pt.fields["seq"]) for pt in self.points("telemetry")]
