@@ -1058,36 +1058,41 @@ class RulesService:
             try:
                 async with client:
                     set_nodelay(client)
-                    subs = self.subscriptions()
-                    stale = [s for s in self._old_subscriptions if s not in subs]
-                    if stale:
-                        await client.unsubscribe(stale)
-                    for sub in subs:
-                        await client.subscribe(sub, options=self._subscribe_options(sub))
-                    self._old_subscriptions = subs
-                    if failures:
-                        log.info("reconnected to mqtt %s:%d", settings.host, settings.port)
-                    else:
-                        log.info(
-                            "connected to mqtt %s:%d as %s; subscribed to %s",
-                            settings.host,
-                            settings.port,
-                            self.client_id,
-                            ", ".join(subs),
-                        )
-                    failures = 0
                     self._client = client
-                    self.connected.set()
                     self._reconnect.clear()
+                    # a persistent session's queued messages come right after CONNACK,
+                    # ahead of the SUBACKs: taken as they come, not after all of them
+                    # were read into memory (an hour's backlog would not fit)
                     receiver = asyncio.create_task(self._receive(client, inbox))
-                    waiter = asyncio.create_task(self._reconnect.wait())
-                    release = asyncio.create_task(self._release.wait())
+                    others: list[asyncio.Task[Any]] = []
                     try:
+                        subs = self.subscriptions()
+                        stale = [s for s in self._old_subscriptions if s not in subs]
+                        if stale:
+                            await client.unsubscribe(stale)
+                        for sub in subs:
+                            await client.subscribe(sub, options=self._subscribe_options(sub))
+                        self._old_subscriptions = subs
+                        if failures:
+                            log.info("reconnected to mqtt %s:%d", settings.host, settings.port)
+                        else:
+                            log.info(
+                                "connected to mqtt %s:%d as %s; subscribed to %s",
+                                settings.host,
+                                settings.port,
+                                self.client_id,
+                                ", ".join(subs),
+                            )
+                        failures = 0
+                        self.connected.set()
+                        waiter = asyncio.create_task(self._reconnect.wait())
+                        release = asyncio.create_task(self._release.wait())
+                        others = [waiter, release]
                         done, _ = await asyncio.wait(
-                            {receiver, waiter, release}, return_when=asyncio.FIRST_COMPLETED
+                            {receiver, *others}, return_when=asyncio.FIRST_COMPLETED
                         )
                     finally:
-                        await cancel_and_wait([receiver, waiter, release])
+                        await cancel_and_wait([receiver, *others])
                     if release in done:
                         await self._switch_off_held(client)
                         return
