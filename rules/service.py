@@ -994,9 +994,6 @@ class RulesService:
             left = len(batch)  # taken, not yet handled
             for message in batch:
                 left -= 1
-                payload = message.payload  # _payload(), inlined
-                if not isinstance(payload, _BYTES):
-                    payload = b"" if payload is None else str(payload).encode()
                 now = clock()
                 if backlog_known > COALESCE_BACKLOG:
                     # only this loop takes messages off the queue: it cannot have
@@ -1010,7 +1007,7 @@ class RulesService:
                     and (deferred >= COALESCE_MAX or now - deferred_since >= COALESCE_S)
                 )
                 try:
-                    pubs = self.on_message(message.topic.value, bytes(payload), now, evaluate)
+                    pubs = self.on_message(message.topic.value, _payload(message), now, evaluate)
                     if not evaluate:
                         if deferred == 0:
                             deferred_since = now
