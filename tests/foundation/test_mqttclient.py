@@ -55,20 +55,24 @@ async def test_without_a_backlog_a_batch_is_the_one_message(mosquitto: Mosquitto
             break
 
 
+def messages(n: int) -> list[aiomqtt.Message]:
+    """``n`` QoS 1 messages as aiomqtt queues them, payloads "0", "1", ..."""
+    return [
+        aiomqtt.Message(TOPIC, str(k).encode(), qos=1, retain=False, mid=k, properties=None)
+        for k in range(n)
+    ]
+
+
 def test_an_inbox_not_given_to_a_client_says_so() -> None:
-    first = aiomqtt.Message(TOPIC, b"1", qos=0, retain=False, mid=1, properties=None)
     with pytest.raises(RuntimeError, match="make_client"):
-        Inbox().queued(first)
+        Inbox().queued(messages(1)[0])
 
 
 def test_take_all_empties_the_queue_in_order() -> None:
     inbox = Inbox()
     assert inbox.take_all() == []  # no client made its queue yet
     queue = inbox.queue_type()(maxsize=0)  # as aiomqtt makes it
-    msgs = [
-        aiomqtt.Message(TOPIC, str(k).encode(), qos=1, retain=False, mid=k, properties=None)
-        for k in range(5)
-    ]
+    msgs = messages(5)
     for m in msgs:
         queue.put_nowait(m)
     assert len(inbox) == 5
@@ -81,10 +85,7 @@ async def test_the_message_a_cancelled_iterator_took_is_handed_over_at_the_end()
     task took one, it drops it. take_all() hands that one over first."""
     inbox = Inbox()
     queue = inbox.queue_type()(maxsize=0)
-    msgs = [
-        aiomqtt.Message(TOPIC, str(k).encode(), qos=1, retain=False, mid=k, properties=None)
-        for k in range(4)
-    ]
+    msgs = messages(4)
     for m in msgs:
         queue.put_nowait(m)
     got = await asyncio.create_task(queue.get())  # the iterator's task, as aiomqtt runs it

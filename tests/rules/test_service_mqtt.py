@@ -523,6 +523,18 @@ async def test_restart_after_a_clean_stop_leases_again(
             await until(lambda: "on" in b.actions()[n:], what="lease after the restart")
 
 
+async def publish_backlog(port: int, pm10s: list[float]) -> None:
+    """One ``gate`` reading per value, seq 1, 2, ..., stamped 1 ms apart up to now
+    (queued by the broker for the engine's session while it is away)."""
+    base = p.now_ms(time.time()) - len(pm10s)
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="test-pub", protocol=aiomqtt.ProtocolVersion.V5
+    ) as pub:
+        for k, pm10 in enumerate(pm10s):
+            msg = p.Telemetry(ts=base + k, seq=k + 1, values={"pm10": pm10})
+            await pub.publish(p.telemetry_topic(SITE, "gate"), p.encode(msg), qos=1)
+
+
 async def test_a_backlog_queued_while_away_is_drained_and_acted_on(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -533,19 +545,12 @@ async def test_a_backlog_queued_while_away_is_drained_and_acted_on(
     async with engine(path):
         pass  # the session and its subscriptions outlive the engine
     n = 2000
-    base = p.now_ms(time.time()) - n  # 1 ms apart, the last ones just now
     recorder = aiomqtt.Client(
         "127.0.0.1", mosquitto.port, identifier="test-rec", protocol=aiomqtt.ProtocolVersion.V5
     )
     async with recorder:
         await recorder.subscribe(p.cmd_topic(SITE, "cannon-1"), qos=1)
-        async with aiomqtt.Client(
-            "127.0.0.1", mosquitto.port, identifier="test-pub", protocol=aiomqtt.ProtocolVersion.V5
-        ) as pub:
-            for k in range(n):
-                pm10 = 220.0 if k >= n - 5 else 80.0
-                msg = p.Telemetry(ts=base + k, seq=k + 1, values={"pm10": pm10})
-                await pub.publish(p.telemetry_topic(SITE, "gate"), p.encode(msg), qos=1)
+        await publish_backlog(mosquitto.port, [80.0] * (n - 5) + [220.0] * 5)
         async with engine(path) as svc:
             # the broker sent the queue before the SUBACKs, and it was handled as it
             # came (not read into memory whole first, then handled)
@@ -574,13 +579,7 @@ async def test_stopping_in_the_middle_of_a_backlog_loses_no_reading(
     async with engine(path):
         pass  # the session and its subscriptions outlive the engine
     n = 3000
-    base = p.now_ms(time.time()) - n
-    async with aiomqtt.Client(
-        "127.0.0.1", mosquitto.port, identifier="test-pub", protocol=aiomqtt.ProtocolVersion.V5
-    ) as pub:
-        for k in range(n):
-            msg = p.Telemetry(ts=base + k, seq=k + 1, values={"pm10": 80.0})
-            await pub.publish(p.telemetry_topic(SITE, "gate"), p.encode(msg), qos=1)
+    await publish_backlog(mosquitto.port, [80.0] * n)
     text = path.read_text()
     stop = asyncio.Event()
 
