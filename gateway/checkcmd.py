@@ -41,7 +41,7 @@ def check_file(path: Path) -> tuple[str, list[ConfigIssue], list[str]]:
 
             load_site_config(path, context=context)
         else:
-            from rules.config import load_rules_file
+            from rules.core.config import load_rules_file
 
             load_rules_file(path, context=context)
     except ConfigError as exc:

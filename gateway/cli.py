@@ -23,8 +23,12 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "switch an actuator by hand: SITE/ACT on --for 5m | off",
     ),
     "override": ("rules.override", "main", "override the rules for an actuator: on|off|auto"),
-    "replay": ("rules.replay", "main", "run rules over history (CSV or InfluxDB) and compare"),
-    "report": ("rules.report", "main", "weekly site ranking from InfluxDB"),
+    "replay": (
+        "rules.history.replay",
+        "main",
+        "run rules over history (CSV or InfluxDB) and compare",
+    ),
+    "report": ("rules.history.report", "main", "weekly site ranking from InfluxDB"),
     "sim": ("drivers.sim.cli", "main", "run simulated devices (a fake site) on ptys/TCP"),
     "demo": ("gateway.demo", "main", "the closed loop with simulated devices, real broker + DB"),
 }

@@ -1,7 +1,7 @@
 """Notifications: rule transitions posted to webhooks, without ever blocking the engine.
 
 Two kinds of target, configured under ``notifiers:`` in ``rules.yaml``
-(:class:`rules.config.WebhookNotifier`, :class:`rules.config.RobotNotifier`):
+(:class:`rules.core.config.WebhookNotifier`, :class:`rules.core.config.RobotNotifier`):
 
 - ``webhook``: a generic JSON POST ``{"rule", "site", "severity", "text", "ts"}``
   (``ts`` in ms) with the configured extra headers;
@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from rules.config import RobotNotifier, WebhookNotifier
+from rules.core.config import RobotNotifier, WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ USER_AGENT = "dustgate-rules"
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One notification, as the engine's :class:`rules.engine.Notify` action says it."""
+    """One notification, as the engine's :class:`rules.core.engine.Notify` action says it."""
 
     notifier: str
     rule: str

@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _mqtt_settings(args: argparse.Namespace) -> MqttSettings:
     if args.config is not None:
-        from rules.config import load_rules_file
+        from rules.core.config import load_rules_file
 
         settings = load_rules_file(args.config).mqtt
     else:

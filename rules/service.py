@@ -1,6 +1,6 @@
 """``dustgate rules --config rules.yaml``: the rule engine as a long-running MQTT service.
 
-The decisions are made by the pure :class:`rules.engine.Engine`; this module
+The decisions are made by the pure :class:`rules.core.engine.Engine`; this module
 is the imperative shell around it:
 
 - **MQTT 5** (aiomqtt, persistent session so QoS 1 readings queued while the
@@ -111,8 +111,8 @@ from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.configfile import ConfigError
 from gateway.mqttclient import Inbox, make_client
-from rules.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
-from rules.engine import (
+from rules.core.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
+from rules.core.engine import (
     PARTICULATES,
     Action,
     DeviceIngest,
@@ -123,7 +123,6 @@ from rules.engine import (
     SwitchOff,
     rule_digest,
 )
-from rules.lineprotocol import FieldValue, encode_line
 from rules.notify import Message, Notifier
 from rules.override import (
     EVENT_APPLIED,
@@ -134,7 +133,8 @@ from rules.override import (
     override_subscription,
     parse_override_topic,
 )
-from rules.points import GATEWAY, actuator_line, event_line, gateway_line, telemetry_line
+from rules.sink.lineprotocol import FieldValue, encode_line
+from rules.sink.points import GATEWAY, actuator_line, event_line, gateway_line, telemetry_line
 
 log = logging.getLogger("rules.service")
 
@@ -164,7 +164,7 @@ def _payload(message: aiomqtt.Message) -> bytes:
 
 
 class LineSink(Protocol):
-    """What the service needs of :class:`rules.sink.InfluxSink`."""
+    """What the service needs of :class:`rules.sink.writer.InfluxSink`."""
 
     def add(self, line: str | None) -> None: ...
     async def start(self) -> None: ...
@@ -1245,7 +1245,7 @@ def _parser() -> argparse.ArgumentParser:
 def build_sink(rules_file: RulesFile) -> LineSink | None:
     if rules_file.influx is None:
         return None
-    from rules.sink import InfluxSink
+    from rules.sink.writer import InfluxSink
 
     return InfluxSink(rules_file.influx, rules_file.state_dir)
 

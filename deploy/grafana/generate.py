@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
-from rules.report import DISTRICT_COLUMNS, DISTRICT_QUERIES
+from rules.history.report import DISTRICT_COLUMNS, DISTRICT_QUERIES
 
 DS = {"type": "influxdb", "uid": "dustgate-influxdb"}
 HERE = Path(__file__).resolve().parent

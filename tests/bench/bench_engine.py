@@ -249,7 +249,7 @@ async def role_bare(port: int, n: int, prime: bool, batched: bool) -> None:
 
 
 async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
-    from rules.config import load_rules_file
+    from rules.core.config import load_rules_file
     from rules.service import RulesService, ServiceOptions
 
     rf = load_rules_file(config)

@@ -1,4 +1,4 @@
-"""Replay throughput: readings/s of ``rules.replay`` over synthetic 1 Hz data.
+"""Replay throughput: readings/s of ``rules.history.replay`` over synthetic 1 Hz data.
 
 Ten devices at 1 Hz on site-01 plus the county background station: one week
 is 6,048,000 readings, the issue's workload and the default (about four
@@ -12,7 +12,7 @@ the same run: the bare loop that parses the same CSV rows into floats and
 appends them to deques, each the best of ``--rounds`` alternating rounds
 (the slowest replay round is printed too). The replay runs as ``dustgate
 replay`` runs it (the input read ahead in a second process,
-:mod:`rules.readahead`) and, for comparison, in one process. Goal: >= 200,000
+:mod:`rules.history.readahead`) and, for comparison, in one process. Goal: >= 200,000
 readings/s.
 
     .venv/bin/python tests/bench/bench_replay.py [--hours 168] [--rounds 3]
@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from rules.config import load_rules_file  # noqa: E402
-from rules.replay import read_csv, replay  # noqa: E402
+from rules.core.config import load_rules_file  # noqa: E402
+from rules.history.replay import read_csv, replay  # noqa: E402
 
 EXTRA = [f"monitor-{i}" for i in range(2, 7)]
 DEVICES = [

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.localservices import Influxd  # noqa: E402
 from gateway.protocol import Telemetry  # noqa: E402
-from rules.points import telemetry_line  # noqa: E402
-from rules.settings import InfluxSettings  # noqa: E402
-from rules.sink import InfluxSink  # noqa: E402
+from rules.sink.points import telemetry_line  # noqa: E402
+from rules.sink.settings import InfluxSettings  # noqa: E402
+from rules.sink.writer import InfluxSink  # noqa: E402
 
 BATCH = 5000
 

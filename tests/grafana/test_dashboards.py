@@ -26,10 +26,11 @@ from gateway.protocol import (
     Telemetry,
     UplinkHealth,
 )
-from rules import points, report
-from rules.report import DISTRICT_COLUMNS, DISTRICT_QUERIES, expand_macros
-from rules.settings import InfluxSettings
-from rules.sink import InfluxSink, SinkCounters
+from rules.history import report
+from rules.history.report import DISTRICT_COLUMNS, DISTRICT_QUERIES, expand_macros
+from rules.sink import points
+from rules.sink.settings import InfluxSettings
+from rules.sink.writer import InfluxSink, SinkCounters
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from rules.report import expand_macros, regex_value, week_start
+from rules.history.report import expand_macros, regex_value, week_start
 
 CST = timezone(timedelta(hours=8))
 

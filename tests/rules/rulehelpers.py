@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules.config import RulesFile, load_rules_file
-from rules.evaluator import Action, EmitEvent, LeaseOn, SwitchOff
-from rules.lineprotocol import parse_line
-from rules.model import Rule
+from rules.core.config import RulesFile, load_rules_file
+from rules.core.evaluator import Action, EmitEvent, LeaseOn, SwitchOff
+from rules.core.model import Rule
+from rules.sink.lineprotocol import parse_line
 
 
 def make_rule(**kw: Any) -> Rule:

@@ -9,8 +9,8 @@ import pytest
 from rulehelpers import events, kinds, rules_file
 
 from gateway.protocol import Telemetry
-from rules.engine import Engine, LeaseOn, Notify, SwitchOff
-from rules.evaluator import Action
+from rules.core.engine import Engine, LeaseOn, Notify, SwitchOff
+from rules.core.evaluator import Action
 
 BASE = """
 sites: [site-01, county]

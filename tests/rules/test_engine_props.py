@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rulehelpers import rules_file
 
-from rules.engine import Engine, LeaseOn, SwitchOff
-from rules.evaluator import Action
+from rules.core.engine import Engine, LeaseOn, SwitchOff
+from rules.core.evaluator import Action
 
 RULES = """
 actuators:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rulehelpers import events, kinds, make_rule
 
-from rules.evaluator import (
+from rules.core.evaluator import (
     IDLE,
     Action,
     LeaseOn,
@@ -20,7 +20,7 @@ from rules.evaluator import (
     SwitchOff,
     evaluate,
 )
-from rules.model import Rule
+from rules.core.model import Rule
 
 FROST = {"name": "frost", "metric": "temp", "devices": ["gate-monitor"], "below": 3, "clear": 4}
 SPRAY = {"lease": ["cannon-1"], "run_for": "2m", "cooldown": "5m", "max_on": "30m"}

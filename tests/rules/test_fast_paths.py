@@ -26,10 +26,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from rulehelpers import make_rule
 
-from rules import engine as engine_mod
-from rules import replay as replay_mod
-from rules.config import load_rules_file
-from rules.evaluator import (
+from rules.core import engine as engine_mod
+from rules.core.config import load_rules_file
+from rules.core.evaluator import (
     CHANGE,
     PHASES,
     RENEW,
@@ -41,9 +40,10 @@ from rules.evaluator import (
     steady_code,
     transition,
 )
-from rules.model import Rule
-from rules.replay_input import Reading, _row_batches, read_csv
-from rules.window import RollingWindow
+from rules.core.model import Rule
+from rules.core.window import RollingWindow
+from rules.history import replay as replay_mod
+from rules.history.sources import Reading, _row_batches, read_csv
 
 FROST = {"name": "frost", "metric": "temp", "devices": ["m"], "below": 3, "clear": 4}
 WIND = {"name": "wind", "metric": "wind_speed", "devices": ["m"], "above": 10, "clear": 8}

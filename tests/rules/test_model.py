@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from rulehelpers import make_rule
 
-from rules.model import ActiveHours, Interlock
+from rules.core.model import ActiveHours, Interlock
 
 
 def at(day: int, hour: int, minute: int = 0, tz: str = "Asia/Shanghai") -> float:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.config import RobotNotifier, WebhookNotifier
+from rules.core.config import RobotNotifier, WebhookNotifier
 from rules.notify import Message, Notifier, RateLimit, build_request, judge_response
 
 

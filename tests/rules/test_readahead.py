@@ -1,4 +1,4 @@
-"""The replay's input read ahead in a forked process (rules.readahead): the same
+"""The replay's input read ahead in a forked process (rules.history.readahead): the same
 readings and counters as in-process, input errors and crashes carried over, a
 dead or abandoned child never left behind."""
 
@@ -18,16 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_replay import RULES, T0  # one pm10 rule (last 1 min > 150) with a wind interlock
 
-from rules import readahead
-from rules.config import load_rules_file
-from rules.readahead import ReadAhead, can_read_ahead, read_ahead
-from rules.replay import main, read_csv, replay
-from rules.replay_input import Reading, ReplayError
+from rules.core.config import load_rules_file
+from rules.history import readahead
+from rules.history.readahead import ReadAhead, can_read_ahead, read_ahead
+from rules.history.replay import main, read_csv, replay
+from rules.history.sources import Reading, ReplayError
 
 
 @pytest.fixture(autouse=True)
 def single_threaded() -> None:
-    """Forking needs a single-threaded process (rules.readahead.can_read_ahead); a
+    """Forking needs a single-threaded process (rules.history.readahead.can_read_ahead); a
     thread an earlier test left behind gets a few seconds to end."""
     for t in threading.enumerate():
         if t is not threading.current_thread():
@@ -157,7 +157,7 @@ def test_a_replay_stopped_by_an_error_takes_the_reader_with_it(tmp_path: Path) -
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "fork", fork)
         # the engine fails at its first tick (a stand-in for any error in the parent)
-        mp.setattr("rules.engine.Engine.tick", fail)
+        mp.setattr("rules.core.engine.Engine.tick", fail)
         with pytest.raises(Boom):
             replay(read_csv(io.StringIO(text)), [rf], ahead=True)
     assert len(pids) == 1 and gone(pids[0])

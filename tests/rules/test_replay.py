@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.localservices import Influxd
-from rules.config import load_rules_file
-from rules.replay import ReplayError, main, read_csv, read_influx, replay
+from rules.core.config import load_rules_file
+from rules.history.replay import ReplayError, main, read_csv, read_influx, replay
 
 RULES = """\
 actuators:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.configfile import ConfigError
-from rules.config import RobotNotifier, WebhookNotifier, load_rules_file
+from rules.core.config import RobotNotifier, WebhookNotifier, load_rules_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

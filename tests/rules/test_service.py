@@ -16,8 +16,7 @@ from rulehelpers import ListSink
 
 from gateway import protocol as p
 from gateway.mqttclient import Inbox
-from rules.config import load_rules_file
-from rules.lineprotocol import parse_line
+from rules.core.config import load_rules_file
 from rules.notify import Notifier
 from rules.override import OverrideRequest, override_topic
 from rules.service import (
@@ -29,6 +28,7 @@ from rules.service import (
     served_sites,
     write_atomic,
 )
+from rules.sink.lineprotocol import parse_line
 
 T0 = 1_780_000_000.0
 

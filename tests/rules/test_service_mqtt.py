@@ -30,7 +30,7 @@ from rulehelpers import ListSink
 
 from gateway import protocol as p
 from gateway.localservices import Influxd, Mosquitto
-from rules.config import load_rules_file
+from rules.core.config import load_rules_file
 from rules.service import STATE_FILE, RulesService, ServiceOptions
 
 ROOT = Path(__file__).resolve().parents[2]

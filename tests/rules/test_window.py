@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.window import AGGREGATES, DeviceTrack, RollingWindow, Series
+from rules.core.window import AGGREGATES, DeviceTrack, RollingWindow, Series
 
 LENGTH = 10.0
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.lineprotocol import (
+from rules.sink.lineprotocol import (
     LineProtocolError,
     Point,
     encode_line,

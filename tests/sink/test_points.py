@@ -14,8 +14,8 @@ from gateway.protocol import (
     Telemetry,
     UplinkHealth,
 )
-from rules.lineprotocol import parse_line
-from rules.points import (
+from rules.sink.lineprotocol import parse_line
+from rules.sink.points import (
     EngineStats,
     actuator_line,
     engine_line,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rules.rejects import analyse, error_message
+from rules.sink.rejects import analyse, error_message
 
 LINES = [
     "telemetry,site=a,device=d pm10=1.5 1000",

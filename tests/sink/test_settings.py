@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.configfile import ConfigError, load
-from rules.settings import InfluxSettings
+from rules.sink.settings import InfluxSettings
 
 
 def test_defaults_and_durations():

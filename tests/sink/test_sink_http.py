@@ -12,9 +12,9 @@ import pytest
 from sinkhelpers import FakeInflux, Reply, Request
 
 from gateway.localservices import free_port
-from rules.settings import InfluxSettings
-from rules.sink import InfluxSink, backoff_delay
-from rules.spool import Spool, SpoolError
+from rules.sink.settings import InfluxSettings
+from rules.sink.spool import Spool, SpoolError
+from rules.sink.writer import InfluxSink, backoff_delay
 
 FAST = {
     "flush_interval": 0.05,

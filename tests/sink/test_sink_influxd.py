@@ -12,9 +12,9 @@ from sinkhelpers import count_points, wait_for
 
 from gateway.localservices import Influxd
 from gateway.protocol import Telemetry
-from rules.points import telemetry_line
-from rules.settings import InfluxSettings
-from rules.sink import InfluxSink
+from rules.sink.points import telemetry_line
+from rules.sink.settings import InfluxSettings
+from rules.sink.writer import InfluxSink
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.spool import Spool
+from rules.sink.spool import Spool
 
 
 def lines(a: int, b: int) -> list[str]:

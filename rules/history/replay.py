@@ -6,7 +6,7 @@
     dustgate replay rules.yaml --influx http://127.0.0.1:8086 --db dustgate \\
         --from 2026-11-01T00:00:00Z --to 2026-11-08T00:00:00Z --compare stricter.yaml
 
-The very same :class:`rules.engine.Engine` runs with the clock set to the
+The very same :class:`rules.core.engine.Engine` runs with the clock set to the
 readings' timestamps: readings are stored as they come (``ingest_values``
 with ``evaluate=False``) and the engine ticks at every whole second of data
 time, so rule decisions are taken on a 1 s grid (live, a rule is also
@@ -14,17 +14,17 @@ evaluated on each reading; the difference is below a second). Gaps in the
 data are ticked through second by second while any rule or actuator is busy
 (timers must run out), and skipped while everything is idle.
 
-Input (CSV long or wide, InfluxDB 1.x) is read by :mod:`rules.replay_input`;
+Input (CSV long or wide, InfluxDB 1.x) is read by :mod:`rules.history.sources`;
 rows must be in time order per device (out-of-order ones are counted and
 dropped, as live).
 
 Speed (one week of 1 Hz data for 10 devices is 6 million readings): the
 command reads its input in a second process (``replay(..., ahead=True)``,
-:mod:`rules.readahead`), a wide row is converted only for the metrics some
+:mod:`rules.history.readahead`), a wide row is converted only for the metrics some
 rule reads, each device's ingest
 is bound once, and the engine's fast paths (the tick's precompiled loop with
 ``quiet()`` inlined and the bare lease renewal, both behind
-``rules.engine.FAST_PATHS``; the steady test; the actuator pass skipped
+``rules.core.engine.FAST_PATHS``; the steady test; the actuator pass skipped
 until a lease can have ended) leave rules that are waiting alone; the
 per-second statistics visit only the rules the tick did not find quiet.
 ``tests/rules/test_fast_paths.py`` holds the result to the plain path (csv
@@ -57,11 +57,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.configfile import ConfigError
-from rules.config import RulesFile, load_rules_file
-from rules.engine import Engine, InstanceKey
-from rules.evaluator import EmitEvent
-from rules.readahead import ReadAhead, read_ahead
-from rules.replay_input import (
+from rules.core.config import RulesFile, load_rules_file
+from rules.core.engine import Engine, InstanceKey
+from rules.core.evaluator import EmitEvent
+from rules.history.readahead import ReadAhead, read_ahead
+from rules.history.sources import (
     INPUT_ERRORS,
     CsvReadings,
     Reading,
@@ -165,7 +165,7 @@ def replay(
     readings: Iterable[Reading], rules_files: list[RulesFile], ahead: bool = False
 ) -> list[ReplayResult]:
     """Run one engine per rules file over the same readings; ``ahead``: read them in
-    a second process where that is safe (:mod:`rules.readahead`)."""
+    a second process where that is safe (:mod:`rules.history.readahead`)."""
     engines = [Engine(rf) for rf in rules_files]
     counters = None
     if isinstance(readings, CsvReadings):

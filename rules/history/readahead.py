@@ -12,9 +12,9 @@ rows are parsed.
 Nothing else changes: the same readings in the same order, and the input
 counters (``bad_rows``, ...) the child kept are copied into the parent's
 ``counters`` at the end. An input error the child meets (one of
-:data:`~rules.replay_input.INPUT_ERRORS`: a bad timestamp format, a CSV it
+:data:`~rules.history.sources.INPUT_ERRORS`: a bad timestamp format, a CSV it
 cannot read, an InfluxDB error) is raised in the parent, after the readings
-before it, as :class:`~rules.replay_input.ReplayError` with the same text;
+before it, as :class:`~rules.history.sources.ReplayError` with the same text;
 any other exception as a RuntimeError carrying the child's traceback. A
 child that dies (killed, out of memory) is an error too, never a silently
 short replay. ``marshal`` is safe here: the parent only reads its own child.
@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
-from rules.replay_input import INPUT_ERRORS, Reading, ReplayError
+from rules.history.sources import INPUT_ERRORS, Reading, ReplayError
 
 BATCH = 512  # readings per message: bigger batches were slower to unmarshal here
 _HEAD = 4

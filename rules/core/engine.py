@@ -1,7 +1,7 @@
 """The rule engine as a pure facade: telemetry and a clock in, typed actions out.
 
 :class:`Engine` owns the rolling windows, the per-rule state machines
-(:func:`rules.evaluator.evaluate`, one instance per rule and site), actuator
+(:func:`rules.core.evaluator.evaluate`, one instance per rule and site), actuator
 arbitration and manual overrides. It does no I/O: the service turns
 :class:`LeaseOn`/:class:`SwitchOff` into ``gateway.protocol.Command`` on
 ``{site}/{actuator}/cmd``, :class:`EmitEvent` into ``{site}/events`` and
@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.protocol import Event, Telemetry, now_ms
-from rules.config import RulesFile
-from rules.evaluator import (
+from rules.core.config import RulesFile
+from rules.core.evaluator import (
     IDLE,
     RENEW,
     STEADY,
@@ -70,8 +70,8 @@ from rules.evaluator import (
     steady_code,
     transition,
 )
-from rules.model import Rule
-from rules.window import DeviceTrack, Series
+from rules.core.model import Rule
+from rules.core.window import DeviceTrack, Series
 
 __all__ = [
     "Action",

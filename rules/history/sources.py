@@ -15,7 +15,7 @@ Speed: the CSV is split with ``str.split`` wherever the csv module would
 read it the same way (no quotes, NULs or bare CRs), and a wide row is
 converted only for the metrics some rule reads (the other cells are still
 checked). ``dustgate replay`` reads ahead in a second process
-(:mod:`rules.readahead`).
+(:mod:`rules.history.readahead`).
 """
 
 from __future__ import annotations

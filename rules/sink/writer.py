@@ -22,12 +22,12 @@ batches of ``batch_size`` lines, or whatever is there every
   database receives points in the order they were added; the spool is
   replayed oldest first, ``batch_size`` lines per POST, as soon as the
   database answers again.  The spool survives a restart (see
-  :mod:`rules.spool`), is bounded by ``spool_max_bytes`` (oldest segments
+  :mod:`rules.sink.spool`), is bounded by ``spool_max_bytes`` (oldest segments
   dropped and counted) and replay is at-least-once: a batch may be sent twice
   after a crash, which is harmless because each point carries its own
   timestamp and overwrites itself;
 * HTTP 400/422: InfluxDB refused some lines (type conflict, parse error,
-  outside the retention policy).  :mod:`rules.rejects` reads the message to
+  outside the retention policy).  :mod:`rules.sink.rejects` reads the message to
   find them; if it cannot, the batch is bisected until the refused lines are
   isolated.  Refused lines go to the dead-letter file (one JSON object per
   line: ``time``, ``line``, ``error``), everything else is stored, nothing

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from gateway.configfile import Duration, MqttSettings, StrictModel, load
-from rules.model import Id, Rule
-from rules.settings import InfluxSettings
+from rules.core.model import Id, Rule
+from rules.sink.settings import InfluxSettings
 
 
 class ActuatorSpec(StrictModel):

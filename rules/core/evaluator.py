@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.protocol import Event, now_ms
-from rules.model import Rule, _contains
+from rules.core.model import Rule, _contains
 
 Phase = Literal["idle", "pending", "active", "cooldown"]
 PHASES: tuple[Phase, ...] = ("idle", "pending", "active", "cooldown")
