@@ -22,7 +22,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "main",
         "switch an actuator by hand: SITE/ACT on --for 5m | off",
     ),
-    "override": ("rules.override", "main", "override the rules for an actuator: on|off|auto"),
+    "override": (
+        "rules.service.override",
+        "main",
+        "override the rules for an actuator: on|off|auto",
+    ),
     "replay": (
         "rules.history.replay",
         "main",

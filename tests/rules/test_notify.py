@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rules.core.config import RobotNotifier, WebhookNotifier
-from rules.notify import Message, Notifier, RateLimit, build_request, judge_response
+from rules.service.notify import Message, Notifier, RateLimit, build_request, judge_response
 
 
 @dataclass

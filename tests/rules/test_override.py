@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import protocol as p
-from rules.override import (
+from rules.service.override import (
     MAX_FOR_S,
     OverrideRequest,
     _mqtt_settings,

@@ -17,8 +17,6 @@ from rulehelpers import ListSink
 from gateway import protocol as p
 from gateway.mqttclient import Inbox
 from rules.core.config import load_rules_file
-from rules.notify import Notifier
-from rules.override import OverrideRequest, override_topic
 from rules.service import (
     STATE_FILE,
     FileWatch,
@@ -28,6 +26,8 @@ from rules.service import (
     served_sites,
     write_atomic,
 )
+from rules.service.notify import Notifier
+from rules.service.override import OverrideRequest, override_topic
 from rules.sink.lineprotocol import parse_line
 
 T0 = 1_780_000_000.0

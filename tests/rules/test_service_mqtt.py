@@ -349,7 +349,7 @@ async def test_restart_in_cooldown_resumes_the_cooldown(
 
 
 def run_override(port: int, *args: str) -> int:
-    from rules.override import main
+    from rules.service.override import main
 
     return main([*args, "--host", "127.0.0.1", "--port", str(port), "--timeout", "10"])
 
@@ -395,7 +395,7 @@ async def test_override_on_off_auto_with_expiry_and_who(
 def test_override_cli_times_out_without_an_engine(
     mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rules.override import main
+    from rules.service.override import main
 
     rc = main(["site-01/cannon-1", "on", "--port", str(mosquitto.port), "--timeout", "0.5"])
     assert rc == 3

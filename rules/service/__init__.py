@@ -9,7 +9,7 @@ is the imperative shell around it:
   ``state`` (actuator changes -> ``actuator`` points), ``status`` (gateway
   health -> ``gateway`` points), ``events`` (agent events -> ``rule_event``
   points; *no local*, our own events are written directly) and ``override``
-  (:mod:`rules.override`). ``service: {shared_group: G}`` in rules.yaml (or
+  (:mod:`rules.service.override`). ``service: {shared_group: G}`` in rules.yaml (or
   ``--shared-group G``, which wins) subscribes telemetry, state, status and
   events as ``$share/G/...`` to spread sites over several engines.
   Subscriptions dropped from the config are unsubscribed on the next start
@@ -18,7 +18,7 @@ is the imperative shell around it:
   on ``{site}/{actuator}/cmd`` (QoS 1, MQTT 5 message expiry = lease_s: a
   command is never delivered after its lease would have ended),
   ``SwitchOff`` -> an ``off`` command, ``EmitEvent`` -> ``{site}/events``
-  (and the sink), ``Notify`` -> :class:`rules.notify.Notifier`. While the
+  (and the sink), ``Notify`` -> :class:`rules.service.notify.Notifier`. While the
   broker is away, commands and events are dropped and counted (a late
   command is worse than none: leases run out on the agent by themselves).
 - **Bad input** never crashes or sprays: undecodable payloads and topics
@@ -123,8 +123,8 @@ from rules.core.engine import (
     SwitchOff,
     rule_digest,
 )
-from rules.notify import Message, Notifier
-from rules.override import (
+from rules.service.notify import Message, Notifier
+from rules.service.override import (
     EVENT_APPLIED,
     EVENT_REFUSED,
     MAX_AGE_S,
