@@ -63,3 +63,21 @@ def check_files(paths: list[Path], out: TextIO, err: TextIO) -> int:
         else:
             print(f"{path}: ok ({kind} config)", file=out, flush=True)
     return 1 if bad else 0
+
+
+def explain_partitions(paths: list[Path], count: int, out: TextIO, err: TextIO) -> int:
+    """Print, for ``--explain-partition N``, which engine K of N owns each rule site
+    (the same :func:`rules.core.partition.slot` every engine computes)."""
+    from rules.core.config import load_rules_file
+    from rules.core.partition import MAX_PARTITIONS, explain, rule_sites
+
+    if not 1 <= count <= MAX_PARTITIONS:
+        print(f"--explain-partition: N must be 1..{MAX_PARTITIONS}, got {count}", file=err)
+        return 2
+    sites: set[str] = set()
+    for path in paths:
+        if check_file(path)[0] == "rules":
+            sites |= rule_sites(load_rules_file(path, context={"lenient_secrets": []}))
+    for k, owned in explain(sites, count).items():
+        print(f"partition {k}/{count}: {len(owned)} site(s): {' '.join(owned) or '-'}", file=out)
+    return 0

@@ -45,8 +45,19 @@ def _check(argv: Sequence[str]) -> int:
         prog="dustgate check", description="Validate site.yaml / rules.yaml files."
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--explain-partition",
+        type=int,
+        metavar="N",
+        help="also print which of N rule engines owns each site of the rules files",
+    )
     args = parser.parse_args(argv)
-    return check_files(args.files, out=sys.stdout, err=sys.stderr)
+    rc = check_files(args.files, out=sys.stdout, err=sys.stderr)
+    if rc == 0 and args.explain_partition is not None:
+        from gateway.checkcmd import explain_partitions
+
+        rc = explain_partitions(args.files, args.explain_partition, sys.stdout, sys.stderr)
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,13 +44,16 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+_PACKAGES = {"influxd": "influxdb"}  # binary -> Debian package, where they differ
+
+
 def find_binary(name: str) -> str:
     for cand in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
         if cand and os.access(cand, os.X_OK):
             return cand
     raise ServiceError(
         f"{name} not found: install Debian's package "
-        f"({'mosquitto' if name == 'mosquitto' else 'influxdb'}), e.g. `make deps`"
+        f"({_PACKAGES.get(name, name)}), e.g. `make deps`"
     )
 
 
@@ -280,6 +283,57 @@ class Influxd(_Service):
         with urllib.request.urlopen(req, timeout=10) as r:
             if r.status != 204:
                 raise ServiceError(f"write failed: HTTP {r.status}")
+
+
+@dataclass
+class VictoriaMetrics(_Service):
+    """A VictoriaMetrics single-node server on loopback (Debian's ``victoria-metrics``).
+
+    It takes InfluxDB line protocol on ``/write`` (v1) and ``/api/v2/write`` (v2),
+    so the sink's v2 path is tested against a real server. A field ``f`` of
+    measurement ``m`` becomes the series ``m_f`` with the tags as labels."""
+
+    workdir: Path
+    port: int = 0
+    _proc: _Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> VictoriaMetrics:
+        if self.port == 0:
+            self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            find_binary("victoria-metrics"),
+            f"-httpListenAddr={LOOPBACK}:{self.port}",
+            f"-storageDataPath={self.workdir}/data",
+            "-retentionPeriod=100y",  # tests write timestamps from any year
+            "-search.latencyOffset=0s",  # what was written is searchable at once
+            "-loggerLevel=ERROR",
+        ]
+        self._proc = _Proc("victoria-metrics", argv, self.workdir)
+        self._proc.start()
+        _wait(self._health, "victoria-metrics", self._proc, timeout)
+        return self
+
+    def _health(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                return int(r.status) == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def export(self, match: str) -> list[dict[str, object]]:
+        """Every sample of the series matching ``match`` (after a flush), one dict a series."""
+        import json
+
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10):
+            pass
+        data = urllib.parse.urlencode({"match[]": match}).encode()
+        with urllib.request.urlopen(f"{self.url}/api/v1/export", data=data, timeout=10) as r:
+            return [json.loads(line) for line in r.read().splitlines() if line.strip()]
 
 
 @contextlib.contextmanager
