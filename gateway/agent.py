@@ -112,6 +112,7 @@ class Agent:
 
     def _build(self) -> None:
         site = self.site
+        search = site.profile_search()
         clients = {}
         for bus in site.buses:
             client = modbus_client_for(bus)
@@ -136,7 +137,7 @@ class Agent:
                 self._plain.add(dev.id)
             self._stuck[dev.id] = StuckTracker()
             if isinstance(dev, ModbusDevice):
-                spec = modbus_spec(dev)
+                spec = modbus_spec(dev, search)
                 sched = self.buses[dev.bus]
                 sched.pause_after_connect = max(sched.pause_after_connect, spec.pause_after_connect)
                 sched.add_device(
@@ -156,7 +157,7 @@ class Agent:
             overrides = dict(act.overrides)
             if act.slave_id is not None:
                 overrides["slave_id"] = act.slave_id
-            profile = resolve_profile(act.profile, overrides)
+            profile = resolve_profile(act.profile, overrides, search)
             relay = RelayOutput.from_profile(clients[act.bus], profile, act.channel)
             self.actuators[act.id] = ActuatorController(
                 site.site, act, relay, self.buses[act.bus], self.session.post

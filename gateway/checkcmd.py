@@ -32,27 +32,37 @@ def detect_kind(path: Path) -> str:
 def check_file(path: Path) -> tuple[str, list[ConfigIssue], list[str]]:
     """(kind, problems, notes). Secrets that cannot be resolved on this machine
     (an unset environment variable) are notes: the target machine has them."""
+    kind, issues, notes, _ = _check(path)
+    return kind, issues, notes
+
+
+def _check(path: Path) -> tuple[str, list[ConfigIssue], list[str], list[str]]:
+    """As :func:`check_file`, plus the lines that say where each device profile came from."""
     notes: list[str] = []
     context = {"lenient_secrets": notes}
+    sources: list[str] = []
     try:
         kind = detect_kind(path)
         if kind == "site":
-            from gateway.config import load_site_config
+            from gateway.config import load_site_config, profile_sources
 
-            load_site_config(path, context=context)
+            site = load_site_config(path, context=context)
+            sources = [
+                f"{ident}: profile {ref} from {file}" for ident, ref, file in profile_sources(site)
+            ]
         else:
             from rules.core.config import load_rules_file
 
             load_rules_file(path, context=context)
     except ConfigError as exc:
-        return "?", exc.issues, notes
-    return kind, [], notes
+        return "?", exc.issues, notes, []
+    return kind, [], notes, sources
 
 
 def check_files(paths: list[Path], out: TextIO, err: TextIO) -> int:
     bad = 0
     for path in paths:
-        kind, issues, notes = check_file(path)
+        kind, issues, notes, sources = _check(path)
         for note in notes:
             print(f"{path}: note: {note} here (needed at run time)", file=err)
         if issues:
@@ -61,7 +71,10 @@ def check_files(paths: list[Path], out: TextIO, err: TextIO) -> int:
                 print(issue, file=err)
             print(f"{path}: {len(issues)} problem(s)", file=err)
         else:
-            print(f"{path}: ok ({kind} config)", file=out, flush=True)
+            print(f"{path}: ok ({kind} config)", file=out)
+            for line in sources:
+                print(f"  {line}", file=out)
+            out.flush()
     return 1 if bad else 0
 
 

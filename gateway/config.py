@@ -1,7 +1,8 @@
 """``site.yaml``: what the edge agent of one site talks to and how.
 
 A site has buses (RS485 serial lines, Modbus TCP device servers), devices on
-them (a device names a profile from ``drivers/profiles`` and may override any
+them (a device names a profile, looked up in the site's ``profile_paths``,
+``/etc/dustgate/profiles`` and ``drivers/profiles``, and may override any
 field of it), UART particulate sensors on their own ports, actuators (relay
 channels driving fog cannons) with local safety limits that no command can
 exceed, the MQTT uplink, and the outbox. See ``examples/site.yaml``.
@@ -10,9 +11,9 @@ exceed, the MQTT uplink, and the outbox. See ``examples/site.yaml``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from gateway.actuation import ActuatorLimits
 from gateway.configfile import (
@@ -26,6 +27,9 @@ from gateway.configfile import (
 )
 from gateway.protocol import ID_PATTERN, Status
 from gateway.uplinks.hj212_settings import Hj212Settings, uplink_key
+
+if TYPE_CHECKING:
+    from drivers.profiles import ProfileSearch
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 RESERVED_IDS = {"gateway", "events"}  # topic segments of their own
@@ -170,6 +174,17 @@ class SiteConfig(StrictModel):
     uplinks: list[Hj212Settings] = Field(default_factory=list)
     # off-timer armed on each lease, in the board where supported
     state_dir: Path = Path("state")
+    # folders of the site's own device profiles, searched (in order) ahead of
+    # /etc/dustgate/profiles and the shipped ones; relative to this file's folder
+    profile_paths: list[Path] = Field(default_factory=list)
+
+    _base: Path = PrivateAttr(default_factory=Path.cwd)
+
+    def profile_search(self) -> ProfileSearch:
+        """Where this site's profile references are looked up."""
+        from drivers.profiles import ProfileSearch
+
+        return ProfileSearch.for_site(self.profile_paths, self._base)
 
     def bus(self, bus_id: str) -> SerialBus | TcpBus:
         for b in self.buses:
@@ -178,11 +193,12 @@ class SiteConfig(StrictModel):
         raise KeyError(bus_id)
 
 
-def _check_references(data: Any) -> list[tuple[Loc, str]]:
+def _check_references(data: Any, base: Path | None = None) -> list[tuple[Loc, str]]:
     """Cross-references and uniqueness, on the raw data so positions are known."""
     out: list[tuple[Loc, str]] = []
     if not isinstance(data, dict):
         return out
+    search = _search_of(data, base or Path.cwd())
     buses = data.get("buses") or []
     bus_ids = {b.get("id") for b in buses if isinstance(b, dict)}
     seen: dict[str, str] = {}
@@ -204,7 +220,7 @@ def _check_references(data: Any) -> list[tuple[Loc, str]]:
                 known = ", ".join(sorted(str(b) for b in bus_ids)) or "none defined"
                 out.append(((section, i, "bus"), f"undefined bus {item['bus']!r} (buses: {known})"))
             if "profile" in item:
-                out.extend(_check_profile(section, i, item))
+                out.extend(_check_profile(section, i, item, search))
     device_ids = {d.get("id") for d in data.get("devices") or [] if isinstance(d, dict)}
     uplink_keys: dict[str, int] = {}
     for i, up in enumerate(data.get("uplinks") or []):
@@ -222,11 +238,21 @@ def _check_references(data: Any) -> list[tuple[Loc, str]]:
     return out
 
 
-def _check_profile(section: str, i: int, item: dict[str, Any]) -> list[tuple[Loc, str]]:
+def _search_of(data: dict[str, Any], base: Path) -> ProfileSearch:
+    from drivers.profiles import ProfileSearch
+
+    paths = data.get("profile_paths")
+    own = [Path(p) for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+    return ProfileSearch.for_site(own, base)
+
+
+def _check_profile(
+    section: str, i: int, item: dict[str, Any], search: ProfileSearch
+) -> list[tuple[Loc, str]]:
     from drivers.profiles import ProfileError, resolve_profile
 
     try:
-        profile = resolve_profile(str(item["profile"]), _profile_overrides(item))
+        profile = resolve_profile(str(item["profile"]), _profile_overrides(item), search)
     except ProfileError as exc:
         return [((section, i, "profile"), str(exc))]
     if section == "actuators":
@@ -253,8 +279,29 @@ def _profile_overrides(item: dict[str, Any]) -> dict[str, Any]:
 def load_site_config(
     path: Path | str, text: str | None = None, context: dict[str, Any] | None = None
 ) -> SiteConfig:
-    """Load and validate a site.yaml; raise ConfigError with every problem."""
-    return load(SiteConfig, path, ref_checks=[_check_references], text=text, context=context)
+    """Load and validate a site.yaml; raise ConfigError with every problem.
+
+    Relative paths in it (``profile_paths``, profile files) start at its folder."""
+    base = Path(path).resolve().parent
+    site = load(
+        SiteConfig,
+        path,
+        ref_checks=[lambda data: _check_references(data, base)],
+        text=text,
+        context=context,
+    )
+    site._base = base
+    return site
+
+
+def profile_sources(site: SiteConfig) -> list[tuple[str, str, Path]]:
+    """(device or actuator id, profile reference, file it came from) for every profile used."""
+    from drivers.profiles import profile_source
+
+    search = site.profile_search()
+    items: list[ModbusDevice | Actuator] = [d for d in site.devices if isinstance(d, ModbusDevice)]
+    items.extend(site.actuators)
+    return [(item.id, item.profile, profile_source(item.profile, search)) for item in items]
 
 
 def device_status_mode(dev: _DeviceBase) -> Status | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from drivers.errors import DriverError
 from drivers.modbus import DeviceSpec
 from drivers.modbus_client import ModbusClient
+from drivers.profiles import DEFAULT_SEARCH, Profile, ProfileSearch, is_path_ref
 from gateway.config import ModbusDevice, SerialBus, SiteConfig, TcpBus, UartDevice
 
 Poll = Callable[[], Awaitable[dict[str, float]]]
@@ -31,13 +33,14 @@ def modbus_client_for(bus: SerialBus | TcpBus) -> ModbusClient:
     return ModbusClient.rtu_over_tcp(bus.host, bus.port)
 
 
-def modbus_spec(dev: ModbusDevice) -> DeviceSpec:
+def modbus_spec(dev: ModbusDevice, search: ProfileSearch = DEFAULT_SEARCH) -> Profile:
+    """The device's profile with its site overrides (and ``slave_id``) merged in."""
     from drivers.profiles import resolve_profile
 
     overrides = dict(dev.overrides)
     if dev.slave_id is not None:
         overrides["slave_id"] = dev.slave_id
-    return resolve_profile(dev.profile, overrides)
+    return resolve_profile(dev.profile, overrides, search)
 
 
 def modbus_poll(client: ModbusClient, spec: DeviceSpec) -> Poll:
@@ -96,7 +99,9 @@ def uart_poll(dev: UartDevice, reader: object) -> Poll:
 def model_name(dev: ModbusDevice | UartDevice) -> str:
     if dev.model:
         return dev.model
-    return dev.profile if isinstance(dev, ModbusDevice) else dev.driver
+    if isinstance(dev, ModbusDevice):
+        return Path(dev.profile).stem if is_path_ref(dev.profile) else dev.profile
+    return dev.driver
 
 
 def check_buses(site: SiteConfig) -> None:
@@ -104,6 +109,6 @@ def check_buses(site: SiteConfig) -> None:
     for dev in site.devices:
         if isinstance(dev, ModbusDevice):
             try:
-                modbus_spec(dev)
+                modbus_spec(dev, site.profile_search())
             except DriverError as exc:
                 raise ValueError(f"device {dev.id}: {exc}") from exc

@@ -15,11 +15,23 @@ that a site can override one attribute of one field::
 :func:`resolve_profile` deep-merges: mappings merge key by key, anything else replaces, and
 ``null`` deletes. A profile may start from another with ``extends: <name>``. Every error names
 the profile file (and the override) and the offending field.
+
+Where profiles come from: a :class:`ProfileSearch` looks a name up in a list of folders, first
+match wins: a site's own folders (``profile_paths:`` in site.yaml), then
+``/etc/dustgate/profiles``, then the ones shipped here. So a technician adds or replaces a
+profile without touching the installed package. A reference ending in ``.yaml`` (or ``.yml``)
+and holding a ``/`` is a file path (relative to the site.yaml's folder), e.g.
+``profile: profiles/my-station.yaml``. A profile that ``extends`` its own name starts from the
+next profile of that name down the search path (a site's ``dust-station.yaml`` can change one
+address of the shipped one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -81,8 +93,70 @@ class Profile(DeviceSpec):
         return self
 
 
-def profile_names() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+SYSTEM_PROFILE_DIR = Path("/etc/dustgate/profiles")
+
+
+@dataclass(frozen=True)
+class ProfileSearch:
+    """Where profile names are looked up (first match wins) and where relative paths start."""
+
+    dirs: tuple[Path, ...] = (SYSTEM_PROFILE_DIR, PROFILE_DIR)
+    base: Path = Path(".")
+
+    @classmethod
+    def for_site(cls, profile_paths: Sequence[Path], base: Path) -> ProfileSearch:
+        """A site's own folders (relative to ``base``, its site.yaml's folder) ahead of
+        ``/etc/dustgate/profiles`` and the shipped profiles."""
+        own = tuple(p if p.is_absolute() else base / p for p in profile_paths)
+        return cls((*own, SYSTEM_PROFILE_DIR, PROFILE_DIR), base)
+
+    def names(self) -> list[str]:
+        """Every profile name the search finds."""
+        found: set[str] = set()
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                found.update(p.stem for p in d.glob("*.yaml"))
+        return sorted(found)
+
+    def locate(self, ref: str, after: Path | None = None) -> Path:
+        """The file ``ref`` (a name or a ``.yaml`` path) stands for; with ``after``, only
+        folders after the one holding that file are searched (``extends`` of its own name)."""
+        if is_path_ref(ref):
+            path = Path(ref).expanduser()
+            path = path if path.is_absolute() else self.base / path
+            if not path.is_file():
+                raise ProfileError(f"profile file {str(path)!r} not found")
+            return path
+        if not _NAME.fullmatch(ref):
+            raise ProfileError(f"unknown profile {ref[:80]!r} (known: {', '.join(self.names())})")
+        dirs = self.dirs
+        if after is not None:
+            folders = [d.resolve() for d in dirs]
+            here = after.parent.resolve()
+            dirs = dirs[folders.index(here) + 1 :] if here in folders else ()
+        for d in dirs:
+            path = d / f"{ref}.yaml"
+            if path.is_file():
+                return path
+        if after is not None:
+            raise ProfileError(f"{after}: extends {ref!r}, found nowhere further down the path")
+        where = ", ".join(str(d) for d in self.dirs)
+        raise ProfileError(
+            f"unknown profile {ref!r} (known: {', '.join(self.names())}; searched {where})"
+        )
+
+
+DEFAULT_SEARCH = ProfileSearch()
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def is_path_ref(ref: str) -> bool:
+    """A profile reference is a file path if it names a ``.yaml``/``.yml`` file with a folder."""
+    return "/" in ref and ref.endswith((".yaml", ".yml"))
+
+
+def profile_names(search: ProfileSearch = DEFAULT_SEARCH) -> list[str]:
+    return search.names()
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,30 +172,55 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
+def _read(
+    ref: str, search: ProfileSearch, after: Path | None = None, chain: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], Path]:
+    path = search.locate(ref, after)
+    if path in chain:
+        raise ProfileError(f"{path}: extends itself (through {', '.join(map(str, chain))})")
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from None
+    data = dict(_load(path, stat.st_mtime_ns, stat.st_size))
+    parent = data.pop("extends", None)
+    if parent is not None:
+        parent = str(parent)
+        # a profile extending its own name starts from the next one down the path
+        same = parent == _stem(ref) and not is_path_ref(parent) and not is_path_ref(ref)
+        base, _ = _read(parent, search, path if same else None, (*chain, path))
+        data = deep_merge(base, data)
+    data["name"] = _stem(ref)
+    return data, path
+
+
+def _stem(ref: str) -> str:
+    return Path(ref).stem if is_path_ref(ref) else ref
+
+
 @lru_cache(maxsize=64)
-def _read(name: str) -> dict[str, Any]:
-    path = PROFILE_DIR / f"{name}.yaml"
-    if not name or "/" in name or not path.is_file():
-        known = ", ".join(profile_names())
-        raise ProfileError(f"unknown profile {name!r} (known: {known})")
+def _load(path: Path, _mtime_ns: int, _size: int) -> dict[str, Any]:
+    """One profile file's YAML (cached while the file is unchanged)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping at the top")
-    parent = data.pop("extends", None)
-    if parent is not None:
-        if parent == name:
-            raise ProfileError(f"{path}: extends itself")
-        data = deep_merge(_read(str(parent)), data)
-    data["name"] = name
     return data
 
 
-def raw_profile(name: str) -> dict[str, Any]:
+def raw_profile(name: str, search: ProfileSearch = DEFAULT_SEARCH) -> dict[str, Any]:
     """The merged YAML data of a profile (``extends`` resolved), before validation."""
-    return _copy(_read(name))
+    data, _ = _read(name, search)
+    return _copy(data)
+
+
+def profile_source(name: str, search: ProfileSearch = DEFAULT_SEARCH) -> Path:
+    """The file a profile reference resolves to (``dustgate check`` shows it)."""
+    return search.locate(name)
 
 
 def _copy(data: Any) -> Any:
@@ -132,14 +231,19 @@ def _copy(data: Any) -> Any:
     return data
 
 
-def resolve_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profile:
+def resolve_profile(
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    search: ProfileSearch = DEFAULT_SEARCH,
+) -> Profile:
     """Profile ``name`` with a site's ``overrides`` deep-merged in, validated."""
-    data = raw_profile(name)
+    data, path = _read(name, search)
+    data = _copy(data)
     if overrides:
         if not isinstance(overrides, Mapping):
             raise ProfileError(f"profile {name!r}: overrides must be a mapping")
         data = deep_merge(data, overrides)
-        data["name"] = name
+        data["name"] = _stem(name)
     fields = data.get("fields")
     if isinstance(fields, Mapping):
         data["fields"] = [
@@ -149,7 +253,7 @@ def resolve_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Pr
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        where = f"profile {name!r} ({PROFILE_DIR / (name + '.yaml')})"
+        where = f"profile {name!r} ({path})"
         if overrides:
             where += " with site overrides"
         raise ProfileError(f"{where}: {_describe(exc, data)}") from None

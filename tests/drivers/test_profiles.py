@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from drivers import modbus_pdu as pdu
-from drivers.profiles import ProfileError, deep_merge, profile_names, resolve_profile
+from drivers.profiles import (
+    DEFAULT_SEARCH,
+    PROFILE_DIR,
+    ProfileError,
+    ProfileSearch,
+    deep_merge,
+    profile_names,
+    resolve_profile,
+)
+from gateway.cli import main
+from gateway.config import ModbusDevice, load_site_config
+from gateway.devices import modbus_spec
 
 
 def test_every_shipped_profile_validates_and_plans() -> None:
@@ -107,3 +120,84 @@ def test_deep_merge_semantics() -> None:
         "d": [9],
     }
     assert base == {"a": {"b": 1, "c": 2}, "d": [1, 2], "e": 3}
+
+
+# ------------------------------------------------------------ where profiles come from
+
+
+def _site(tmp_path: Path, devices: str, extra: str = "") -> Path:
+    site = tmp_path / "site" / "site.yaml"
+    site.parent.mkdir(parents=True, exist_ok=True)
+    site.write_text(
+        "site: s1\n"
+        f"{extra}"
+        "buses:\n  - {id: bus1, type: rtu, port: /dev/ttyUSB0}\n"
+        f"devices:\n{devices}"
+    )
+    return site
+
+
+def test_a_site_profile_in_its_own_folder_wins_over_the_shipped_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = tmp_path / "site" / "profiles"
+    own.mkdir(parents=True)
+    # the same name as a shipped profile, one address changed, the rest inherited
+    (own / "dust-station.yaml").write_text(
+        "extends: dust-station\nfields:\n  pm10: {address: 0x0200, unit: ug/m3}\n"
+    )
+    (own / "my-station.yaml").write_text("slave_id: 7\nfields:\n  tsp: {address: 3, scale: 0.1}\n")
+    site_file = _site(
+        tmp_path,
+        "  - {id: gate, bus: bus1, profile: dust-station}\n"
+        "  - {id: north, bus: bus1, profile: my-station}\n"
+        "  - {id: south, bus: bus1, profile: profiles/my-station.yaml, slave_id: 8}\n",
+        extra="profile_paths: [profiles]\n",
+    )
+    site = load_site_config(site_file)
+    search = site.profile_search()
+    gate = resolve_profile("dust-station", None, search)
+    assert gate.field("pm10").address == 0x0200  # the site's
+    assert gate.field("pm25").address == 0x01FB  # inherited from the shipped one
+    assert resolve_profile("dust-station").field("pm10").address == 0x01FC  # shipped unchanged
+    specs = {d.id: modbus_spec(d, search) for d in site.devices if isinstance(d, ModbusDevice)}
+    assert specs["north"].slave_id == 7 and specs["north"].field("tsp").scale == 0.1
+    assert specs["south"].slave_id == 8 and specs["south"].name == "my-station"
+    # dustgate check says where each came from
+    assert main(["check", str(site_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"gate: profile dust-station from {own / 'dust-station.yaml'}" in out
+    assert f"north: profile my-station from {own / 'my-station.yaml'}" in out
+    assert f"south: profile profiles/my-station.yaml from {own / 'my-station.yaml'}" in out
+
+
+def test_the_default_search_puts_etc_ahead_of_the_package() -> None:
+    dirs = ProfileSearch.for_site([Path("own")], Path("/srv/site")).dirs
+    assert dirs == (Path("/srv/site/own"), Path("/etc/dustgate/profiles"), PROFILE_DIR)
+    assert DEFAULT_SEARCH.dirs == (Path("/etc/dustgate/profiles"), PROFILE_DIR)
+
+
+def test_profile_mistakes_are_reported_at_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = tmp_path / "site" / "profiles"
+    own.mkdir(parents=True)
+    (own / "loop-a.yaml").write_text("extends: loop-b\n")
+    (own / "loop-b.yaml").write_text("extends: loop-a\n")
+    (own / "bad.yaml").write_text("slave_id: 1\nfields: {pm10: {address: -1}}\n")
+    site_file = _site(
+        tmp_path,
+        "  - {id: a, bus: bus1, profile: profiles/missing.yaml}\n"
+        "  - {id: b, bus: bus1, profile: loop-a}\n"
+        "  - {id: c, bus: bus1, profile: bad}\n"
+        "  - {id: d, bus: bus1, profile: ../../etc/passwd}\n",
+        extra="profile_paths: [profiles]\n",
+    )
+    assert main(["check", str(site_file)]) == 1
+    err = capsys.readouterr().err
+    lines = {line.split(": ", 1)[0]: line for line in err.splitlines()}
+    assert "not found" in lines[f"{site_file}:6:33"]
+    assert "extends itself" in lines[f"{site_file}:7:33"]
+    assert f"{own / 'bad.yaml'}" in lines[f"{site_file}:8:33"]
+    assert "fields.pm10.address" in lines[f"{site_file}:8:33"]
+    assert "unknown profile '../../etc/passwd'" in lines[f"{site_file}:9:33"]
