@@ -6,9 +6,22 @@ order; old readings are evicted from the front both when a new reading
 arrives and when the window is queried with a later ``now``. Every aggregate
 is O(1) amortised:
 
-- ``mean``: a running sum. Adding and removing floats drifts, so the sum is
-  recomputed exactly (``math.fsum``) after every ``max(len, 1024)`` updates;
-  that keeps the cost amortised O(1) and the error bounded by ~1024 roundings.
+- ``mean``: a running sum that cannot be poisoned by magnitude. Adding and
+  removing floats rounds, and each rounding can be as large as ``eps`` times
+  the biggest partial sum since the sum was last exact: one reading of 1e300
+  that has left a window of readings of 300 leaves an error of ~1e284 in a
+  plain running sum (the mean printed 0.0). So the window also keeps a running
+  sum of the readings' magnitudes (``abs``) and its peak since the last exact
+  sum, and recomputes both exactly (``math.fsum``) when the magnitude inside
+  has fallen below 1/``_SHRINK`` of that peak (a large reading left), after
+  every ``max(len, 1024)`` updates, and when a sum is not finite. Between two
+  recomputes the error is at most ``2 max(len, 1024) eps _SHRINK`` times the
+  magnitude inside, so the mean is within ~1e-11 of the largest reading inside
+  of the exact mean (a hypothesis property holds it to the exact mean of the
+  readings for any finite sequence); a sum that overflows (readings near
+  1e308) is taken scaled by 2**-64. Cost: one ``abs`` and add per reading and
+  per eviction, and a recompute (O(len)) only after a fall in magnitude by
+  ``_SHRINK``.
 - ``max``/``min``: monotonic deques (each reading is pushed and popped once).
 - ``last``: the newest reading still inside the window.
 
@@ -42,6 +55,29 @@ AGGREGATES = ("mean", "max", "min", "last")
 
 _RESUM_MIN = 1024
 _EVICT_EVERY = 64
+_SHRINK = 64.0  # recompute the sums once the magnitude inside fell below 1/_SHRINK of its peak
+_INF = math.inf
+_SCALE = 2.0**-64  # sums of readings near 1e308 overflow: taken scaled
+
+
+def exact_sums(values: Iterable[float]) -> tuple[float, float]:
+    """``(sum, sum of magnitudes)`` of ``values``, each correctly rounded (``math.fsum``);
+    ``inf`` where the sum overflows."""
+    vals = values if isinstance(values, list | deque) else list(values)
+    try:
+        total = math.fsum(vals)
+    except OverflowError:
+        total = _INF
+    try:
+        mag = math.fsum(map(abs, vals))
+    except OverflowError:
+        mag = _INF
+    return total, mag
+
+
+def _scaled_mean(values: deque[float]) -> float:
+    """The mean of readings whose sum overflows a float (scaling by a power of 2 is exact)."""
+    return math.fsum(v * _SCALE for v in values) / len(values) / _SCALE
 
 
 class RollingWindow:
@@ -53,6 +89,8 @@ class RollingWindow:
     """
 
     __slots__ = (
+        "_abs",
+        "_abs_peak",
         "_last_in",
         "_last_v",
         "_maxq",
@@ -85,6 +123,8 @@ class RollingWindow:
         self._maxq: deque[tuple[float, float]] = deque()
         self._minq: deque[tuple[float, float]] = deque()
         self._sum = 0.0
+        self._abs = 0.0  # the running sum of the readings' magnitudes, ...
+        self._abs_peak = 0.0  # ... and its largest value since the sums were last exact
         self._ops = 0
         self._pending = 0
         self._newest = -math.inf  # time of the newest reading (also once evicted)
@@ -98,8 +138,7 @@ class RollingWindow:
         kinds = set(kinds)
         if "mean" in kinds and not self._want_mean:
             self._want_mean = True
-            self._sum = math.fsum(self._values)
-            self._ops = 0
+            self._resum()
         if "max" in kinds and not self._want_max:
             self._want_max = True
             self._maxq.clear()
@@ -136,6 +175,7 @@ class RollingWindow:
             self._times.append(ts)
             self._values.append(value)
             self._sum += value
+            self._abs += abs(value)
             self._ops += 1
         if self._want_max:
             q = self._maxq
@@ -172,6 +212,7 @@ class RollingWindow:
                 times_append(ts)
                 values_append(value)
                 self._sum += value
+                self._abs += abs(value)
                 self._ops += 1
                 self._pending += 1
                 if self._pending >= _EVICT_EVERY:
@@ -223,18 +264,35 @@ class RollingWindow:
         times = self._times
         values = self._values
         total = self._sum
+        mag = self._abs
+        peak = self._abs_peak
+        if mag > peak:
+            peak = self._abs_peak = mag
         ops = self._ops
         while times and times[0] <= horizon:
             times.popleft()
-            total -= values.popleft()
+            v = values.popleft()
+            total -= v
+            mag -= abs(v)
             ops += 1
         n = len(times)
-        if not n or ops >= (n if n > _RESUM_MIN else _RESUM_MIN):
-            total = math.fsum(values)
-            ops = 0
-        self._sum = total
-        self._ops = ops
+        if (
+            not n
+            or ops >= (n if n > _RESUM_MIN else _RESUM_MIN)
+            or not (peak <= _SHRINK * mag < _INF)
+        ):
+            self._resum()
+        else:
+            self._sum = total
+            self._abs = mag
+            self._ops = ops
         self._drop_queues(horizon)
+
+    def _resum(self) -> None:
+        """Make the running sums exact again (see the module's docstring)."""
+        self._sum, self._abs = exact_sums(self._values)
+        self._abs_peak = self._abs
+        self._ops = 0
 
     def _drop_queues(self, horizon: float) -> None:
         q = self._maxq
@@ -270,24 +328,43 @@ class RollingWindow:
                 self._last_in = False
             if self._want_max or self._want_min:
                 self._drop(horizon)
-                return self._sum / len(times) if times else None
+                if not times:
+                    return None
+                m = self._sum / len(times)
+                return m if m - m == 0.0 else _scaled_mean(self._values)
             values = self._values
             total = self._sum
+            mag = self._abs
+            peak = self._abs_peak
+            if mag > peak:
+                peak = self._abs_peak = mag
             ops = self._ops
             while True:
                 times.popleft()
-                total -= values.popleft()
+                v = values.popleft()
+                total -= v
+                mag -= abs(v)
                 ops += 1
                 if not times or times[0] > horizon:
                     break
             n = len(times)
-            if not n or ops >= (n if n > _RESUM_MIN else _RESUM_MIN):
-                total = math.fsum(values)
-                ops = 0
-            self._sum = total
-            self._ops = ops
-            return total / n if n else None
-        return self._sum / len(times)
+            if not n:
+                self._resum()
+                return None
+            if ops >= (n if n > _RESUM_MIN else _RESUM_MIN) or not (peak <= _SHRINK * mag < _INF):
+                self._resum()
+                total = self._sum
+            else:
+                self._sum = total
+                self._abs = mag
+                self._ops = ops
+        else:
+            total = self._sum
+            n = len(times)
+        m = total / n
+        if m - m == 0.0:  # finite
+            return m
+        return _scaled_mean(self._values)
 
     def max(self, now: float) -> float | None:
         self.evict(now)

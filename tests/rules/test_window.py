@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -194,3 +195,73 @@ def test_staleness_is_the_median_of_the_last_16_gaps_in_ms(gaps_ms: list[int]) -
         median = last[n // 2] if n % 2 else (last[n // 2 - 1] + last[n // 2]) / 2
         assert t.stale_after == min(max(3.0 * median, 1.0), 1000.0)
         assert t.interval == median
+
+
+# ------------------------------------------------ magnitude cannot poison the mean
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+magnitudes = st.one_of(
+    finite,
+    st.floats(min_value=-1000.0, max_value=1000.0),
+    st.sampled_from([1e300, -1e300, 1.7e308, -1.7e308, 1e20, 5e-324, 0.0, 300.0, 0.1]),
+)
+
+
+def _exact_mean(values: list[float]) -> float:
+    return float(sum(map(Fraction, values), Fraction(0)) / len(values))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=3.0), magnitudes, st.booleans()),
+        min_size=1,
+        max_size=120,
+    ),
+    st.sampled_from([("mean",), ("mean", "max"), AGGREGATES]),
+)
+def test_mean_is_the_mean_of_its_readings_for_any_finite_sequence(
+    series: list[tuple[float, float, bool]], kinds: tuple[str, ...]
+) -> None:
+    """Whatever magnitudes came and went, the mean is the exact mean of the readings
+    inside, to 1e-9 of the largest of them (float tolerance)."""
+    w = RollingWindow(4.0, kinds)
+    append = w.appender()
+    kept: list[tuple[float, float]] = []
+    t = 0.0
+    for dt, value, query in series:
+        t += dt
+        append(t, value)
+        kept.append((t, value))
+        if not query:
+            continue
+        inside = [v for ts, v in kept if ts > t - 4.0]
+        mean = w.mean(t)
+        assert mean is not None and math.isfinite(mean)
+        ref = _exact_mean(inside)
+        assert abs(mean - ref) <= 1e-9 * max(map(abs, inside)), (mean, ref, inside)
+
+
+def test_a_huge_reading_leaving_the_window_does_not_poison_the_mean() -> None:
+    """The issue's case: pm10 1e300 once, then 300 every second, a 4 s window: the mean
+    printed 0.0 once the 1e300 had left (the plain running sum kept its rounding)."""
+    for kinds in (("mean",), ("mean", "max")):
+        w = RollingWindow(4.0, kinds)
+        append = w.appender()
+        append(0.0, 1e300)
+        means = []
+        for t in range(1, 12):
+            append(float(t), 300.0)
+            means.append(w.mean(float(t)))
+        assert means[2] == pytest.approx(2.5e299)  # t=3: 1e300 and three 300s
+        assert means[3:] == [300.0] * 8
+
+
+def test_readings_near_the_float_limit_have_a_finite_mean() -> None:
+    w = RollingWindow(10.0, ["mean"])
+    for t in range(5):
+        w.append(float(t), 1.7e308)
+    assert w.mean(4.0) == pytest.approx(1.7e308)
+    for t in range(5, 20):
+        w.append(float(t), 2.0)
+    assert w.mean(19.0) == 2.0
