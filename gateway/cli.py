@@ -33,6 +33,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "run rules over history (CSV or InfluxDB) and compare",
     ),
     "report": ("rules.history.report", "main", "weekly site ranking from InfluxDB"),
+    "scan": (
+        "gateway.commission.scan",
+        "main",
+        "find the Modbus slaves on a bus (ids, baud rates), read-only",
+    ),
     "sim": ("drivers.sim.cli", "main", "run simulated devices (a fake site) on ptys/TCP"),
     "demo": ("gateway.demo", "main", "the closed loop with simulated devices, real broker + DB"),
 }

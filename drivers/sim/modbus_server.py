@@ -11,7 +11,12 @@ The TCP server here (MBAP or RTU framing) answers pipelined requests one after a
 ``drivers.sim.pymodbus_tcp`` serves the same units through pymodbus's own TCP server.
 
 :class:`Faults` makes a responder misbehave on purpose (silence, bad CRC, wrong unit id,
-truncated reply, garbage, exception) for the driver's tests.
+truncated reply, garbage, exception) for the driver's tests. Every responder counts the
+function codes it hears (``functions_heard``, whatever the unit), so a test can prove what a
+client sent. On the pty, a unit may be set to a baud rate of its own (``bauds``): it hears
+only requests sent at that rate (read from the pty's line settings, as the client set them),
+like a real slave that sees garbage at any other. A pty carries no parity (Linux clears
+``PARENB`` on it), so only the rate is simulated.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import termios
 import tty
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,28 +77,50 @@ class _Units:
         self.by_id = {u.unit_id: u for u in units}
         self.faults = Faults()
         self.requests = 0
+        self.functions_heard: Counter[int] = Counter()  # every request's function code
 
-    def answer_rtu(self, frame: bytes, now: float) -> bytes | None:
-        """The RTU reply to an RTU request; None (silence) on a bad CRC or a foreign unit."""
+    def answer_rtu(self, frame: bytes, now: float, baud: int | None = None) -> bytes | None:
+        """The RTU reply to an RTU request; None (silence) on a bad CRC, a foreign unit or
+        (with ``baud``, the line's rate) a unit set to another rate."""
         try:
             pdu.check_rtu_crc(frame)
         except FrameError:
             return None
+        self.functions_heard[frame[1]] += 1
         unit = self.by_id.get(frame[0])
         if unit is None:
             return None  # another device's frame on the bus
+        if baud is not None and self.unit_baud(frame[0]) not in (None, baud):
+            return None  # garbage at this unit's rate: a real slave stays silent
+        return self._answer_unit(unit, frame, now)
+
+    def unit_baud(self, unit_id: int) -> int | None:
+        return None
+
+    def _answer_unit(self, unit: SimUnit, frame: bytes, now: float) -> bytes | None:
         self.requests += 1
         reply = handle_request(unit, frame[1:-2], now)
         return apply_rtu_fault(self.faults.take(), unit.unit_id, reply)
+
+
+_BAUD_OF_SPEED = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+}
 
 
 class RtuPtyServer(_Units):
     """Modbus RTU slaves on the master side of a new pty; clients open :attr:`path`."""
 
     def __init__(
-        self, units: Iterable[SimUnit], gap_s: float = 0.05, local_echo: bool = False
+        self,
+        units: Iterable[SimUnit],
+        gap_s: float = 0.05,
+        local_echo: bool = False,
+        bauds: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__(units)
+        self.bauds = dict(bauds or {})  # unit id -> the only baud rate it hears
         self.gap_s = gap_s
         self.local_echo = local_echo  # like a 2-wire RS485 adapter that hears itself
         self.path = ""
@@ -117,6 +146,19 @@ class RtuPtyServer(_Units):
             os.close(self._slave)  # held open so the master survives client reconnects
         self._master = self._slave = -1
 
+    def unit_baud(self, unit_id: int) -> int | None:
+        return self.bauds.get(unit_id)
+
+    def _line_baud(self) -> int | None:
+        """The rate the client set on the pty (None: no unit cares, or not known)."""
+        if not self.bauds:
+            return None
+        try:
+            speed = termios.tcgetattr(self._slave)[5]
+        except termios.error:
+            return None
+        return _BAUD_OF_SPEED.get(speed)
+
     def _on_readable(self) -> None:
         assert self._loop is not None
         try:
@@ -141,7 +183,7 @@ class RtuPtyServer(_Units):
                 return
             frame = bytes(self._buffer[:length])
             del self._buffer[:length]
-            reply = self.answer_rtu(frame, now)
+            reply = self.answer_rtu(frame, now, self._line_baud())
             if reply:
                 with contextlib.suppress(OSError):  # nobody reading: the reply is lost on the line
                     os.write(self._master, reply)
@@ -213,6 +255,7 @@ class TcpServer(_Units):
         if self.framing == "rtu":
             return self.answer_rtu(frame, now)
         transaction, unit_id, request = pdu.parse_mbap(frame)
+        self.functions_heard[request[0] if request else 0] += 1
         unit = self.by_id.get(unit_id)
         if unit is None:  # as a TCP gateway: "target device failed to respond"
             return pdu.build_mbap(transaction, unit_id, bytes([request[0] | 0x80, 0x0B]))
