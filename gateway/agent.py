@@ -206,7 +206,9 @@ class Agent:
             self.session.notify_data()
         seq = self.outbox.next_seq(device_id)
         ts = p.now_ms(wall)
-        payload = encode_telemetry(ts, seq, values, status, flags, self._models[device_id])
+        payload = encode_telemetry(
+            ts, seq, values, status, flags, self._models[device_id], dev.interval
+        )
         self.outbox.put(device_id, self._topics[device_id], payload, ts, now)
         self.counters["readings"] += 1
         if self.uplinks:
@@ -365,6 +367,7 @@ def encode_telemetry(
     status: p.Status,
     flags: dict[str, p.Status] | None,
     model: str | None,
+    interval_s: float | None = None,
 ) -> bytes:
     """The JSON of ``p.encode(p.Telemetry(...))`` without building a pydantic model.
 
@@ -377,6 +380,8 @@ def encode_telemetry(
         doc["flags"] = {k: v.value for k, v in flags.items()}
     if model is not None:
         doc["model"] = model
+    if interval_s is not None:
+        doc["interval_s"] = interval_s
     return _dumps(doc).encode()
 
 

@@ -98,6 +98,9 @@ class Telemetry(_Payload):
     # over its valid range while the others are fine).
     flags: dict[MetricName, Status] | None = None
     model: Annotated[str, Field(max_length=64)] | None = None
+    # The device's configured read interval: what one reading stands for, so
+    # the central side can tell readings expected from readings received.
+    interval_s: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
 
     def metric_status(self, metric: str) -> Status:
         if self.flags and metric in self.flags:

@@ -63,6 +63,8 @@ def test_dead_slave_costs_the_others_nothing_and_recovers(tmp_path: Path) -> Non
             assert health(watcher, dev) == "online"
         errors = [r for r in watcher.telemetry(dead) if r["ts"] / 1000 > t_dead]
         assert errors and all(r["status"] == "comm_error" for r in errors)
+        # every reading, failed ones too, says what it stands for: the device's interval
+        assert all(r["interval_s"] == 1.0 for d in ids for r in watcher.telemetry(d))
         # backoff, not hammering: at most one attempt per second even at the start
         assert len(errors) <= WINDOW_S / 2, f"{len(errors)} attempts on the dead slave"
 

@@ -25,6 +25,7 @@ statuses = st.sampled_from(list(p.Status))
     status=statuses,
     flags=st.none() | st.dictionaries(metric, statuses, min_size=1, max_size=8),
     model=st.none() | st.text(max_size=64),
+    interval_s=st.none() | st.floats(0.05, 366 * 86400),
 )
 def test_fast_encoder_matches_the_contract(
     ts: int,
@@ -33,10 +34,19 @@ def test_fast_encoder_matches_the_contract(
     status: p.Status,
     flags: dict[str, p.Status] | None,
     model: str | None,
+    interval_s: float | None,
 ) -> None:
-    fast = encode_telemetry(ts, seq, values, status, flags, model)
+    fast = encode_telemetry(ts, seq, values, status, flags, model, interval_s)
     slow = p.encode(
-        p.Telemetry(ts=ts, seq=seq, values=values, status=status, flags=flags, model=model)
+        p.Telemetry(
+            ts=ts,
+            seq=seq,
+            values=values,
+            status=status,
+            flags=flags,
+            model=model,
+            interval_s=interval_s,
+        )
     )
     assert json.loads(fast) == json.loads(slow)
     assert p.decode(p.Telemetry, fast) == p.decode(p.Telemetry, slow)
