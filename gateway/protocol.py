@@ -68,6 +68,11 @@ class Status(StrEnum):
     def hj212_flag(self) -> str:
         return _HJ212_FLAGS[self]
 
+    @property
+    def severity(self) -> int:
+        """How bad, to pick one cause among several (``ok`` 0 .. ``comm_error`` 4)."""
+        return _SEVERITY[self]
+
 
 _HJ212_FLAGS = {
     Status.OK: "N",
@@ -79,6 +84,16 @@ _HJ212_FLAGS = {
     Status.STOPPED: "F",
 }
 """HJ 212 data flags. ``S`` (manually entered data) has no source in dustgate."""
+
+_SEVERITY = {
+    Status.OK: 0,
+    Status.OVER_RANGE: 1,
+    Status.CALIBRATING: 2,
+    Status.MAINTENANCE: 2,
+    Status.STOPPED: 2,
+    Status.FAULT: 3,
+    Status.COMM_ERROR: 4,
+}
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 MetricName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]

@@ -13,16 +13,6 @@ from dataclasses import dataclass, field
 
 from gateway.protocol import Status
 
-_SEVERITY = {
-    Status.OK: 0,
-    Status.OVER_RANGE: 1,
-    Status.CALIBRATING: 2,
-    Status.MAINTENANCE: 2,
-    Status.STOPPED: 2,
-    Status.FAULT: 3,
-    Status.COMM_ERROR: 4,
-}
-
 
 @dataclass(slots=True)
 class StuckTracker:
@@ -62,6 +52,6 @@ def assess(
         return Status.OK, None
     if not values.keys() - flags.keys():
         # every metric is bad: the device itself is
-        worst = max(flags.values(), key=_SEVERITY.__getitem__)
+        worst = max(flags.values(), key=lambda s: s.severity)
         return worst, None if len(set(flags.values())) == 1 else flags
     return Status.OK, flags

@@ -8,8 +8,9 @@ parsing apart from the HTTP query; bad rows are counted, not raised.
 - ``ts``: milliseconds since the epoch, or ISO 8601 (``Z`` or an offset;
   naive times are UTC).
 - InfluxDB 1.x: ``SELECT * FROM telemetry WHERE time >= .. AND time < ..``
-  over HTTP ``/query`` (chunked, epoch=ms); tag/field columns other than
-  site/device/model/status/seq are metrics.
+  over HTTP ``/query`` (chunked, epoch=ms); numeric columns other than
+  seq/interval_s are metrics, ``<metric>_flag`` columns their flags
+  (``rules.sink.points`` stores status and flags as tags).
 
 Speed: the CSV is split with ``str.split`` wherever the csv module would
 read it the same way (no quotes, NULs or bare CRs), and a wide row is
@@ -37,7 +38,7 @@ from typing import Any, TextIO
 Reading = tuple[float, str, str, dict[str, float], str, dict[str, str] | None]
 
 NON_METRIC_COLUMNS = frozenset(
-    {"ts", "time", "site", "device", "model", "status", "seq", "gateway"}
+    {"ts", "time", "site", "device", "model", "status", "seq", "gateway", "quality", "interval_s"}
 )
 
 
@@ -337,6 +338,7 @@ def _influx_rows(series: dict[str, Any]) -> Iterator[Reading]:
     i_dev = cols.index("device") if "device" in cols else None
     i_status = cols.index("status") if "status" in cols else None
     metrics = [(i, c) for i, c in enumerate(cols) if c not in NON_METRIC_COLUMNS]
+    flag_cols = [(i, c[: -len("_flag")]) for i, c in enumerate(cols) if c.endswith("_flag")]
     for row in series.get("values", []):
         site = row[i_site] if i_site is not None else tags.get("site")
         dev = row[i_dev] if i_dev is not None else tags.get("device")
@@ -347,4 +349,5 @@ def _influx_rows(series: dict[str, Any]) -> Iterator[Reading]:
             and not isinstance(row[i], bool)
         }  # fmt: skip
         status = (row[i_status] if i_status is not None else None) or "ok"
-        yield row[i_time] / 1000.0, site, dev, values, str(status), None
+        flags = {m: str(row[i]) for i, m in flag_cols if row[i]} if flag_cols else None
+        yield row[i_time] / 1000.0, site, dev, values, str(status), flags or None

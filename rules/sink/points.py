@@ -3,10 +3,11 @@
 ==============  ==========================================  ========================================
 measurement     tags                                       fields
 ==============  ==========================================  ========================================
-``telemetry``   site, device, model (if known)             one float per metric (``pm10`` ...),
-                                                           ``status`` (str), ``seq`` (int),
-                                                           ``<metric>_flag`` (str) where a metric's
-                                                           quality differs from ``status``
+``telemetry``   site, device, model (if known),            one float per metric (``pm10`` ...),
+                ``status`` (the reading's), ``quality``    ``seq`` (int), ``interval_s`` (float:
+                (``ok`` or the worst cause), and           the device's read interval, where known)
+                ``<metric>_flag`` where a metric's
+                quality differs from ``status``
 ``actuator``    site, actuator, source                     ``on`` (int 0/1), ``cmd_id`` (str),
                                                            ``reason`` (str), ``lease_until`` (ms),
                                                            ``readback_ok`` (int 0/1)
@@ -29,10 +30,20 @@ for events and gateway status their ``ts``.  A duplicate message therefore
 becomes the same point and overwrites itself in InfluxDB, which is what we
 want for MQTT at-least-once delivery.
 
+What counts as valid is decided by tags, because InfluxQL can filter on an
+absent tag (``"pm10_flag"::tag = ''``) but never on an absent field: a
+reading is valid when ``quality`` is ``ok`` (its status is ``ok`` and no
+metric is flagged); one metric of it is valid when ``status`` is ``ok`` and
+its ``<metric>_flag`` is empty.  Queries write ``::tag`` because points
+stored before this schema have fields of the same names.  ``interval_s``
+is what a reading stands for: the sum of it over valid readings, divided by
+the time range, is the data completeness (see ``rules.history.report``).
+
 Field types never vary (InfluxDB rejects a field whose type changes): metric
 values are always written as floats even if a sensor sent an integer, counters
-always as integers.  A metric whose name collides with a reserved field
-(``status``, ``seq``, or ending in ``_flag``) is written as ``<name>_value``.
+always as integers.  A metric whose name collides with a field or tag of
+ours (``status``, ``seq``, ``interval_s``, ``site``, ``device``, ``model``,
+``quality``, ``time``, or ending in ``_flag``) is written as ``<name>_value``.
 Grafana dashboards and ``dustgate report`` depend on these names.
 """
 
@@ -41,7 +52,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.protocol import ActuatorState, Event, GatewayStatus, Telemetry
+from gateway.protocol import ActuatorState, Event, GatewayStatus, Status, Telemetry
 
 from .lineprotocol import FieldValue, encode_line
 
@@ -50,7 +61,10 @@ ACTUATOR = "actuator"
 RULE_EVENT = "rule_event"
 GATEWAY = "gateway"
 
-_RESERVED_TELEMETRY_FIELDS = frozenset({"status", "seq"})
+# fields of ours, and the tag keys (a field of a tag's name makes InfluxQL ambiguous)
+_RESERVED_TELEMETRY_FIELDS = frozenset(
+    {"status", "seq", "interval_s", "site", "device", "model", "quality", "time"}
+)
 OFFLINE_STATES = frozenset({"offline", "backoff"})
 
 
@@ -61,20 +75,41 @@ def metric_field(metric: str) -> str:
     return metric
 
 
+def reading_quality(status: Status, flags: Mapping[str, Status] | None) -> Status:
+    """``ok`` if the reading and every metric of it are ``ok``, else the worst cause."""
+    worst = status
+    if flags:
+        for flag in flags.values():
+            if flag.severity > worst.severity:
+                worst = flag
+    return worst
+
+
 def telemetry_line(
-    site: str, device: str, msg: Telemetry, *, with_flags: bool = True
+    site: str, device: str, msg: Telemetry, *, interval_s: float | None = None
 ) -> str | None:
-    """One reading; ``None`` only if it carries nothing storable (cannot happen with seq)."""
-    tags = {"site": site, "device": device}
+    """One reading; ``None`` only if it carries nothing storable (cannot happen with seq).
+
+    ``interval_s``: the device's read interval where the message does not carry
+    it (a gateway from before it did), else nothing is stored for it.
+    """
+    status = msg.status
+    tags = {"site": site, "device": device, "status": status.value}
     if msg.model:
         tags["model"] = msg.model
     fields: dict[str, FieldValue] = {metric_field(k): float(v) for k, v in msg.values.items()}
-    fields["status"] = str(msg.status)
     fields["seq"] = int(msg.seq)
-    if with_flags and msg.flags:
-        for metric, flag in msg.flags.items():
-            if flag != msg.status:
-                fields[f"{metric}_flag"] = str(flag)
+    interval = msg.interval_s if msg.interval_s is not None else interval_s
+    if interval is not None:
+        fields["interval_s"] = float(interval)
+    flags = msg.flags
+    if flags:
+        for metric, flag in flags.items():
+            if flag != status:
+                tags[f"{metric}_flag"] = flag.value
+        tags["quality"] = reading_quality(status, flags).value
+    else:
+        tags["quality"] = status.value
     return encode_line(TELEMETRY, tags, fields, msg.ts)
 
 

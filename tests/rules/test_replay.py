@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from gateway.localservices import Influxd
+from gateway.protocol import Status, Telemetry
 from rules.core.config import load_rules_file
 from rules.history.replay import ReplayError, main, read_csv, read_influx, replay
+from rules.sink.points import telemetry_line
 
 RULES = """\
 actuators:
@@ -176,3 +178,20 @@ def test_influx_source_gives_the_same_answers(influxd: Influxd) -> None:
     assert res.readings == 600
     with pytest.raises(ReplayError):
         list(read_influx(influxd.url, "nope", 0.0, 1.0))
+    # points as the sink stores them: status and flags are tags, interval_s is no metric
+    flagged = Telemetry(
+        ts=(T0 + 700) * 1000,
+        seq=1,
+        values={"pm10": 900.0, "pm25": 40.0},
+        flags={"pm10": Status.OVER_RANGE},
+        interval_s=10,
+    )
+    frozen = Telemetry(ts=(T0 + 710) * 1000, seq=2, values={"pm10": 5.0}, status=Status.FAULT)
+    influxd.write(
+        "dg", "\n".join(telemetry_line("site-01", "m", t) or "" for t in (flagged, frozen))
+    )
+    got = list(read_influx(influxd.url, "dg", float(T0 + 650), float(T0 + 800)))
+    assert [(g[3], g[4], g[5]) for g in got] == [
+        ({"pm10": 900.0, "pm25": 40.0}, "ok", {"pm10": "over_range"}),
+        ({"pm10": 5.0}, "fault", None),
+    ]

@@ -164,7 +164,8 @@ def test_negative_particulates_never_spray_and_are_stored_flagged(tmp_path: Path
     assert commands(pubs) == []
     assert svc.engine.counters["negative_value"] == 1
     (pt,) = sink.points("telemetry")
-    assert pt.fields["pm10"] == -300.0 and pt.fields["pm10_flag"] == "fault"
+    assert pt.fields["pm10"] == -300.0 and pt.tags["pm10_flag"] == "fault"
+    assert pt.tags["quality"] == "fault"  # not a valid reading
 
 
 def test_duplicates_out_of_order_other_site_future_are_dropped(tmp_path: Path) -> None:

@@ -34,16 +34,56 @@ def test_telemetry_schema():
         status=Status.OK,
         flags={"pm10": Status.OVER_RANGE, "pm25": Status.OK},
         model="sds011",
+        interval_s=10,
     )
     p = parse_line(telemetry_line("site-1", "gate", msg) or "")
     assert p.measurement == "telemetry"
-    assert p.tags == {"site": "site-1", "device": "gate", "model": "sds011"}
+    assert p.tags == {
+        "site": "site-1", "device": "gate", "model": "sds011",
+        "status": "ok", "quality": "over_range", "pm10_flag": "over_range",
+    }  # fmt: skip
     assert p.ts_ms == 1_700_000_000_123  # the sensor read time
     assert p.fields == {
-        "pm10": 88.0, "pm25": 40.5, "wind_dir": 270.0, "status": "ok", "seq": 42,
-        "pm10_flag": "over_range",
+        "pm10": 88.0, "pm25": 40.5, "wind_dir": 270.0, "seq": 42, "interval_s": 10.0,
     }  # fmt: skip
     assert isinstance(p.fields["pm10"], float)  # an int reading must not change the field type
+
+
+def test_interval_from_the_message_else_from_the_caller_else_none():
+    with_iv = Telemetry(ts=1, seq=0, values={}, status=Status.COMM_ERROR, interval_s=5)
+    without = Telemetry(ts=1, seq=0, values={}, status=Status.COMM_ERROR)
+    assert parse_line(telemetry_line("s", "d", with_iv, interval_s=60) or "").fields == {
+        "seq": 0,
+        "interval_s": 5.0,
+    }
+    assert parse_line(telemetry_line("s", "d", without, interval_s=60) or "").fields == {
+        "seq": 0,
+        "interval_s": 60.0,
+    }
+    p = parse_line(telemetry_line("s", "d", without) or "")
+    assert p.fields == {"seq": 0} and p.tags["quality"] == p.tags["status"] == "comm_error"
+
+
+statuses = st.sampled_from(list(Status))
+
+
+@given(
+    status=statuses,
+    flags=st.none()
+    | st.dictionaries(st.sampled_from(["pm10", "pm25", "noise"]), statuses, max_size=3),
+)
+def test_quality_is_ok_only_for_an_all_ok_reading(status: Status, flags: dict[str, Status] | None):
+    msg = Telemetry(ts=1, seq=0, values={"pm10": 1.0, "pm25": 2.0, "noise": 3.0},
+                    status=status, flags=flags)  # fmt: skip
+    tags = parse_line(telemetry_line("s", "d", msg) or "").tags
+    assert tags["status"] == status.value
+    every = [status, *(flags or {}).values()]
+    assert (tags["quality"] == "ok") == all(s is Status.OK for s in every)
+    assert tags["quality"] == max(every, key=lambda s: s.severity).value
+    for metric in ("pm10", "pm25", "noise"):
+        # a metric is valid (what the queries select) iff the reading's and its own status are ok
+        valid = tags["status"] == "ok" and tags.get(f"{metric}_flag", "") in ("", "ok")
+        assert valid == (msg.metric_status(metric) is Status.OK and status is Status.OK)
 
 
 @given(
@@ -57,12 +97,21 @@ def test_telemetry_field_types_never_vary(values: dict[str, float]):
     for metric, value in values.items():
         assert p.fields[metric_field(metric)] == float(value)
         assert isinstance(p.fields[metric_field(metric)], float)
-    assert p.fields["status"] == "ok" and p.fields["seq"] == 0
+    assert p.tags["status"] == p.tags["quality"] == "ok" and p.fields["seq"] == 0
 
 
 def test_reserved_metric_names_do_not_collide():
     p = parse_line(telemetry_line("s", "d", Telemetry(ts=1, seq=3, values={"seq": 1.5})) or "")
     assert p.fields["seq"] == 3 and p.fields["seq_value"] == 1.5
+    names = {"site": 1.0, "quality": 2.0, "interval_s": 3.0, "model": 4.0}
+    p = parse_line(telemetry_line("s", "d", Telemetry(ts=1, seq=3, values=names)) or "")
+    assert set(p.fields) == {
+        "seq",
+        "site_value",
+        "quality_value",
+        "interval_s_value",
+        "model_value",
+    }
 
 
 def test_actuator_schema():
