@@ -38,6 +38,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "main",
         "find the Modbus slaves on a bus (ids, baud rates), read-only",
     ),
+    "probe": (
+        "gateway.commission.probe",
+        "main",
+        "one live read of one device: raw registers, profile fields, decoded values",
+    ),
     "sim": ("drivers.sim.cli", "main", "run simulated devices (a fake site) on ptys/TCP"),
     "demo": ("gateway.demo", "main", "the closed loop with simulated devices, real broker + DB"),
 }
