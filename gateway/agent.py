@@ -37,12 +37,15 @@ from gateway import __version__
 from gateway import protocol as p
 from gateway.actuators import ActuatorController
 from gateway.backoff import Backoff
+from gateway.backoffstore import FILE_NAME as BACKOFF_FILE
+from gateway.backoffstore import BackoffStore
 from gateway.config import ModbusDevice, SiteConfig, UartDevice, device_status_mode
 from gateway.configfile import ConfigError
 from gateway.devices import (
     UartLink,
     modbus_client_for,
     modbus_poll,
+    modbus_probe,
     modbus_spec,
     model_name,
     poll_budget,
@@ -74,6 +77,7 @@ class Agent:
             commit_interval_s=site.outbox.commit_interval,
             synchronous=site.outbox.synchronous,
         )
+        self.backoff = BackoffStore(path.with_name(BACKOFF_FILE))
         # commands_refused: refusals no actuator counts (unknown actuator, bad topic);
         # commands_bad: malformed payloads (also refused, and counted by their actuator)
         self.counters = {"commands_refused": 0, "commands_bad": 0, "readings": 0, "poll_errors": 0}
@@ -125,6 +129,7 @@ class Agent:
                 link_backoff=Backoff(
                     base=min(1.0, bus.backoff_max), maximum=min(60.0, bus.backoff_max)
                 ),
+                on_backoff=self.backoff.update,
             )
         for dev in site.devices:
             if not dev.enabled:
@@ -141,7 +146,13 @@ class Agent:
                 sched = self.buses[dev.bus]
                 sched.pause_after_connect = max(sched.pause_after_connect, spec.pause_after_connect)
                 sched.add_device(
-                    dev.id, dev.interval, modbus_poll(clients[dev.bus], spec), poll_budget(spec)
+                    dev.id,
+                    dev.interval,
+                    modbus_poll(clients[dev.bus], spec),
+                    poll_budget(spec),
+                    probe=modbus_probe(clients[dev.bus], spec),
+                    probe_hold=spec.timeout,
+                    resume=self.backoff.resume(dev.id),
                 )
             else:
                 reader = uart_reader(dev)

@@ -51,6 +51,12 @@ def modbus_poll(client: ModbusClient, spec: DeviceSpec) -> Poll:
     return poll
 
 
+def modbus_probe(client: ModbusClient, spec: DeviceSpec) -> Poll:
+    """The poll of a device in backoff: one try per request, not the retry count (a dead
+    unit then holds the bus for one timeout per probe)."""
+    return modbus_poll(client, spec.model_copy(update={"retries": 0}) if spec.retries else spec)
+
+
 def poll_budget(spec: DeviceSpec) -> float:
     """Upper bound of one poll: every request may time out on every try."""
     per_try = spec.timeout + spec.pause_between_requests

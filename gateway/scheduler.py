@@ -5,7 +5,14 @@ that owns its link. Each device has its own poll interval (phase-locked:
 the next poll is due one interval after the previous due time, so the rate
 does not drift with the bus's latency) and its own exponential backoff: a
 dead slave is retried at most once per backoff period and therefore costs
-the others at most one timeout per period. Actuator writes are queued
+the others at most one timeout per period. A device in backoff is *probed*:
+with its ``probe`` poll (one try, not the retry count), and a probe yields
+once to the healthy polls that fall due while it may hold the bus (its
+``probe_hold``), so it runs right after them instead of delaying them. The
+backoff can be resumed after a restart (``add_device(resume=...)``, wall
+clock) and every change of it is reported to ``on_backoff``, so the agent
+can keep it on disk and a restart does not probe a dead unit from the
+shortest delay again. Actuator writes are queued
 separately and always run before the next poll. When the link itself drops
 (USB adapter unplugged, TCP device server rebooted) it is reopened with
 backoff, without restarting the process.
@@ -47,7 +54,11 @@ class DeviceSlot:
     interval: float
     poll: Callable[[], Awaitable[dict[str, float]]]
     timeout: float
+    probe: Callable[[], Awaitable[dict[str, float]]] | None = None
+    probe_hold: float = 0.0
     due: float = 0.0
+    yielded: bool = False  # this backoff period's probe has already let healthy polls go first
+    resume_wall: float | None = None  # restored backoff: probe at this wall time
     failures: int = 0
     errors: int = 0
     polls: int = 0
@@ -69,6 +80,8 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 ResultCallback = Callable[[str, float, dict[str, float] | None, DriverError | None], None]
+# (device id, consecutive failures, wall time of the next probe; 0 failures: healthy again)
+BackoffCallback = Callable[[str, int, float], None]
 
 
 @dataclass
@@ -90,10 +103,12 @@ class BusScheduler:
     pause_between: float = 0.0
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    on_backoff: BackoffCallback | None = None
 
     def __post_init__(self) -> None:
         self.devices: dict[str, DeviceSlot] = {}
-        self._heap: list[tuple[float, int, str]] = []
+        # (due, rank, counter, device): at equal due times healthy devices (rank 0) go first
+        self._heap: list[tuple[float, int, int, str]] = []
         self._writes: asyncio.Queue[_Write] = asyncio.Queue()
         self._waiter: asyncio.Future[None] | None = None
         self._counter = 0
@@ -122,15 +137,53 @@ class BusScheduler:
         interval: float,
         poll: Callable[[], Awaitable[dict[str, float]]],
         timeout: float,
+        *,
+        probe: Callable[[], Awaitable[dict[str, float]]] | None = None,
+        probe_hold: float = 0.0,
+        resume: tuple[int, float] | None = None,
     ) -> None:
-        self.devices[device_id] = DeviceSlot(device_id, interval, poll, timeout)
+        """Add a device. ``probe`` (default ``poll``) is used while it is in backoff and may
+        hold the bus ``probe_hold`` seconds; ``resume`` = (failures, wall time of the next
+        probe) continues a backoff saved before a restart."""
+        slot = DeviceSlot(device_id, interval, poll, timeout, probe, probe_hold)
+        self.devices[device_id] = slot
+        if resume is not None and resume[0] > 0:
+            slot.failures = resume[0]
+            slot.resume_wall = resume[1]
         self._push(device_id, 0.0)
 
     def _push(self, device_id: str, due: float) -> None:
-        self.devices[device_id].due = due
+        slot = self.devices[device_id]
+        slot.due = due
         self._counter += 1
-        heapq.heappush(self._heap, (due, self._counter, device_id))
+        heapq.heappush(self._heap, (due, int(slot.failures > 0), self._counter, device_id))
         self._wakeup()
+
+    def _resume(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Turn restored wall-clock probe times into loop times (once, at the start)."""
+        now, wall = loop.time(), self.wall()
+        for slot in self.devices.values():
+            if slot.resume_wall is None:
+                continue
+            left = min(max(0.0, slot.resume_wall - wall), self.device_backoff.maximum)
+            slot.resume_wall = None
+            self._heap = [e for e in self._heap if e[3] != slot.id]
+            heapq.heapify(self._heap)
+            self._push(slot.id, now + left)
+
+    def _yield_probe(self, slot: DeviceSlot, now: float) -> bool:
+        """Once per backoff period, move a due probe behind the healthy polls falling due
+        while it may hold the bus. True if it moved."""
+        if slot.failures == 0 or slot.yielded or slot.probe_hold <= 0:
+            return False
+        until = now + slot.probe_hold
+        later = [e[0] for e in self._heap if e[1] == 0 and e[0] < until]
+        if not later:
+            return False
+        slot.yielded = True
+        heapq.heappop(self._heap)
+        self._push(slot.id, max(max(later), now))
+        return True
 
     # ------------------------------------------------------------ writes
 
@@ -146,6 +199,7 @@ class BusScheduler:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._resume(loop)
         while True:
             if not self.link.connected:
                 await self._reconnect()
@@ -156,10 +210,12 @@ class BusScheduler:
             if not self._heap:
                 await self._wait(None)
                 continue
-            due, _, device_id = self._heap[0]
+            due, _, _, device_id = self._heap[0]
             now = loop.time()
             if due > now:
                 await self._wait(due - now)
+                continue
+            if self._yield_probe(self.devices[device_id], now):
                 continue
             heapq.heappop(self._heap)
             await self._poll(self.devices[device_id], due, loop)
@@ -249,9 +305,11 @@ class BusScheduler:
 
     async def _poll(self, slot: DeviceSlot, due: float, loop: asyncio.AbstractEventLoop) -> None:
         slot.polls += 1
+        poll = slot.probe if slot.failures and slot.probe is not None else slot.poll
+        slot.yielded = False
         try:
             async with asyncio.timeout(slot.timeout):
-                values = await slot.poll()
+                values = await poll()
         except TimeoutError:
             from drivers.errors import DeviceTimeout
 
@@ -270,6 +328,8 @@ class BusScheduler:
             return
         wall = self.wall()
         now = loop.time()
+        if slot.failures and self.on_backoff is not None:
+            self._backoff_changed(slot.id, 0, wall)
         slot.failures = 0
         slot.last_ok_wall = wall
         slot.last_error = None
@@ -289,10 +349,20 @@ class BusScheduler:
         if slot.failures == OFFLINE_AFTER:
             log.warning("%s: %s offline (%s); retrying with backoff", self.name, slot.id, exc)
         # remove any pending entry for this device (the heap may hold none: polled)
-        self._heap = [e for e in self._heap if e[2] != slot.id]
+        self._heap = [e for e in self._heap if e[3] != slot.id]
         heapq.heapify(self._heap)
         self._push(slot.id, now + delay)
-        self._report(slot.id, self.wall(), None, exc)
+        wall = self.wall()
+        if self.on_backoff is not None:
+            self._backoff_changed(slot.id, slot.failures, wall + delay)
+        self._report(slot.id, wall, None, exc)
+
+    def _backoff_changed(self, device_id: str, failures: int, next_wall: float) -> None:
+        assert self.on_backoff is not None
+        try:
+            self.on_backoff(device_id, failures, next_wall)
+        except Exception:  # keeping it on disk is best effort: the bus goes on
+            log.exception("%s: %s: saving the backoff failed", self.name, device_id)
 
     def _report(
         self,

@@ -7,7 +7,9 @@ sits directly on the master fd and frames with ``drivers.modbus_pdu``; the clien
 path, exactly like a USB-RS485 adapter. Like a real RS485 slave it stays silent on a bad CRC or
 a frame for another unit, and treats a pause of more than ``gap_s`` as the start of a new frame.
 
-The TCP server here (MBAP or RTU framing) answers pipelined requests one after another.
+The TCP server here (MBAP or RTU framing) answers pipelined requests one after another; as
+a gateway it answers exception 0x0B for a unit it does not have, or (``absent="silent"``,
+like gateways that wait out their serial timeout and give up) nothing.
 ``drivers.sim.pymodbus_tcp`` serves the same units through pymodbus's own TCP server.
 
 :class:`Faults` makes a responder misbehave on purpose (silence, bad CRC, wrong unit id,
@@ -78,6 +80,7 @@ class _Units:
         self.faults = Faults()
         self.requests = 0
         self.functions_heard: Counter[int] = Counter()  # every request's function code
+        self.asked: Counter[int] = Counter()  # every well-formed request, by unit id
 
     def answer_rtu(self, frame: bytes, now: float, baud: int | None = None) -> bytes | None:
         """The RTU reply to an RTU request; None (silence) on a bad CRC, a foreign unit or
@@ -87,6 +90,7 @@ class _Units:
         except FrameError:
             return None
         self.functions_heard[frame[1]] += 1
+        self.asked[frame[0]] += 1
         unit = self.by_id.get(frame[0])
         if unit is None:
             return None  # another device's frame on the bus
@@ -193,10 +197,15 @@ class TcpServer(_Units):
     """Modbus TCP (``framing="mbap"``) or RTU-over-TCP slaves on 127.0.0.1."""
 
     def __init__(
-        self, units: Iterable[SimUnit], framing: Literal["mbap", "rtu"] = "mbap", port: int = 0
+        self,
+        units: Iterable[SimUnit],
+        framing: Literal["mbap", "rtu"] = "mbap",
+        port: int = 0,
+        absent: Literal["exception", "silent"] = "exception",
     ) -> None:
         super().__init__(units)
         self.framing = framing
+        self.absent = absent  # MBAP: how the gateway answers for a unit it cannot reach
         self.port = port
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -256,8 +265,11 @@ class TcpServer(_Units):
             return self.answer_rtu(frame, now)
         transaction, unit_id, request = pdu.parse_mbap(frame)
         self.functions_heard[request[0] if request else 0] += 1
+        self.asked[unit_id] += 1
         unit = self.by_id.get(unit_id)
-        if unit is None:  # as a TCP gateway: "target device failed to respond"
+        if unit is None:  # as a TCP gateway: "target device failed to respond", or nothing
+            if self.absent == "silent":
+                return None
             return pdu.build_mbap(transaction, unit_id, bytes([request[0] | 0x80, 0x0B]))
         self.requests += 1
         reply = handle_request(unit, request, now)
