@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from webhooks import Hook, serve_hook
 
 from gateway.localservices import Influxd, Mosquitto
 
@@ -26,3 +27,10 @@ def influxd(tmp_path: Path) -> Iterator[Influxd]:
         yield db
     finally:
         db.stop()
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    """A scripted webhook receiver on loopback (see tests/webhooks.py)."""
+    with serve_hook() as h:
+        yield h

@@ -6,72 +6,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from webhooks import Hook
 
 from rules.core.config import RobotNotifier, WebhookNotifier
 from rules.service.notify import Message, Notifier, RateLimit, build_request, judge_response
-
-
-@dataclass
-class Hook:
-    """A scripted webhook: answers ``script`` in order (then 200), records bodies."""
-
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    script: list[tuple[int, bytes]] = field(default_factory=list)
-    delay: float = 0.0
-    gate: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    state = Hook()
-    state.gate.set()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            state.gate.wait(10)
-            if state.delay:
-                time.sleep(state.delay)
-            with state.lock:
-                state.received.append(json.loads(body))
-                state.headers.append(dict(self.headers))
-                status, answer = state.script.pop(0) if state.script else (200, b'{"ok":1}')
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-            except OSError:  # the client gave up (timeout tests)
-                pass
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = False  # server_close() joins the request threads
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
-        yield state
-    finally:
-        state.gate.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def msg(notifier: str = "ops", text: str = "pm10-gate: on, mean(pm10) = 180.0") -> Message:
