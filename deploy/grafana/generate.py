@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
-from rules.history.report import DISTRICT_COLUMNS, DISTRICT_QUERIES
+from rules.history.report import (
+    DEFAULT_MIN_COMPLETENESS,
+    DISTRICT_COLUMNS,
+    DISTRICT_QUERIES,
+    NO_VALID_DATA,
+    VALID_READING,
+    valid_metric,
+)
 
 DS = {"type": "influxdb", "uid": "dustgate-influxdb"}
 HERE = Path(__file__).resolve().parent
@@ -33,6 +40,18 @@ OUT = HERE / "dashboards"
 
 SITE_DEVICE = '"site" =~ /^$site$/ AND "device" =~ /^$device$/ AND $timeFilter'
 SITE_ONLY = '"site" =~ /^$site$/ AND $timeFilter'
+# the time valid readings stand for, and a 0 for every device that sent anything
+VALID_COVER = (
+    f'SELECT sum("interval_s") AS "valid_s" FROM "telemetry" WHERE {SITE_DEVICE} '
+    f"AND {VALID_READING}"
+)
+ZERO_COVER = f'SELECT count("seq") * 0 AS "valid_s" FROM "telemetry" WHERE {SITE_DEVICE}'
+COMPLETENESS_NOTE = (
+    "Valid data / expected: the time the device's valid readings stand for (each reading "
+    "carries the device's read interval) over the interval. Only readings with status ok "
+    "and no flagged metric count; a device sending only faults or communication errors "
+    "shows 0."
+)
 
 # GB 3095-2012 grade II 24 h limits; example rule pm10-gate: above 150, clear 100.
 PM25_LIMIT, PM10_LIMIT, PM10_CLEAR, TSP_LIMIT = 75, 150, 100, 300
@@ -134,9 +153,6 @@ DEVICE_VAR = query_var(
     "Device",
     'SHOW TAG VALUES FROM "telemetry" WITH KEY = "device" WHERE "site" =~ /^$site$/',
 )
-READ_PERIOD_VAR = custom_var(
-    "read_period", "Expected read period (s)", ["1", "5", "10", "30", "60"], "10"
-)
 PM10_LIMIT_VAR = custom_var(
     "pm10_limit", "PM10 exceedance limit (ug/m3)", ["80", "100", "150", "250"], str(PM10_LIMIT)
 )
@@ -182,6 +198,14 @@ def dashboard(
 # ------------------------------------------------------------------ site
 
 
+def metric_query(fn: str, metric: str) -> str:
+    """One metric per device and interval, valid values only (see rules.sink.points)."""
+    return (
+        f'SELECT {fn}("{metric}") FROM "telemetry" WHERE {SITE_DEVICE} AND {valid_metric(metric)} '
+        'GROUP BY time($__interval), "device" fill(null)'
+    )
+
+
 def pm_panel(
     pid: int,
     metric: str,
@@ -190,10 +214,7 @@ def pm_panel(
     steps: dict[str, Any],
     note: str,
 ) -> dict[str, Any]:
-    q = (
-        f'SELECT mean("{metric}") FROM "telemetry" WHERE {SITE_DEVICE} '
-        'GROUP BY time($__interval), "device" fill(null)'
-    )
+    q = metric_query("mean", metric)
     return panel(
         pid,
         title,
@@ -243,8 +264,7 @@ def site_dashboard() -> dict[str, Any]:
             [
                 target(
                     "A",
-                    f'SELECT mean("noise") FROM "telemetry" WHERE {SITE_DEVICE} '
-                    'GROUP BY time($__interval), "device" fill(null)',
+                    metric_query("mean", "noise"),
                     "$tag_device",
                 )
             ],
@@ -261,8 +281,7 @@ def site_dashboard() -> dict[str, Any]:
             [
                 target(
                     "A",
-                    f'SELECT mean("wind_speed") FROM "telemetry" WHERE {SITE_DEVICE} '
-                    'GROUP BY time($__interval), "device" fill(null)',
+                    metric_query("mean", "wind_speed"),
                     "$tag_device",
                 )
             ],
@@ -276,8 +295,7 @@ def site_dashboard() -> dict[str, Any]:
             [
                 target(
                     "A",
-                    f'SELECT last("wind_dir") FROM "telemetry" WHERE {SITE_DEVICE} '
-                    'GROUP BY time($__interval), "device" fill(null)',
+                    metric_query("last", "wind_dir"),
                     "$tag_device",
                 )
             ],
@@ -328,36 +346,58 @@ def site_dashboard() -> dict[str, Any]:
             [
                 target(
                     "A",
-                    'SELECT count("seq") * 100 * $read_period * 1000 / $__interval_ms '
-                    f'FROM "telemetry" WHERE {SITE_DEVICE} '
-                    'GROUP BY time($__interval), "device" fill(0)',
+                    f'SELECT sum("valid_s") * 100000 / $__interval_ms FROM ({VALID_COVER} '
+                    'GROUP BY time($__interval), "device"), '
+                    f'({ZERO_COVER} GROUP BY time($__interval), "device") '
+                    'WHERE $timeFilter GROUP BY time($__interval), "device" fill(0)',
                     "$tag_device",
                 )
             ],
             unit="percent",
-            description="Readings received / expected, where expected = "
-            "interval / the read period chosen above.",
+            description=COMPLETENESS_NOTE,
             extra_defaults={"min": 0, "max": 100},
         ),
         panel(
             9,
             "Data completeness (time range)",
             "stat",
-            (12, 22, 12, 8),
+            (12, 22, 6, 8),
             [
                 target(
                     "A",
-                    'SELECT count("seq") * 100 * $read_period * 1000 / (${__to} - ${__from}) '
-                    f'FROM "telemetry" WHERE {SITE_DEVICE} GROUP BY "device"',
+                    'SELECT sum("valid_s") * 100000 / (${__to} - ${__from}) '
+                    f'FROM ({VALID_COVER} GROUP BY "device"), ({ZERO_COVER} GROUP BY "device") '
+                    'WHERE $timeFilter GROUP BY "device"',
                     "$tag_device",
                 )
             ],
             unit="percent",
-            steps=thresholds(("red", None), ("yellow", 80), ("green", 95)),
+            description=COMPLETENESS_NOTE,
+            steps=thresholds(("red", None), ("yellow", DEFAULT_MIN_COMPLETENESS), ("green", 95)),
             options={
                 "reduceOptions": {"calcs": ["lastNotNull"], "values": False},
                 "colorMode": "background",
             },
+        ),
+        panel(
+            10,
+            "Invalid readings by cause",
+            "timeseries",
+            (18, 22, 6, 8),
+            [
+                target(
+                    "A",
+                    f'SELECT count("seq") FROM "telemetry" WHERE {SITE_DEVICE} '
+                    "AND \"quality\"::tag != 'ok' "
+                    'GROUP BY time($__interval), "device", "quality" fill(null)',
+                    "$tag_device $tag_quality",
+                )
+            ],
+            description="Readings that are not valid, per device and cause (the worst of the "
+            "reading's status and its per-metric flags: comm_error, fault, over_range, "
+            "calibrating, maintenance, stopped). `dustgate report --quality` gives the "
+            "per-day figures.",
+            extra_defaults={"custom": {"drawStyle": "bars", "stacking": {"mode": "normal"}}},
         ),
     ]
     events = {
@@ -379,7 +419,7 @@ def site_dashboard() -> dict[str, Any]:
         "dustgate-site",
         "dustgate: site",
         panels,
-        [SITE_VAR, DEVICE_VAR, READ_PERIOD_VAR],
+        [SITE_VAR, DEVICE_VAR],
         annotations=[events],
         description="Dust, noise, wind, fog cannons and rule events of one site.",
     )
@@ -399,10 +439,13 @@ def district_dashboard() -> dict[str, Any]:
         (0, 0, 24, 14),
         targets,
         description="One row per site, dirtiest first: the weekly ranking city bureaus run. "
-        "Exceedance minutes: 1-minute site means of PM10 above $pm10_limit. Spray minutes: "
-        "minutes with any fog cannon on. Completeness: readings received / expected at the "
-        "read period chosen above, averaged over the site's devices. Same queries as "
-        "`dustgate report`.",
+        "Only valid data counts: readings with status ok, metrics without a flag. PM10 means "
+        f"with no valid reading read '{NO_VALID_DATA}'. Exceedance minutes: 1-minute site "
+        "means of PM10 above $pm10_limit. Spray minutes: minutes with any fog cannon on. "
+        "Completeness: the time valid readings stand for (each carries its device's read "
+        "interval) over the range, averaged over the site's devices; red under "
+        f"{DEFAULT_MIN_COMPLETENESS:g} %: such a site is not ranked by `dustgate report`, "
+        "whatever its PM10. Same queries as `dustgate report`.",
         transformations=[
             {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
             {
@@ -421,11 +464,40 @@ def district_dashboard() -> dict[str, Any]:
         extra_defaults={"decimals": 1},
         options={"showHeader": True, "cellHeight": "sm"},
     )
+    no_valid = {
+        "type": "special",
+        "options": {"match": "null", "result": {"text": NO_VALID_DATA, "color": "red", "index": 0}},
+    }
+    ranking["fieldConfig"]["overrides"] = [
+        *(
+            {
+                "matcher": {"id": "byName", "options": rename[alias]},
+                "properties": [
+                    {"id": "mappings", "value": [no_valid]},
+                    {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+                ],
+            }
+            for alias in ("pm10_week", "pm10_today")
+        ),
+        {
+            "matcher": {"id": "byName", "options": rename["completeness_pct"]},
+            "properties": [
+                {"id": "unit", "value": "percent"},
+                {
+                    "id": "thresholds",
+                    "value": thresholds(
+                        ("red", None), ("yellow", DEFAULT_MIN_COMPLETENESS), ("green", 95)
+                    ),
+                },
+                {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+            ],
+        },
+    ]
     return dashboard(
         "dustgate-district",
         "dustgate: district ranking",
         [ranking],
-        [SITE_VAR, PM10_LIMIT_VAR, READ_PERIOD_VAR],
+        [SITE_VAR, PM10_LIMIT_VAR],
         time_from="now/w",
         description="Weekly site ranking: PM10, exceedances, spraying, data completeness.",
     )

@@ -23,6 +23,7 @@ from gateway.protocol import (
     DeviceHealth,
     Event,
     GatewayStatus,
+    Status,
     Telemetry,
     UplinkHealth,
 )
@@ -49,29 +50,62 @@ MIN = 60_000
 N_MIN = (END_MS - START_MS) // MIN  # 3600 minutes
 
 
+TUE10 = START_MS + 34 * 3600_000
+MON12 = START_MS + 12 * 3600_000
+
+
 def pm10(site: str, device: str, t_ms: int) -> float | None:
-    """The data, as a function: None = no reading that minute."""
+    """The data, as a function: None = a failed poll that minute (comm_error)."""
     minute = (t_ms - START_MS) // MIN
     if site == "site-a" and device == "gate":
         wed_min = (t_ms - int(WED.timestamp() * 1000)) // MIN
         return 260.0 if 0 <= wed_min < 30 else 100.0 + (minute % 5)
     if site == "site-a" and device == "north":
-        return 80.0
+        return 5000.0 if TUE10 <= t_ms < TUE10 + 30 * MIN else 80.0
     if site == "site-b" and device == "gate":
-        return 50.0 + (minute % 3) if minute % 2 == 0 else None  # half the readings missing
+        return 50.0 + (minute % 3) if minute % 2 == 0 else None  # half the polls fail
     raise AssertionError(device)
+
+
+def quality(site: str, device: str, t_ms: int) -> tuple[Status, dict[str, Status] | None]:
+    """Status and per-metric flags: a frozen spell at north (every metric a fault, the
+    value absurd), ten minutes of PM10 over its range at gate (the other metrics ok)."""
+    if pm10(site, device, t_ms) is None:
+        return Status.COMM_ERROR, None
+    if site == "site-a" and device == "north" and TUE10 <= t_ms < TUE10 + 30 * MIN:
+        return Status.FAULT, None
+    if site == "site-a" and device == "gate" and MON12 <= t_ms < MON12 + 10 * MIN:
+        return Status.OK, {"pm10": Status.OVER_RANGE}
+    return Status.OK, None
+
+
+def gate_value(site: str, device: str, t_ms: int) -> float | None:
+    """PM10 as sent: the over-range spell sends 3000 (and must not count)."""
+    v = pm10(site, device, t_ms)
+    if quality(site, device, t_ms)[1]:
+        return 3000.0
+    return v
 
 
 DEVICES = [("site-a", "gate"), ("site-a", "north"), ("site-b", "gate")]
 
 
-def readings() -> Iterator[tuple[str, str, int, float]]:
+def readings() -> Iterator[tuple[str, str, int, float | None]]:
+    """Every poll: (site, device, t, PM10 as sent or None for a failed poll)."""
     for site, device in DEVICES:
         for k in range(N_MIN):
             t = START_MS + k * MIN + 30_000
-            v = pm10(site, device, t)
-            if v is not None:
-                yield site, device, t, v
+            yield site, device, t, gate_value(site, device, t)
+
+
+def valid_pm10(site: str, device: str, t: int) -> bool:
+    status, flags = quality(site, device, t)
+    return status is Status.OK and not (flags and "pm10" in flags)
+
+
+def valid_reading(site: str, device: str, t: int) -> bool:
+    status, flags = quality(site, device, t)
+    return status is Status.OK and not flags
 
 
 def wed(minutes: int) -> int:
@@ -96,18 +130,20 @@ async def load(url: str, state: Path) -> None:
         for site, device, t, v in readings():
             seq = seqs.get((site, device), 0)
             seqs[(site, device)] = seq + 1
-            msg = Telemetry(
-                ts=t,
-                seq=seq,
-                values={
+            status, flags = quality(site, device, t)
+            values = (
+                {}
+                if v is None
+                else {
                     "pm10": v,
                     "pm25": v / 2,
                     "tsp": v * 2,
                     "noise": 60.0,
                     "wind_speed": 2.5,
                     "wind_dir": 90.0,
-                },
+                }
             )
+            msg = Telemetry(ts=t, seq=seq, values=values, status=status, flags=flags, interval_s=60)
             sink.add(points.telemetry_line(site, device, msg))
         for site, act, since, on in ACTUATIONS:
             sink.add(
@@ -178,7 +214,6 @@ def loaded_influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd
 VARS: dict[str, Any] = {
     "site": ["site-a"],
     "device": ".*",
-    "read_period": "60",
     "pm10_limit": "150",
 }
 
@@ -303,15 +338,32 @@ def test_site_panels_exact_values(loaded_influxd: Influxd):
     pm = run(loaded_influxd, expand(q["site.json PM10 A"]))
     assert _at(pm, "device", "gate", wed(0)) == 260.0
     assert _at(pm, "device", "north", wed(0)) == 80.0
+    # flagged data are not drawn as concentrations: a fault hides every metric, a flag on
+    # PM10 hides PM10 only
+    assert _at(pm, "device", "north", TUE10 + 5 * MIN) is None
+    assert _at(pm, "device", "gate", MON12 + 5 * MIN) is None
+    pm25 = run(loaded_influxd, expand(q["site.json PM2.5 A"]))
+    assert _at(pm25, "device", "gate", MON12 + 5 * MIN) == 1500.0
+    assert _at(pm25, "device", "north", TUE10 + 5 * MIN) is None
+    bad = run(loaded_influxd, expand(q["site.json Invalid readings by cause A"]))
+    assert {(s["tags"]["device"], s["tags"]["quality"]) for s in bad} == {
+        ("north", "fault"),
+        ("gate", "over_range"),
+    }
+    [frozen] = [s for s in bad if s["tags"]["quality"] == "fault"]
+    assert sum(r[1] or 0 for r in frozen["values"]) == 30
     cannons = run(loaded_influxd, expand(q["site.json Fog cannons A"]))
     assert _at(cannons, "actuator", "cannon-1", wed(10)) == 1
     assert _at(cannons, "actuator", "cannon-1", wed(40)) == 0
     per_interval = run(loaded_influxd, expand(q["site.json Data completeness per interval A"]))
     assert _at(per_interval, "device", "gate", wed(0)) == 100
+    assert _at(per_interval, "device", "north", TUE10 + 5 * MIN) == 0  # frozen: not valid
     total = run(
         loaded_influxd, expand(q["site.json Data completeness (time range) A"], site=["site-b"])
     )
-    assert _at(total, "device", "gate", START_MS) == pytest.approx(50.0)
+    assert _at(total, "device", "gate", START_MS) == pytest.approx(50.0)  # half the polls failed
+    total = run(loaded_influxd, expand(q["site.json Data completeness (time range) A"]))
+    assert _at(total, "device", "north", START_MS) == pytest.approx(100 * (1 - 30 / N_MIN))
     [anno] = run(loaded_influxd, expand(q["site.json annotation Rule events"]))
     assert anno["columns"] == ["time", "text", "kind", "rule", "severity"]
     assert anno["values"] == [[wed(5), "PM10 170 > 150", "rule_on", "pm10-gate", "warning"]]
@@ -341,15 +393,20 @@ def test_gateway_panels_exact_values(loaded_influxd: Influxd):
 
 
 def expected_district() -> dict[str, dict[str, float]]:
-    """The ranking computed in plain Python from the generator functions."""
+    """The ranking computed in plain Python from the generator functions: valid data only."""
     out: dict[str, dict[str, float]] = {}
     wed_ms = int(WED.timestamp() * 1000)
     for site in ("site-a", "site-b"):
-        rows = [(d, t, v) for s, d, t, v in readings() if s == site]
+        polls = [(d, t, v) for s, d, t, v in readings() if s == site]
+        rows = [(d, t, v) for d, t, v in polls if v is not None and valid_pm10(site, d, t)]
         minute_means: dict[int, list[float]] = {}
         for _, t, v in rows:
             minute_means.setdefault(t // MIN, []).append(v)
-        counts = [sum(1 for d, _, _ in rows if d == dev) for s, dev in DEVICES if s == site]
+        valid = [
+            sum(1 for d, t, _ in polls if d == dev and valid_reading(site, d, t))
+            for s, dev in DEVICES
+            if s == site
+        ]
         out[site] = {
             "pm10_week": sum(v for _, _, v in rows) / len(rows),
             "pm10_today": (
@@ -357,8 +414,8 @@ def expected_district() -> dict[str, dict[str, float]]:
                 / sum(1 for _, t, _ in rows if t >= wed_ms)
             ),
             "exceedance_min": sum(1 for vs in minute_means.values() if sum(vs) / len(vs) > 150),
-            "completeness_pct": sum(c * 100 * 60 * 1000 / (END_MS - START_MS) for c in counts)
-            / len(counts),
+            "completeness_pct": sum(n * 100 * 60 * 1000 / (END_MS - START_MS) for n in valid)
+            / len(valid),
         }
     out["site-a"]["spray_min"] = 30
     out["site-b"]["spray_min"] = 10
@@ -367,7 +424,10 @@ def expected_district() -> dict[str, dict[str, float]]:
 
 def test_district_ranking_values(loaded_influxd: Influxd):
     want = expected_district()
-    assert want["site-a"]["exceedance_min"] == 30  # the synthetic data do what we meant
+    # the synthetic data do what we meant: 30 minutes over the limit on Wednesday; the
+    # over-range spell (3000 at gate) and the frozen spell (5000 at north) do not count
+    assert want["site-a"]["exceedance_min"] == 30
+    assert want["site-a"]["completeness_pct"] == pytest.approx(100 * (1 - 20 / N_MIN))
     answers = {
         ref: loaded_influxd.query(expand(q, site=".*"), db=DB)
         for ref, q in DISTRICT_QUERIES.items()
@@ -380,28 +440,19 @@ def test_district_ranking_values(loaded_influxd: Influxd):
     assert rows["site-b"].get("exceedance_min") == 0  # count() gives no row; the report says 0
 
 
+@pytest.mark.parametrize("min_completeness", [None, "40"])
 def test_report_cli_on_known_data(
-    loaded_influxd: Influxd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    loaded_influxd: Influxd,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    min_completeness: str | None,
 ):
     out_csv = tmp_path / "ranking.csv"
-    status = report.main(
-        [
-            "--url",
-            loaded_influxd.url,
-            "--db",
-            DB,
-            "--from",
-            T0.isoformat(),
-            "--to",
-            END.isoformat(),
-            "--read-period",
-            "60",
-            "--csv",
-            str(out_csv),
-        ],
-        now=END,
-    )
-    assert status == 0
+    argv = ["--url", loaded_influxd.url, "--db", DB, "--from", T0.isoformat()]
+    argv += ["--to", END.isoformat(), "--csv", str(out_csv)]
+    if min_completeness:
+        argv += ["--min-completeness", min_completeness]
+    assert report.main(argv, now=END) == 0
     printed = capsys.readouterr().out
     assert "site-a" in printed and "site-b" in printed
     assert printed.index("site-a") < printed.index("site-b")  # dirtier site ranked first
@@ -409,7 +460,15 @@ def test_report_cli_on_known_data(
         table = list(csv.DictReader(f))
     want = expected_district()
     assert [r["site"] for r in table] == ["site-a", "site-b"]
-    assert [r["rank"] for r in table] == ["1", "2"]
+    if min_completeness:
+        assert [(r["rank"], r["note"]) for r in table] == [("1", ""), ("2", "")]
+    else:
+        # site-b has half its data: listed, marked, not ranked (whatever its PM10)
+        assert [(r["rank"], r["note"]) for r in table] == [
+            ("1", ""),
+            ("", "completeness under 75 %"),
+        ]
+        assert "completeness under 75 %" in printed.splitlines()[-1]
     for r in table:
         for alias, _ in DISTRICT_COLUMNS.values():
             expected = want[r["site"]][alias]
