@@ -1,4 +1,4 @@
-"""``dustgate check``: validate site.yaml and rules.yaml files of either kind."""
+"""``dustgate check``: validate site.yaml, rules.yaml and console.yaml files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from gateway.configfile import ConfigError, ConfigIssue, load_yaml
 
 
 def detect_kind(path: Path) -> str:
-    """'site' or 'rules', from the top-level keys (rules files have ``rules:``)."""
+    """'site', 'rules' or 'console', from the top-level keys (rules files have ``rules:``,
+    console files ``console:`` or ``rules_file:``)."""
     data, _ = load_yaml(path)
     if isinstance(data, dict) and "site" in data:
         return "site"
+    if isinstance(data, dict) and ("console" in data or "rules_file" in data):
+        return "console"
     if isinstance(data, dict) and ("rules" in data or "influx" in data):
         return "rules"
     raise ConfigError(
@@ -23,7 +26,8 @@ def detect_kind(path: Path) -> str:
                 1,
                 "",
                 "cannot tell the kind of file: a site.yaml has a "
-                "top-level 'site:' key, a rules.yaml a 'rules:' key",
+                "top-level 'site:' key, a rules.yaml a 'rules:' key, "
+                "a console.yaml a 'console:' key",
             )
         ]
     )
@@ -50,6 +54,10 @@ def _check(path: Path) -> tuple[str, list[ConfigIssue], list[str], list[str]]:
             sources = [
                 f"{ident}: profile {ref} from {file}" for ident, ref, file in profile_sources(site)
             ]
+        elif kind == "console":
+            from rules.console.config import load_console_file
+
+            load_console_file(path, context=context)
         else:
             from rules.core.config import load_rules_file
 

@@ -43,6 +43,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "main",
         "one live read of one device: raw registers, profile fields, decoded values",
     ),
+    "console": (
+        "rules.console.cli",
+        "main",
+        "the district web console (console.yaml); `console adduser` manages users",
+    ),
     "sim": ("drivers.sim.cli", "main", "run simulated devices (a fake site) on ptys/TCP"),
     "demo": ("gateway.demo", "main", "the closed loop with simulated devices, real broker + DB"),
 }

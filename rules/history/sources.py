@@ -299,14 +299,18 @@ def _read_long(
 def read_influx(
     url: str, db: str, start: float, end: float, user: str | None = None,
     password: str | None = None, measurement: str = "telemetry", chunk_size: int = 10000,
-    timeout: float = 60.0,
+    timeout: float = 60.0, site: str | None = None,
 ) -> Iterator[Reading]:  # fmt: skip
-    """Readings from InfluxDB 1.x (InfluxQL over HTTP, chunked JSON)."""
+    """Readings from InfluxDB 1.x (InfluxQL over HTTP, chunked JSON); ``site``: that
+    site's only (a bound parameter)."""
+    where = ' AND "site" = $site' if site is not None else ""
     q = (
         f'SELECT * FROM "{measurement}" WHERE time >= {int(start * 1000)}ms '
-        f"AND time < {int(end * 1000)}ms"
+        f"AND time < {int(end * 1000)}ms{where}"
     )
     params = {"db": db, "q": q, "epoch": "ms", "chunked": "true", "chunk_size": str(chunk_size)}
+    if site is not None:
+        params["params"] = json.dumps({"site": site})
     if user:
         params["u"] = user
     if password:

@@ -1,0 +1,38 @@
+// dustgate console: live updates over server-sent events. No framework, nothing fetched.
+// The server renders every fragment (escaped); this only swaps them in.
+(function () {
+  "use strict";
+  var holder = document.querySelector("[data-live]");
+  if (!holder || !window.EventSource) return;
+  var badge = document.getElementById("livestate");
+  var src = new EventSource(holder.getAttribute("data-live"));
+  function fragment(html) {
+    var t = document.createElement("template");
+    t.innerHTML = html.trim();
+    return t.content.firstElementChild;
+  }
+  src.onopen = function () { if (badge) { badge.hidden = false; badge.className = "live up"; } };
+  src.onerror = function () { if (badge) { badge.className = "live down"; } };
+  src.addEventListener("site", function (ev) {
+    var d = JSON.parse(ev.data);
+    var old = document.getElementById("site-" + d.site);
+    var board = document.getElementById("board");
+    var node = fragment(d.html);
+    if (!node) return;
+    if (old) { old.replaceWith(node); }
+    else if (board && !board.classList.contains("one")) { board.appendChild(node); }
+    document.body.setAttribute("data-updated", String(Date.now()));
+  });
+  function prepend(id, html) {
+    var list = document.getElementById(id);
+    var node = fragment(html);
+    if (list && node) { list.insertBefore(node, list.firstChild); }
+  }
+  src.addEventListener("event", function (ev) { prepend("events", JSON.parse(ev.data).html); });
+  src.addEventListener("reload", function (ev) {
+    var d = JSON.parse(ev.data);
+    prepend("reloads", d.html);
+    var saved = document.getElementById("saved");
+    if (saved) { saved.textContent = "Saved. The rule engine says: " + d.kind; saved.className = d.kind === "reload" ? "ok" : "error"; }
+  });
+})();

@@ -1,0 +1,72 @@
+"""Shared by the console tests: a console.yaml in a temp dir, users, a signed-in client."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from gateway import protocol as p
+from rules.console.app import create_app, make_ctx
+from rules.console.auth import hash_password
+from rules.console.config import load_console_file
+from rules.console.web import Ctx
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "correct horse battery"
+_HASH = hash_password(PASSWORD)  # one hash for every test user: argon2 is slow on purpose
+
+
+def write_console(tmp: Path, extra: str = "", rules_text: str | None = None) -> Path:
+    rules = tmp / "rules.yaml"
+    if rules_text is None:
+        shutil.copy(ROOT / "examples" / "rules.yaml", rules)
+    else:
+        rules.write_text(rules_text)
+    cfg = tmp / "console.yaml"
+    cfg.write_text(
+        "console: {listen: 127.0.0.1, port: 8480}\n"
+        "rules_file: rules.yaml\n"
+        "store: console.db\n" + extra
+    )
+    return cfg
+
+
+def make_console(tmp: Path, **kw: Any) -> tuple[Ctx, TestClient]:
+    cfg = load_console_file(write_console(tmp, **kw))
+    ctx = make_ctx(cfg)
+    for name, role in (
+        ("vera", "viewer"),
+        ("ines", "inspector"),
+        ("otto", "operator"),
+        ("ada", "admin"),
+    ):
+        ctx.store.add_user(name, role, _HASH, time.time())
+    app = create_app(ctx, mqtt=False)
+    return ctx, TestClient(app, base_url="http://127.0.0.1")
+
+
+def login(client: TestClient, user: str, password: str = PASSWORD) -> Any:
+    page = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', page.text)
+    assert token is not None
+    return client.post(
+        "/login",
+        data={"username": user, "password": password, "login_token": token.group(1), "next": "/"},
+        follow_redirects=False,
+    )
+
+
+def csrf_of(client: TestClient, path: str = "/") -> str:
+    page = client.get(path)
+    m = re.search(r'data-csrf="([^"]*)"', page.text)
+    assert m is not None and m.group(1), page.text[:300]
+    return m.group(1)
+
+
+def feed(ctx: Ctx, topic: str, payload: p.Payload, now: float | None = None) -> None:
+    ctx.live.on_message(topic, p.encode(payload), time.time() if now is None else now)
