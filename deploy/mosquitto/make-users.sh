@@ -22,7 +22,8 @@ set -euo pipefail
 readonly ENGINE_USER="dustgate-rules"
 # Names a site may not take: they are service accounts, and the ACL patterns
 # would otherwise give a service the rights of a gateway (and vice versa).
-readonly RESERVED=("$ENGINE_USER" "dustgate" "dustgate-admin" "mosquitto" "root")
+readonly RESERVED=("$ENGINE_USER" "dustgate" "dustgate-admin" "dustgate-operator" "dustgate-console"
+    "mosquitto" "root")
 
 usage() {
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2

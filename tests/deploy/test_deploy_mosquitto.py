@@ -47,7 +47,12 @@ MOSQ_DIR = REPO / "deploy" / "mosquitto"
 TIMEOUT = 10.0  # generous deadline for a reply that normally takes milliseconds
 
 SITE_A, SITE_B = "site-a", "site-b"
-PASSWORDS = {SITE_A: "pw-a", SITE_B: "pw-b", "dustgate-rules": "pw-rules"}
+PASSWORDS = {
+    SITE_A: "pw-a",
+    SITE_B: "pw-b",
+    "dustgate-rules": "pw-rules",
+    "dustgate-console": "pw-console",
+}
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +108,13 @@ def broker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"{SITE_A}:{PASSWORDS[SITE_A]}",
         f"{SITE_B}:{PASSWORDS[SITE_B]}",
         rules_password=PASSWORDS["dustgate-rules"],
+    )
+    # the console's user is made by hand, as deploy/mosquitto/acl says
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(tmp / "passwd"), "dustgate-console", "pw-console"],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return tmp
 
@@ -333,6 +345,50 @@ def test_engine_cannot_forge_gateway_data(peers: dict[str, Peer]) -> None:
     assert all(p != forged for _, p in got)
 
 
+# --------------------------------------------------------------------------- console
+
+
+def test_console_reads_the_district_but_not_commands(peers: dict[str, Peer]) -> None:
+    engine, gw, console = peers["dustgate-rules"], peers[SITE_A], peers["dustgate-console"]
+    console.subscribe("dustgate/v1/#")  # asks for everything, gets what the ACL lets it read
+    cmd = token("cmd")
+    assert engine.publish(topic(SITE_A, "cannon-1/cmd"), cmd) == 0
+    sent = [
+        (topic(SITE_A, "pm-gate/telemetry"), token("telemetry"), False),
+        (topic(SITE_A, "gateway/gw1/status"), token("status"), True),
+        (topic(SITE_A, "cannon-1/state"), token("state"), True),
+        (topic(SITE_A, "cannon-1/ack"), token("ack"), False),
+        (topic(SITE_A, "events"), token("event"), False),
+    ]
+    for t, payload, retain in sent:
+        assert gw.publish(t, payload, retain=retain) == 0, t
+    got = console.received_until(sent[-1][1])
+    for t, payload, _ in sent:
+        if not t.endswith("/ack"):
+            assert (t, payload) in got, f"{t} not delivered to the console"
+    assert all(p != cmd for _, p in got), "the console must not read commands"
+    assert all(not t.endswith("/ack") for t, _ in got), "acks are not the console's"
+
+
+def test_console_may_publish_override_requests_only(peers: dict[str, Peer]) -> None:
+    engine, console = peers["dustgate-rules"], peers["dustgate-console"]
+    engine.subscribe("dustgate/v1/#")
+    forged = token("forged")
+    for rest in (
+        "cannon-1/cmd",
+        "cannon-1/state",
+        "pm-gate/telemetry",
+        "events",
+        "gateway/g/status",
+    ):
+        assert console.publish(topic(SITE_A, rest), forged) == "Not authorized", rest
+    request = token("override")
+    assert console.publish(topic(SITE_A, "cannon-1/override"), request) == 0
+    got = engine.received_until(request)
+    assert got[-1] == (topic(SITE_A, "cannon-1/override"), request)
+    assert all(p != forged for _, p in got)
+
+
 def _mqtt_str(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
@@ -417,7 +473,10 @@ def test_make_users_keeps_existing_passwords_and_generates_new_ones(tmp_path: Pa
     assert oct(passwd.stat().st_mode & 0o777) == "0o600"
 
 
-@pytest.mark.parametrize("bad", ["dustgate-rules", "Site-A", "a/b", "a+", "#", ""])
+@pytest.mark.parametrize(
+    "bad",
+    ["dustgate-rules", "dustgate-console", "dustgate-operator", "Site-A", "a/b", "a+", "#", ""],
+)
 def test_make_users_refuses_bad_site_ids(tmp_path: Path, bad: str) -> None:
     if shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto_passwd not found (Debian package: mosquitto)")
