@@ -33,6 +33,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "run rules over history (CSV or InfluxDB) and compare",
     ),
     "report": ("rules.history.report", "main", "weekly site ranking from InfluxDB"),
+    "incidents": (
+        "rules.incidents.service",
+        "main",
+        "derive incidents from the engine's events, notify contacts (incidents.yaml)",
+    ),
     "scan": (
         "gateway.commission.scan",
         "main",

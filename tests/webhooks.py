@@ -48,7 +48,9 @@ def serve_hook() -> Iterator[Hook]:
                 state.headers.append(dict(self.headers))
                 state.paths.append(self.path)
                 raw = state.raw.pop(0) if state.raw else None
-                status, answer = state.script.pop(0) if state.script else (200, b'{"ok":1}')
+                status, answer = (200, b'{"ok":1}')
+                if raw is None and state.script:
+                    status, answer = state.script.pop(0)
             try:
                 if raw is not None:
                     self.wfile.write(raw)

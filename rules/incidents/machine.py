@@ -344,16 +344,18 @@ class Book:
         text = text.strip()[:NOTE_MAX]
         inc = self._acting_on(incident_id, version)
         now = self._now(now)
+        out: list[Effect] = []
+        if inc.acked_at is None:  # acknowledged on the way: the clock shows both steps
+            inc = self._put(inc, now, status="acknowledged", acked_at=now, acked_by=who)
+            out.append(Changed(inc, "acknowledged", who=who))
         notes = (*inc.notes, Note(now, who, text)) if text else inc.notes
-        acked = {} if inc.acked_at is not None else {"acked_at": now, "acked_by": who}
-        new = self._put(
-            inc, now, status="resolved", resolved_at=now, resolved_by=who, notes=notes, **acked
-        )
+        new = self._put(inc, now, status="resolved", resolved_at=now, resolved_by=who, notes=notes)
         key = (inc.site, inc.cause)
         t = self.tracks.get(key)
         if t is not None and t.incident == inc.id:
             self._set_track(key, dataclasses.replace(t, incident=None))
-        return [Changed(new, "resolved", who=who, text=text)]
+        out.append(Changed(new, "resolved", who=who, text=text))
+        return out
 
     # ------------------------------------------------------------- restore
 

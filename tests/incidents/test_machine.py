@@ -82,7 +82,7 @@ def test_lifecycle_with_who_and_when() -> None:
     (noted,) = book.note(inc.id, "li.wei", "<b>hose</b> fixed", ack.incident.version, 70)
     assert isinstance(noted, Changed)
     assert noted.incident.notes[-1].text == "<b>hose</b> fixed"  # stored as typed; pages escape
-    (res,) = book.resolve(inc.id, "zhang.min", noted.incident.version, 120)
+    (res,) = book.resolve(inc.id, "zhang.min", noted.incident.version, 120)  # acked before
     assert isinstance(res, Changed)
     assert res.incident.status == "resolved" and res.incident.resolved_by == "zhang.min"
     assert res.incident.times() == [0, 60, 120]
@@ -109,8 +109,9 @@ def test_resolve_without_ack_counts_as_acknowledged_then() -> None:
     book.signal(on("r1", 0), 0)
     inc = book.open_incident("site-01", "rule_active")
     assert inc is not None
-    (res,) = book.resolve(inc.id, "li.wei", inc.version, 30, text="sprayed by hand")
-    assert isinstance(res, Changed)
+    ack, res = book.resolve(inc.id, "li.wei", inc.version, 30, text="sprayed by hand")
+    assert isinstance(ack, Changed) and isinstance(res, Changed)
+    assert (ack.kind, res.kind) == ("acknowledged", "resolved")
     assert res.incident.acked_at == 30 and res.incident.acked_by == "li.wei"
     assert res.incident.notes[-1].text == "sprayed by hand"
 

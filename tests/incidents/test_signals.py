@@ -1,0 +1,125 @@
+"""Engine events, gateway status and telemetry -> incident signals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.protocol import DeviceHealth, Event, GatewayStatus, Status, Telemetry
+from rules.core.config import load_rules_file
+from rules.incidents.settings import Completeness
+from rules.incidents.signals import Deriver
+
+RF = load_rules_file(
+    "test-rules.yaml",
+    text="""
+actuators:
+  site-01/cannon-1: {}
+rules:
+  - id: pm10-gate
+    site: site-01
+    metric: pm10
+    devices: [m]
+    window: 1m
+    above: 150
+    clear: 100
+    actions: {lease: [cannon-1], run_for: 1m}
+    unless:
+      - {name: frost, metric: temp, devices: [m], below: 3, clear: 4}
+  - id: noise
+    site: site-01
+    metric: noise
+    devices: [m]
+    window: 1m
+    above: 70
+""",
+)
+
+
+def ev(kind: str, ts: int = 1_000, rule: str | None = "pm10-gate", **data: Any) -> Event:
+    return Event(ts=ts, kind=kind, text=f"{rule}: {kind}", rule=rule, data=data or None)
+
+
+def sig(d: Deriver, e: Event) -> list[tuple[str, str, bool]]:
+    return [(s.cause, s.source, s.on) for s in d.event("site-01", e)]
+
+
+def test_a_rule_going_on_and_off() -> None:
+    d = Deriver(RF)
+    assert sig(d, ev("on", value=180.0)) == [
+        ("rule_active", "pm10-gate", True),
+        ("unsprayed", "pm10-gate", False),
+    ]
+    assert sig(d, ev("off", 2_000, reason="cleared", value=90.0)) == [
+        ("rule_active", "pm10-gate", False),
+        ("unsprayed", "pm10-gate", False),
+    ]
+
+
+def test_a_rule_without_cannons_is_over_the_limit_unsprayed() -> None:
+    d = Deriver(RF)
+    assert ("unsprayed", "noise", True) in sig(d, ev("on", rule="noise", value=80.0))
+
+
+def test_interlocked_over_the_limit() -> None:
+    d = Deriver(RF)
+    assert sig(d, ev("interlock", value=180.0, interlocks=["frost"])) == [
+        ("unsprayed", "pm10-gate", True)
+    ]
+    assert sig(d, ev("interlock", value=120.0)) == []  # pending/active, below the threshold
+    # an active rule stopped by frost with the dust still high
+    assert sig(d, ev("off", reason="interlock:frost", value=170.0)) == [
+        ("rule_active", "pm10-gate", False),
+        ("unsprayed", "pm10-gate", True),
+    ]
+    assert sig(d, ev("pending", 3_000, value=170.0)) == [("unsprayed", "pm10-gate", False)]
+
+
+def test_an_override_off_stops_the_spray_of_an_active_rule() -> None:
+    d = Deriver(RF)
+    d.event("site-01", ev("on", value=180.0))
+    off = Event(ts=2_000, kind="override", text="off", actuator="cannon-1",
+                data={"mode": "off", "who": "op"})  # fmt: skip
+    assert [(s.cause, s.on) for s in d.event("site-01", off)] == [("unsprayed", True)]
+    auto = Event(ts=3_000, kind="override", text="auto", actuator="cannon-1",
+                 data={"mode": "auto", "who": "op"})  # fmt: skip
+    assert [(s.cause, s.on) for s in d.event("site-01", auto)] == [("unsprayed", False)]
+
+
+def test_other_events_say_nothing() -> None:
+    d = Deriver(RF)
+    assert sig(d, ev("reload", rule=None)) == []
+    assert sig(d, ev("max_on")) == []
+
+
+def test_gateway_status_and_last_will() -> None:
+    d = Deriver(RF)
+    online = GatewayStatus(state="online", ts=5_000)
+    (s,) = d.status("site-01", "gw-01", online)
+    assert (s.cause, s.source, s.on, s.ts) == ("gateway_offline", "gw-01", False, 5.0)
+    (s,) = d.status("site-01", "gw-01", GatewayStatus(state="offline", ts=6_000))
+    assert s.on
+
+
+def test_completeness_after_a_whole_window() -> None:
+    d = Deriver(None, Completeness(below_pct=80, window=100, interval=10))
+    health = DeviceHealth(state="online", poll_interval_s=10)
+    d.status("site-01", "gw", GatewayStatus(state="online", ts=0, devices={"m": health}))
+    for t in range(0, 100, 10):
+        d.telemetry("site-01", "m", Telemetry(ts=t * 1000, seq=t, values={"pm10": 1}), t)
+    assert d.tick(99) == []  # not known for a whole window yet
+    assert d.tick(100) == []  # 10 of 10: complete, and that was never signalled otherwise
+    (s,) = d.tick(125)  # readings at 0..20 left the window: 7 of 10
+    assert (s.cause, s.source, s.on) == ("data_incomplete", "m", True)
+    assert d.tick(126) == []  # said once
+    for t in range(100, 200, 10):
+        d.telemetry("site-01", "m", Telemetry(ts=t * 1000, seq=t, values={"pm10": 1}), t)
+    (s,) = d.tick(190)  # 100..190 inside
+    assert not s.on
+
+
+def test_bad_readings_do_not_count() -> None:
+    d = Deriver(None, Completeness(below_pct=50, window=10, interval=1))
+    for t in range(10):
+        d.telemetry("s", "m", Telemetry(ts=t * 1000, seq=t, values={}, status=Status.COMM_ERROR), t)
+    (s,) = d.tick(10)
+    assert s.on and "0 %" in s.detail
