@@ -2,6 +2,10 @@
 
     dustgate report [--url URL] [--db DB] [--site S] [--from T] [--to T] [--csv FILE]
                     [--pm10-limit N] [--min-completeness PCT]
+    dustgate report --quality [--stuck-after 30m] [--site S] [--from T] [--to T] [--csv FILE]
+
+``--quality`` gives, instead of the ranking, the data quality per site,
+device and day (:mod:`rules.history.quality`).
 
 Only valid data counts (see ``rules.sink.points``): flagged readings and
 metrics are left out of the means and the exceedance minutes, and data
@@ -377,6 +381,19 @@ def main(argv: list[str], now: datetime | None = None) -> int:
         metavar="PCT",
         help="sites with less valid data are listed but not ranked (default %(default)g)",
     )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="instead of the ranking: data quality per site, device and day (completeness, "
+        "invalid readings by cause, longest gap, stuck sensors)",
+    )
+    p.add_argument(
+        "--stuck-after",
+        type=_duration,
+        default=30 * 60.0,
+        metavar="DURATION",
+        help="--quality: a metric unchanged this long is reported stuck (default 30m)",
+    )
     args = p.parse_args(argv)
     try:
         start = _parse_time(args.start, now) if args.start else week_start(now)
@@ -387,6 +404,8 @@ def main(argv: list[str], now: datetime | None = None) -> int:
     if end <= start:
         print("dustgate report: --to must be after --from", file=sys.stderr)
         return 2
+    if args.quality:
+        return _quality(args, start, end)
     try:
         rows = run_report(
             args.url,
@@ -404,6 +423,40 @@ def main(argv: list[str], now: datetime | None = None) -> int:
     print(format_table(rows) if rows else "(no data)")
     if args.csv:
         text = format_csv(rows)
+        if args.csv == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.csv, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+    return 0
+
+
+def _duration(text: str) -> float:
+    from gateway.configfile import parse_duration
+
+    try:
+        value = float(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("expected a positive duration such as 30m")
+    return value
+
+
+def _quality(args: argparse.Namespace, start: datetime, end: datetime) -> int:
+    from . import quality
+
+    try:
+        rows = quality.run_quality(
+            args.url, args.db, start, end, sites=args.site, stuck_after_s=args.stuck_after
+        )
+    except ReportError as exc:
+        print(f"dustgate report: {exc}", file=sys.stderr)
+        return 1
+    print(f"Data quality {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} ({args.db})")
+    print(quality.format_quality(rows) if rows else "(no data)")
+    if args.csv:
+        text = quality.quality_csv(rows)
         if args.csv == "-":
             sys.stdout.write(text)
         else:

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.localservices import Influxd
 from gateway.protocol import Status, Telemetry
-from rules.history import report
+from rules.history import quality, report
 from rules.sink import points
 from rules.sink.settings import InfluxSettings
 from rules.sink.writer import InfluxSink
@@ -101,3 +101,51 @@ def test_report_cli_lists_the_frozen_site_after_the_ranking(
             "",
             report.NO_VALID_DATA,
         )
+
+
+def test_quality_report_names_the_causes(influxd_hour: Influxd) -> None:
+    rows = {r.site: r for r in quality.run_quality(influxd_hour.url, DB, T0, END)}
+    assert set(rows) == set(SITES)
+    dead, frozen, healthy = rows["dead"], rows["frozen"], rows["healthy"]
+    for r in rows.values():
+        assert (r.device, r.day, r.span_s, r.interval_s) == ("monitor", T0.date(), 3600, 10)
+        assert r.expected == N
+    # dead: every poll failed -> nothing received, nothing valid, the hour is one gap
+    assert (dead.readings, dead.received_pct, dead.valid_pct) == (N, 0, 0)
+    assert dead.causes == {"comm_error": 100.0} and dead.longest_gap_s == 3600
+    assert dead.stuck_s == {}  # no values at all: nothing to be stuck
+    # frozen: everything received, nothing valid, the cause and the frozen metrics named
+    assert (frozen.readings, frozen.received_pct, frozen.valid_pct) == (N, 100, 0)
+    assert frozen.causes == {"fault": 100.0} and frozen.longest_gap_s == 3600
+    assert set(frozen.stuck_s) == {"pm10", "pm25", "rh"}
+    assert all(s >= 3600 - 2 * quality.BUCKET_MS / 1000 for s in frozen.stuck_s.values())
+    # healthy: two failed polls
+    assert healthy.valid_pct == healthy.received_pct == pytest.approx(100 * (N - 2) / N)
+    assert healthy.causes == {"comm_error": pytest.approx(100 * 2 / N)}
+    assert healthy.longest_gap_s == 3 * INTERVAL  # the readings before and after the two
+    assert healthy.stuck_s == {}
+
+
+def test_quality_cli_prints_a_table_per_site(
+    influxd_hour: Influxd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "quality.csv"
+    argv = ["--url", influxd_hour.url, "--db", DB, "--quality", "--from", T0.isoformat()]
+    assert report.main([*argv, "--to", END.isoformat(), "--csv", str(out)], now=END) == 0
+    printed = capsys.readouterr().out
+    assert [line for line in printed.splitlines() if line.startswith("site ")] == [
+        "site dead",
+        "site frozen",
+        "site healthy",
+    ]
+    with out.open() as f:
+        table = {r["site"]: r for r in csv.DictReader(f)}
+    assert table["dead"]["invalid readings by cause"] == "comm_error 100.0 %"
+    assert table["frozen"]["invalid readings by cause"] == "fault 100.0 %"
+    assert table["frozen"]["valid %"] == "0.0" and table["frozen"]["received %"] == "100.0"
+    assert table["frozen"]["stuck"].startswith("pm10 ")
+    assert table["healthy"]["valid %"] == "99.4" and table["healthy"]["longest gap"] == "30 s"
+    with pytest.raises(SystemExit) as exc:
+        report.main([*argv, "--stuck-after", "soon"])
+    assert exc.value.code == 2
+    assert "--stuck-after: expected a duration" in capsys.readouterr().err
