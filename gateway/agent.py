@@ -39,6 +39,7 @@ from gateway.actuators import ActuatorController
 from gateway.backoff import Backoff
 from gateway.backoffstore import FILE_NAME as BACKOFF_FILE
 from gateway.backoffstore import BackoffStore
+from gateway.calibration import Factors, calibrate
 from gateway.config import ModbusDevice, SiteConfig, UartDevice, device_status_mode
 from gateway.configfile import ConfigError
 from gateway.devices import (
@@ -87,6 +88,7 @@ class Agent:
         self._stuck: dict[str, StuckTracker] = {}
         self._topics: dict[str, str] = {}
         self._plain: set[str] = set()  # devices without quality checks (the fast path)
+        self._cal: dict[str, dict[str, Factors]] = {}  # device -> metric -> calibration
         self._names_ok: dict[str, object] = {}  # device -> keys of its last valid reading
         self._names_warned: set[str] = set()
         self.actuators: dict[str, ActuatorController] = {}
@@ -141,6 +143,9 @@ class Agent:
             if not q.valid_range and not q.stuck_after and device_status_mode(dev) is None:
                 self._plain.add(dev.id)
             self._stuck[dev.id] = StuckTracker()
+            factors = dev.calibration_factors()
+            if factors:
+                self._cal[dev.id] = factors
             if isinstance(dev, ModbusDevice):
                 spec = modbus_spec(dev, search)
                 sched = self.buses[dev.bus]
@@ -187,6 +192,9 @@ class Agent:
         if dev is None:
             return
         flags = None
+        factors = self._cal.get(device_id)
+        if factors is not None and values is not None:
+            values = calibrate(values, factors)
         if error is not None or values is None:
             self.counters["poll_errors"] += 1
             status, values = p.Status.COMM_ERROR, {}
@@ -217,8 +225,11 @@ class Agent:
             self.session.notify_data()
         seq = self.outbox.next_seq(device_id)
         ts = p.now_ms(wall)
+        cal = None
+        if factors is not None and values:
+            cal = {m: (f.scale, f.offset) for m, f in factors.items() if m in values} or None
         payload = encode_telemetry(
-            ts, seq, values, status, flags, self._models[device_id], dev.interval
+            ts, seq, values, status, flags, self._models[device_id], dev.interval, cal
         )
         self.outbox.put(device_id, self._topics[device_id], payload, ts, now)
         self.counters["readings"] += 1
@@ -379,6 +390,7 @@ def encode_telemetry(
     flags: dict[str, p.Status] | None,
     model: str | None,
     interval_s: float | None = None,
+    cal: dict[str, tuple[float, float]] | None = None,
 ) -> bytes:
     """The JSON of ``p.encode(p.Telemetry(...))`` without building a pydantic model.
 
@@ -393,6 +405,8 @@ def encode_telemetry(
         doc["model"] = model
     if interval_s is not None:
         doc["interval_s"] = interval_s
+    if cal:
+        doc["cal"] = cal
     return _dumps(doc).encode()
 
 

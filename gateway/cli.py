@@ -53,6 +53,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
         "main",
         "the district web console (console.yaml); `console adduser` manages users",
     ),
+    "calibrate": (
+        "gateway.commission.calibrate",
+        "main",
+        "calibrate a device's metric against a reference monitor (logged)",
+    ),
     "sim": ("drivers.sim.cli", "main", "run simulated devices (a fake site) on ptys/TCP"),
     "demo": ("gateway.demo", "main", "the closed loop with simulated devices, real broker + DB"),
 }

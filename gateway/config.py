@@ -13,9 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from gateway.actuation import ActuatorLimits
+from gateway.calibration import Factors, fit
 from gateway.configfile import (
     ConfigError,
     Duration,
@@ -25,7 +34,7 @@ from gateway.configfile import (
     load,
     parse_duration,
 )
-from gateway.protocol import ID_PATTERN, Status
+from gateway.protocol import ID_PATTERN, METRIC_PATTERN, Status
 from gateway.uplinks.hj212_settings import Hj212Settings, uplink_key
 
 if TYPE_CHECKING:
@@ -87,12 +96,45 @@ class Quality(StrictModel):
     mode: Literal["normal", "maintenance", "calibrating", "stopped"] = "normal"
 
 
+class MetricCalibration(StrictModel):
+    """One metric's calibration, ``value = raw * scale + offset``: the factors, or the
+    (device, reference) pairs of a co-location to fit them to (two: the line through
+    both; more: the least-squares line). See ``gateway.calibration``."""
+
+    scale: float | None = None
+    offset: float | None = None
+    points: list[tuple[float, float]] | None = None
+    reference: str | None = None  # the reference monitor, for the reader of this file
+
+    @model_validator(mode="after")
+    def _valid(self) -> MetricCalibration:
+        if self.points is not None and (self.scale is not None or self.offset is not None):
+            raise ValueError("give either points or scale/offset, not both")
+        self.factors()  # raises CalibrationError (a ValueError) with the reason
+        return self
+
+    def factors(self) -> Factors:
+        if self.points is not None:
+            return fit(self.points).factors
+        return Factors(1.0 if self.scale is None else self.scale, self.offset or 0.0)
+
+
+Calibrations = dict[Annotated[str, Field(pattern=METRIC_PATTERN)], MetricCalibration]
+
+
 class _DeviceBase(StrictModel):
     id: Id
     interval: Annotated[float, BeforeValidator(parse_duration), Field(ge=0.05)] = 10.0
     quality: Quality = Field(default_factory=Quality)
     enabled: bool = True
     model: str | None = None  # InfluxDB tag; defaults to the profile or driver name
+    # metric -> its calibration against a reference monitor (also from calibration_file)
+    calibration: Calibrations = Field(default_factory=dict)
+
+    def calibration_factors(self) -> dict[str, Factors]:
+        """metric -> factors of every calibrated metric (identity ones left out)."""
+        out = {m: c.factors() for m, c in self.calibration.items()}
+        return {m: f for m, f in out.items() if not f.identity}
 
     @model_validator(mode="after")
     def _not_reserved(self) -> _DeviceBase:
@@ -110,12 +152,29 @@ class ModbusDevice(_DeviceBase):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+UART_METRICS = {"sds011": ("pm25", "pm10"), "pms5003": ("pm1", "pm25", "pm10")}
+UART_METRICS["pms7003"] = UART_METRICS["pms5003"]
+
+
 class UartDevice(_DeviceBase):
     driver: Literal["sds011", "pms5003", "pms7003"]
     port: str
     baudrate: int = 9600
     mode: Literal["active", "query"] = "active"
     timeout: Duration = 3.0
+
+    # not a setting: here to say what to use instead (site.yaml writers try it)
+    overrides: Any = Field(default=None, exclude=True)
+
+    @field_validator("overrides")
+    @classmethod
+    def _no_overrides(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(
+                "a serial sensor has no register map to override; correct its readings "
+                "with calibration: {pm10: {scale: 0.9, offset: 2}} (or points:)"
+            )
+        return value
 
 
 Device = Annotated[
@@ -177,8 +236,20 @@ class SiteConfig(StrictModel):
     # folders of the site's own device profiles, searched (in order) ahead of
     # /etc/dustgate/profiles and the shipped ones; relative to this file's folder
     profile_paths: list[Path] = Field(default_factory=list)
+    # calibration factors written by `dustgate calibrate` (read if present; relative to
+    # this file's folder); its log of changes is calibration-log.jsonl beside it
+    calibration_file: Path = Path("calibration.yaml")
 
     _base: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the site.yaml this came from (where relative paths start)."""
+        return self._base
+
+    def calibration_path(self) -> Path:
+        f = self.calibration_file
+        return f if f.is_absolute() else self._base / f
 
     def profile_search(self) -> ProfileSearch:
         """Where this site's profile references are looked up."""
@@ -221,6 +292,18 @@ def _check_references(data: Any, base: Path | None = None) -> list[tuple[Loc, st
                 out.append(((section, i, "bus"), f"undefined bus {item['bus']!r} (buses: {known})"))
             if "profile" in item:
                 out.extend(_check_profile(section, i, item, search))
+            calibration = item.get("calibration")
+            if section == "devices" and isinstance(calibration, dict):
+                metrics = device_metrics(item, search)
+                for metric in calibration:
+                    if metrics is not None and metric not in metrics:
+                        out.append(
+                            (
+                                (section, i, "calibration", metric),
+                                f"{metric!r} is not a metric of this device "
+                                f"(its metrics: {', '.join(sorted(metrics))})",
+                            )
+                        )
     device_ids = {d.get("id") for d in data.get("devices") or [] if isinstance(d, dict)}
     uplink_keys: dict[str, int] = {}
     for i, up in enumerate(data.get("uplinks") or []):
@@ -269,6 +352,22 @@ def _check_profile(
     return []
 
 
+def device_metrics(item: dict[str, Any], search: ProfileSearch) -> set[str] | None:
+    """The metric names a device (as raw site.yaml data) publishes; None if unknown."""
+    driver = item.get("driver", "modbus")
+    if driver in UART_METRICS:
+        return set(UART_METRICS[driver])
+    if driver != "modbus" or not isinstance(item.get("profile"), str):
+        return None
+    from drivers.profiles import ProfileError, resolve_profile
+
+    try:
+        profile = resolve_profile(item["profile"], _profile_overrides(item), search)
+    except (ProfileError, TypeError):
+        return None  # reported as the profile's own problem
+    return {f.name for f in profile.fields}
+
+
 def _profile_overrides(item: dict[str, Any]) -> dict[str, Any]:
     overrides = dict(item.get("overrides") or {})
     if item.get("slave_id") is not None:
@@ -291,7 +390,60 @@ def load_site_config(
         context=context,
     )
     site._base = base
+    cal_path = site.calibration_path()
+    if cal_path.is_file():
+        cal = load(
+            CalibrationFile,
+            cal_path,
+            ref_checks=[lambda data: _check_calibration_file(data, site)],
+            context=context,
+        )
+        for dev in site.devices:
+            dev.calibration.update(cal.devices.get(dev.id, {}))
     return site
+
+
+class CalibrationFile(StrictModel):
+    """``calibration.yaml``: device -> metric -> calibration, as ``dustgate calibrate``
+    writes it (a person may edit it too; ``dustgate check site.yaml`` checks it)."""
+
+    devices: dict[Id, Calibrations] = Field(default_factory=dict)
+
+
+def _check_calibration_file(data: Any, site: SiteConfig) -> list[tuple[Loc, str]]:
+    out: list[tuple[Loc, str]] = []
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, dict):
+        return out
+    by_id = {d.id: d for d in site.devices}
+    search = site.profile_search()
+    for dev_id, metrics in devices.items():
+        dev = by_id.get(dev_id)
+        if dev is None:
+            known = ", ".join(by_id) or "none"
+            out.append((("devices", dev_id), f"no device {dev_id!r} in site.yaml ({known})"))
+            continue
+        if not isinstance(metrics, dict):
+            continue
+        known_metrics = device_metrics(dev.model_dump(exclude_none=True), search)
+        for metric in metrics:
+            if metric in dev.calibration:
+                out.append(
+                    (
+                        ("devices", dev_id, metric),
+                        f"{dev_id}.{metric} is also calibrated in site.yaml "
+                        "(devices: calibration); keep one of the two",
+                    )
+                )
+            elif known_metrics is not None and metric not in known_metrics:
+                out.append(
+                    (
+                        ("devices", dev_id, metric),
+                        f"{metric!r} is not a metric of {dev_id} "
+                        f"(its metrics: {', '.join(sorted(known_metrics))})",
+                    )
+                )
+    return out
 
 
 def profile_sources(site: SiteConfig) -> list[tuple[str, str, Path]]:

@@ -96,8 +96,10 @@ _SEVERITY = {
 }
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
-MetricName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+METRIC_PATTERN = r"^[a-z0-9_]{1,32}$"
+MetricName = Annotated[str, Field(pattern=METRIC_PATTERN)]
 TimestampMs = Annotated[int, Field(ge=0, lt=10**13)]
+CalScale = Annotated[float, Field(gt=0)]
 
 
 class _Payload(BaseModel):
@@ -116,11 +118,23 @@ class Telemetry(_Payload):
     # The device's configured read interval: what one reading stands for, so
     # the central side can tell readings expected from readings received.
     interval_s: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
+    # The calibration in force for a calibrated metric, [scale, offset]: the
+    # value is raw * scale + offset, so the device's raw value is recoverable
+    # (raw_value). Only calibrated metrics of ``values`` appear.
+    cal: dict[MetricName, tuple[CalScale, float]] | None = None
 
     def metric_status(self, metric: str) -> Status:
         if self.flags and metric in self.flags:
             return self.flags[metric]
         return self.status
+
+    def raw_value(self, metric: str) -> float:
+        """What the device reported for ``metric``, before calibration."""
+        value = self.values[metric]
+        if self.cal and metric in self.cal:
+            scale, offset = self.cal[metric]
+            return (value - offset) / scale
+        return value
 
 
 class DeviceHealth(_Payload):

@@ -30,6 +30,7 @@ from drivers.errors import DriverError
 from drivers.modbus import BIT_TABLES, Block, FieldSpec, ReadRequest, decode_field
 from drivers.modbus_client import ModbusClient
 from drivers.profiles import Profile, profile_source
+from gateway.calibration import Factors
 from gateway.config import ModbusDevice, SiteConfig, UartDevice, load_site_config
 from gateway.configfile import ConfigError
 from gateway.devices import modbus_client_for, modbus_spec, uart_poll, uart_reader
@@ -225,8 +226,16 @@ async def probe_modbus(
                 await asyncio.sleep(spec.pause_between_requests)
     finally:
         await client.close()
-    result.rows = field_rows(spec.fields, reads)
+    result.rows = _calibrated(field_rows(spec.fields, reads), dev.calibration_factors())
     return result
+
+
+def _calibrated(rows: list[FieldRow], factors: dict[str, Factors]) -> list[FieldRow]:
+    for row in rows:
+        f = factors.get(row.name)
+        if f is not None and isinstance(row.value, int | float) and not isinstance(row.value, bool):
+            row.calibrated = round(f.apply(float(row.value)), 6)
+    return rows
 
 
 async def probe_uart(dev: UartDevice, timeout: float | None) -> ProbeResult:
@@ -245,10 +254,11 @@ async def probe_uart(dev: UartDevice, timeout: float | None) -> ProbeResult:
     finally:
         await reader.close()
     result.header.append(f"one reading in {ms:.1f} ms")
-    result.rows = [
+    rows = [
         FieldRow(k, "uart", 0, dev.driver, "", 1.0, 0.0, "ug/m3", None, v, v)
         for k, v in values.items()
     ]
+    result.rows = _calibrated(rows, dev.calibration_factors())
     return result
 
 

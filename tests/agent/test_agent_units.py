@@ -26,6 +26,8 @@ statuses = st.sampled_from(list(p.Status))
     flags=st.none() | st.dictionaries(metric, statuses, min_size=1, max_size=8),
     model=st.none() | st.text(max_size=64),
     interval_s=st.none() | st.floats(0.05, 366 * 86400),
+    cal=st.none()
+    | st.dictionaries(metric, st.tuples(st.floats(1e-6, 1e6), finite), min_size=1, max_size=8),
 )
 def test_fast_encoder_matches_the_contract(
     ts: int,
@@ -35,8 +37,9 @@ def test_fast_encoder_matches_the_contract(
     flags: dict[str, p.Status] | None,
     model: str | None,
     interval_s: float | None,
+    cal: dict[str, tuple[float, float]] | None,
 ) -> None:
-    fast = encode_telemetry(ts, seq, values, status, flags, model, interval_s)
+    fast = encode_telemetry(ts, seq, values, status, flags, model, interval_s, cal)
     slow = p.encode(
         p.Telemetry(
             ts=ts,
@@ -46,6 +49,7 @@ def test_fast_encoder_matches_the_contract(
             flags=flags,
             model=model,
             interval_s=interval_s,
+            cal=cal,
         )
     )
     assert json.loads(fast) == json.loads(slow)
