@@ -70,3 +70,25 @@ def csrf_of(client: TestClient, path: str = "/") -> str:
 
 def feed(ctx: Ctx, topic: str, payload: p.Payload, now: float | None = None) -> None:
     ctx.live.on_message(topic, p.encode(payload), time.time() if now is None else now)
+
+
+def week_lines(site: str, device: str, end: float, step_s: int = 60, days: int = 7) -> str:
+    """A week of PM10/PM2.5 as the sink stores it: 60-100 most of the time, a 30-minute
+    rise to ~135 four times a day and to ~210 once a day (so a threshold of 150 is
+    crossed daily and one of 120 four times as often)."""
+    from rules.sink.points import telemetry_line
+
+    lines = []
+    start = int(end - days * 86400) // step_s * step_s
+    for i, ts in enumerate(range(start, int(end), step_s)):
+        minute_of_day = (ts // 60) % 1440
+        pm10 = 70.0 + 20.0 * ((i * 7919) % 100) / 100.0
+        if minute_of_day % 360 < 30:
+            pm10 = 135.0
+        if 600 <= minute_of_day < 630:
+            pm10 = 210.0
+        msg = p.Telemetry(ts=ts * 1000, seq=i, values={"pm10": pm10, "pm25": pm10 * 0.45})
+        line = telemetry_line(site, device, msg)
+        assert line is not None
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -131,6 +131,7 @@ class _Edit:
         self.base = form.get("base", "")
         self.disk = _disk_text(ctx)
         self.conflict = ""
+        self.merged = dict(self.raw)  # on a conflict: the file now + this operator's edits
         if self.base != sha256(self.disk):
             old = ctx.store.version_by_sha(self.base)
             if old is None:
@@ -139,6 +140,7 @@ class _Edit:
                 self.conflict = rulesedit.diff(
                     old.text, self.disk, "the file when you opened the form", "the file now"
                 )
+            self.merged = _merge(self.raw, old.text if old else None, self.disk, rule_id)
         values, errors = rulesedit.parse_form(self.raw)
         self.errors: dict[str, list[str]] = {k: [v] for k, v in errors.items()}
         self.general: list[str] = []
@@ -165,7 +167,7 @@ class _Edit:
             request,
             auth,
             self.rule_id,
-            values=self.raw,
+            values=self.merged,
             base=self.base if not self.conflict else sha256(self.disk),
             errors=self.errors,
             general=self.general,
@@ -173,6 +175,19 @@ class _Edit:
             status=kw.pop("status", status),
             **kw,
         )
+
+
+def _merge(raw: dict[str, str], base_text: str | None, disk: str, rule_id: str) -> dict[str, str]:
+    """The form after a conflict: each field the operator changed from the version the
+    form was made from keeps their value; every other field shows the file now."""
+    try:
+        now = rulesedit.current_values(disk, rule_id)
+        base = rulesedit.current_values(base_text, rule_id) if base_text is not None else None
+    except rulesedit.EditError:
+        return dict(raw)
+    if base is None:
+        return now
+    return {k: (raw[k] if raw.get(k, "").strip() != base.get(k, "") else now[k]) for k in now}
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -192,7 +207,7 @@ async def preview(request: Request, auth: Auth) -> Response:
     site = rule_after.site[0]
     now = ctx.clock()
     start = now - PREVIEW_DAYS * 86400
-    result: dict[str, Any] = {"site": site, "days": PREVIEW_DAYS}
+    result: dict[str, Any] = {"site": site, "days": PREVIEW_DAYS, "error": ""}
     if ctx.config.influx is None:
         result["error"] = "no influx: in console.yaml; cannot replay"
     elif before is None:
