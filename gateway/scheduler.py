@@ -5,8 +5,9 @@ that owns its link. Each device has its own poll interval (phase-locked:
 the next poll is due one interval after the previous due time, so the rate
 does not drift with the bus's latency) and its own exponential backoff: a
 dead slave is retried at most once per backoff period and therefore costs
-the others at most one timeout per period. A device in backoff is *probed*:
-with its ``probe`` poll (one try, not the retry count), and a probe yields
+the others at most one timeout per period. A device in backoff, or not yet
+heard from since the start, is *probed*: with its ``probe`` poll (one try,
+not the retry count), and a probe in backoff yields
 once to the healthy polls that fall due while it may hold the bus (its
 ``probe_hold``), so it runs right after them instead of delaying them. The
 backoff can be resumed after a restart (``add_device(resume=...)``, wall
@@ -305,7 +306,10 @@ class BusScheduler:
 
     async def _poll(self, slot: DeviceSlot, due: float, loop: asyncio.AbstractEventLoop) -> None:
         slot.polls += 1
-        poll = slot.probe if slot.failures and slot.probe is not None else slot.poll
+        # not heard from since the start, or in backoff: one try (a dead unit listed in
+        # site.yaml would otherwise hold the bus for every retry at each start)
+        probing = slot.failures > 0 or slot.last_ok_wall is None
+        poll = slot.probe if probing and slot.probe is not None else slot.poll
         slot.yielded = False
         try:
             async with asyncio.timeout(slot.timeout):
@@ -333,8 +337,9 @@ class BusScheduler:
         slot.failures = 0
         slot.last_ok_wall = wall
         slot.last_error = None
-        # phase-locked: keep the rhythm, but never queue up missed polls
-        nxt = due + slot.interval
+        # phase-locked: keep the rhythm, but never queue up missed polls; the rhythm starts
+        # at the first poll (due 0.0: "at once")
+        nxt = due + slot.interval if due > 0.0 else now + slot.interval
         if nxt < now:
             nxt = now + slot.interval * 0.5 if now - due > slot.interval * 2 else nxt
             nxt = max(nxt, now)
