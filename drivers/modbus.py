@@ -5,7 +5,8 @@ word/byte order, scale, offset). Three pure functions work on them:
 
 - :func:`plan_reads` groups the fields into the fewest read requests per table, bridging gaps
   of at most ``max_gap`` unused registers and never exceeding ``max_registers_per_request``;
-- :func:`decode_field` turns register words (or coil bits) into ``raw * scale + offset``;
+- :func:`decode_field` turns register words (or coil bits) into ``raw * scale + offset``; a
+  float register holding NaN or +-inf decodes to NaN, never to a number (:func:`rejected`);
 - :func:`encode_field` does the reverse, for writes and for the simulators.
 
 Word/byte order names the byte sequence on the wire for a value whose big-endian bytes are
@@ -32,6 +33,7 @@ ValueType = Literal[
 ]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 Value = float | int | bool
+NAN = math.nan
 
 READ_FUNCTION: dict[str, int] = {
     "coil": pdu.READ_COILS,
@@ -234,10 +236,34 @@ def field_decoder(f: FieldSpec, start: int) -> Decoder:
                 words = _reorder(words, order)  # type: ignore[arg-type]
             return value_struct.unpack(words_struct.pack(*words))[0]  # type: ignore[no-any-return]
 
+    if code in ("f", "d"):
+        return _finite_or_nan(raw, f.scale, f.offset)
     if f.scale == 1.0 and f.offset == 0.0:
         return raw
     scale, offset = f.scale, f.offset
     return lambda block: round(raw(block) * scale + offset, 6)
+
+
+def _finite_or_nan(raw: Callable[[Block], int | float], scale: float, offset: float) -> Decoder:
+    """A float field's decoder: NaN or +-inf in the registers (a sensor's "no value", a
+    misread word order) or a value the scale overflows is never a reading: it decodes to NaN,
+    the one marker callers must treat as a rejected value (see :func:`rejected`)."""
+    plain = scale == 1.0 and offset == 0.0
+
+    def decode(block: Block) -> float:
+        value = raw(block)
+        if not plain:
+            value = value * scale + offset
+        if value - value != 0.0:  # inf - inf and nan - nan are nan; any finite x - x is 0
+            return NAN
+        return value if plain else round(value, 6)
+
+    return decode
+
+
+def rejected(values: dict[str, Value]) -> list[str]:
+    """Names of the decoded values that are the NaN marker (non-finite float registers)."""
+    return [name for name, v in values.items() if v != v]
 
 
 def decode_field(f: FieldSpec, block: Block, start: int) -> Value:

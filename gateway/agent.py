@@ -81,7 +81,13 @@ class Agent:
         self.backoff = BackoffStore(path.with_name(BACKOFF_FILE))
         # commands_refused: refusals no actuator counts (unknown actuator, bad topic);
         # commands_bad: malformed payloads (also refused, and counted by their actuator)
-        self.counters = {"commands_refused": 0, "commands_bad": 0, "readings": 0, "poll_errors": 0}
+        self.counters = {
+            "commands_refused": 0,
+            "commands_bad": 0,
+            "readings": 0,
+            "poll_errors": 0,
+            "values_rejected": 0,  # non-finite values (float registers holding NaN/inf)
+        }
         self.buses: dict[str, BusScheduler] = {}
         self._devices: dict[str, ModbusDevice | UartDevice] = {}
         self._models: dict[str, str] = {}
@@ -256,7 +262,9 @@ class Agent:
                 self._names_ok[device_id] = values.keys()
         if all(math.isfinite(v) for v in values.values()):
             return values, None
+        # a float register's NaN/inf (drivers.modbus decodes it to NaN): never a value
         flags = {k: p.Status.FAULT for k, v in values.items() if not math.isfinite(v)}
+        self.counters["values_rejected"] += len(flags)
         return {k: v for k, v in values.items() if k not in flags}, flags
 
     # ------------------------------------------------------------ commands

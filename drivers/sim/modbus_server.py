@@ -28,9 +28,9 @@ import contextlib
 import os
 import termios
 import tty
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from drivers import modbus_pdu as pdu
@@ -42,12 +42,17 @@ FaultMode = Literal["silent", "bad_crc", "wrong_slave", "truncated", "garbage", 
 
 @dataclass
 class Faults:
-    """Misbehaviour for the next ``count`` replies (``count=None``: until cleared)."""
+    """Misbehaviour for the next ``count`` replies (``count=None``: until cleared); or, ahead
+    of that, one entry of ``script`` per reply: a mode, None (a good reply) or raw bytes
+    sent on the line instead of the reply (RTU)."""
 
     mode: FaultMode | None = None
     count: int | None = None
+    script: deque[FaultMode | bytes | None] = field(default_factory=deque)
 
-    def take(self) -> FaultMode | None:
+    def take(self) -> FaultMode | bytes | None:
+        if self.script:
+            return self.script.popleft()
         if self.mode is None:
             return None
         mode = self.mode
@@ -58,8 +63,10 @@ class Faults:
         return mode
 
 
-def apply_rtu_fault(mode: FaultMode | None, unit: int, reply_pdu: bytes) -> bytes | None:
+def apply_rtu_fault(mode: FaultMode | bytes | None, unit: int, reply_pdu: bytes) -> bytes | None:
     """The RTU bytes to send for ``reply_pdu`` under fault ``mode`` (None: stay silent)."""
+    if isinstance(mode, bytes):
+        return mode
     if mode == "silent":
         return None
     if mode == "exception":
@@ -274,6 +281,8 @@ class TcpServer(_Units):
         self.requests += 1
         reply = handle_request(unit, request, now)
         mode = self.faults.take()
+        if isinstance(mode, bytes):
+            return mode  # raw bytes instead of the reply
         if mode == "silent":
             return None
         if mode == "exception":

@@ -212,3 +212,45 @@ def test_planner_bridges_small_gaps_only() -> None:
         ("holding", 40, 1),
         ("input", 0, 1),
     ]
+
+
+@given(
+    kind=st.sampled_from(["float32", "float64"]),
+    order=st.sampled_from(ORDERS),
+    words=st.lists(st.integers(0, 0xFFFF), min_size=4, max_size=4),
+    scale=st.sampled_from([1.0, 0.1, 10.0, 1e300, -2.5]),
+    offset=st.sampled_from([0.0, -40.0, 1e308]),
+)
+def test_float_registers_never_decode_to_a_non_finite_number(
+    kind: str, order: str, words: list[int], scale: float, offset: float
+) -> None:
+    """NaN/+-inf in the registers, or a value the scale overflows, decode to the NaN marker
+    (and :func:`rejected` names it); everything else to the finite ``raw * scale + offset``."""
+    from drivers.modbus import rejected
+
+    f = FieldSpec(name="x", address=0, type=kind, order=order, scale=scale, offset=offset)  # type: ignore[arg-type]
+    n = 2 if kind == "float32" else 4
+    value = decode_field(f, words[:n], 0)
+    assert isinstance(value, float)
+    assert not math.isinf(value)
+    wire = (
+        [(w >> 8) | (w & 0xFF) << 8 for w in words[:n]] if order in ("BADC", "DCBA") else words[:n]
+    )
+    if order in ("CDAB", "DCBA"):
+        wire = wire[::-1]
+    raw = struct.unpack(">f" if n == 2 else ">d", struct.pack(f">{n}H", *wire))[0]
+    expected = raw if scale == 1.0 and offset == 0.0 else raw * scale + offset
+    if math.isfinite(expected):
+        assert value == (expected if scale == 1.0 and offset == 0.0 else round(expected, 6))
+        assert rejected({"x": value}) == []
+    else:
+        assert math.isnan(value) and rejected({"x": value, "y": 1.0}) == ["x"]
+
+
+def test_nan_and_inf_registers_are_rejected_not_values() -> None:
+    from drivers.modbus import rejected
+
+    f = FieldSpec(name="pm10", address=0, type="float32")
+    for special in (math.nan, math.inf, -math.inf):
+        words = list(struct.unpack(">2H", struct.pack(">f", special)))
+        assert rejected({"pm10": decode_field(f, words, 0)}) == ["pm10"]

@@ -1,0 +1,182 @@
+"""Fuzz the Modbus door: hostile replies from a simulated slave into the agent's bus.
+
+The agent (built from a site config, its real bus scheduler, Modbus client and outbox; no
+broker needed for this door) polls a dust station on a pty. Hypothesis scripts what the
+simulator sends back to each request: a good reply, garbage bytes, a truncated frame, a bad
+CRC, another unit's address, a Modbus exception, silence, or arbitrary bytes. Whatever it
+sends: no traceback is logged, the bus task lives on, every stored reading is either the
+station's true values with status ok or a comm_error with no values, and every refusal is
+counted (poll errors = comm_error readings, each bad reply one of them). Bounded for CI: a
+dozen scripts of up to five replies at 115200 baud on a pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drivers import modbus_pdu as pdu
+from drivers.profiles import resolve_profile
+from drivers.sim.modbus_server import RtuPtyServer
+from drivers.sim.units import ProfileUnit
+from gateway.agent import Agent
+from gateway.backoff import Backoff
+from gateway.config import SiteConfig
+
+TRUTH = {"wind_speed": 3.4, "wind_force": 3, "wind_sector": 5, "wind_dir": 225, "rh": 61.2,
+         "temp": -2.5, "noise": 71.3, "pm25": 48, "pm10": 133, "pressure": 1009}  # fmt: skip
+SPEC = resolve_profile("dust-station")
+
+
+def _valid_reply() -> bytes:
+    unit = ProfileUnit(SPEC, lambda: TRUTH)
+    from drivers.sim.units import handle_request
+
+    request = SPEC.plan()[0].pdu
+    return pdu.build_rtu(1, handle_request(unit, request, 0.0))
+
+
+VALID = _valid_reply()
+replies = st.one_of(
+    st.none(),  # a good reply
+    st.sampled_from(["garbage", "truncated", "bad_crc", "wrong_slave", "exception", "silent"]),
+    st.binary(min_size=1, max_size=40),  # whatever is on the line
+    # a good frame with a byte changed, or cut, or with noise in front
+    st.tuples(st.integers(0, len(VALID) - 1), st.integers(1, 255)).map(
+        lambda e: VALID[: e[0]] + bytes([VALID[e[0]] ^ e[1]]) + VALID[e[0] + 1 :]
+    ),
+    st.integers(1, len(VALID) - 1).map(lambda n: VALID[:n]),
+    st.binary(min_size=1, max_size=6).map(lambda noise: noise + VALID),
+)
+
+
+def _agent(tmp: Path, port: str, overrides: dict[str, object] | None = None) -> Agent:
+    site = SiteConfig.model_validate(
+        {
+            "site": "fuzz",
+            "buses": [{"id": "rs485", "type": "rtu", "port": port, "baudrate": 115200}],
+            "devices": [
+                {
+                    "id": "station",
+                    "bus": "rs485",
+                    "profile": "dust-station",
+                    "interval": 0.05,
+                    "overrides": {"timeout": 0.25, "retries": 0, **(overrides or {})},
+                }
+            ],
+            "outbox": {"path": str(tmp / "outbox.db"), "commit_interval": 0.05},
+        }
+    )
+    agent = Agent(site, base_dir=tmp)
+    # the backoff of a failed device is not what is under test here: keep the pace
+    agent.buses["rs485"].device_backoff = Backoff(base=0.05, maximum=0.05, jitter=0.0)
+    return agent
+
+
+def _take_stored(agent: Agent, into: list[dict[str, object]]) -> int:
+    """Move the readings committed since the last call into ``into``; returns its length."""
+    agent.outbox.commit(0.0)
+    rows = agent.outbox.pending_for_publish(1000)
+    into += [json.loads(r.payload) for r in rows if r.topic.endswith("/telemetry")]
+    return len(into)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(script=st.lists(replies, min_size=1, max_size=5))
+def test_hostile_replies_never_become_good_readings(
+    tmp_path_factory: pytest.TempPathFactory,
+    caplog: pytest.LogCaptureFixture,
+    script: list[str | bytes | None],
+) -> None:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    caplog.clear()
+
+    async def run() -> tuple[list[dict[str, object]], int, bool]:
+        server = RtuPtyServer([ProfileUnit(SPEC, lambda: TRUTH)])
+        agent = _agent(tmp, await server.start())
+        server.faults.script.extend(script)  # type: ignore[arg-type]
+        bus = agent.buses["rs485"]
+        task = asyncio.create_task(bus.run())
+        stored: list[dict[str, object]] = []
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            # every scripted reply used, and one good poll after them
+            while _take_stored(agent, stored) < len(script) + 1 and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            alive = not task.done()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await server.stop()
+        _take_stored(agent, stored)
+        errors = agent.counters["poll_errors"]
+        agent.outbox.close()
+        return stored, errors, alive
+
+    with caplog.at_level(logging.WARNING):
+        stored, errors, alive = asyncio.run(run())
+    assert alive, "the bus task ended"
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert len(stored) >= len(script) + 1, f"{len(stored)} readings for {len(script)} replies"
+    bad = 0
+    for reading in stored:
+        if reading["status"] == "ok":
+            assert reading["values"] == pytest.approx(TRUTH), f"{reading} stored as good"
+        else:
+            assert reading["status"] == "comm_error" and reading["values"] == {}
+            bad += 1
+    assert errors == bad  # each refusal counted
+    # a scripted reply that is not the valid frame is refused (and a good one is not)
+    must_fail = sum(1 for s in script if s is not None and s != VALID)
+    assert bad >= must_fail
+
+
+@pytest.mark.parametrize("special", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_float_register_is_flagged_and_counted(tmp_path: Path, special: float) -> None:
+    """A float32 register holding NaN/inf: that metric is flagged fault and left out, the
+    others stay good, the refusal is counted (never a value, never a dead reading)."""
+    overrides = {"fields": {"pm10": {"type": "float32"}, "pressure": None}}
+    spec = resolve_profile("dust-station", overrides)
+    truth = {**TRUTH, "pm10": special}
+
+    async def run() -> tuple[list[dict[str, object]], int]:
+        server = RtuPtyServer([ProfileUnit(spec, lambda: truth)])
+        agent = _agent(tmp_path, await server.start(), overrides)
+        task = asyncio.create_task(agent.buses["rs485"].run())
+        stored: list[dict[str, object]] = []
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while _take_stored(agent, stored) < 2 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await server.stop()
+        rejected = agent.counters["values_rejected"]
+        agent.outbox.close()
+        return stored, rejected
+
+    stored, rejected = asyncio.run(run())
+    assert len(stored) >= 2
+    for reading in stored:
+        assert reading["status"] == "ok"
+        assert reading["flags"] == {"pm10": "fault"}
+        values = reading["values"]
+        assert isinstance(values, dict) and "pm10" not in values
+        assert values["pm25"] == 48
+    assert rejected == len(stored)
