@@ -34,7 +34,7 @@ from gateway.configfile import (
     load,
     parse_duration,
 )
-from gateway.protocol import ID_PATTERN, METRIC_PATTERN, Status
+from gateway.protocol import ID_PATTERN, METRIC_PATTERN, Status, TagText
 from gateway.uplinks.hj212_settings import Hj212Settings, uplink_key
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class _DeviceBase(StrictModel):
     interval: Annotated[float, BeforeValidator(parse_duration), Field(ge=0.05)] = 10.0
     quality: Quality = Field(default_factory=Quality)
     enabled: bool = True
-    model: str | None = None  # InfluxDB tag; defaults to the profile or driver name
+    model: TagText | None = None  # InfluxDB tag; defaults to the profile or driver name
     # metric -> its calibration against a reference monitor (also from calibration_file)
     calibration: Calibrations = Field(default_factory=dict)
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from gateway.configfile import Duration, MqttSettings, StrictModel, load
+from rules.core.limits import DEFAULT_LIMITS, Bounds, LimitsSection, limit_table
 from rules.core.model import Id, Rule
 from rules.sink.settings import InfluxSettings
 
@@ -125,6 +126,8 @@ class RulesFile(StrictModel):
     sites: list[Id] | None = None  # None: serve every site that has rules
     actuators: Actuators = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
+    # plausibility limits per metric over the defaults (rules.core.limits)
+    limits: LimitsSection = Field(default_factory=dict)
     notifiers: dict[Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")], Notifier] = Field(
         default_factory=dict
     )
@@ -146,6 +149,11 @@ class RulesFile(StrictModel):
             if limits:
                 rule.actions.max_on = min(limits)
         return self
+
+    @property
+    def limit_table(self) -> dict[str, Bounds]:
+        """metric -> (min, max): the default limits with ``limits:`` applied."""
+        return limit_table(self.limits)
 
     @property
     def actuator_list(self) -> list[ActuatorEntry]:
@@ -261,6 +269,30 @@ def check_references(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
     return issues
 
 
+def check_limits(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """``limits:`` bounds that cross once the defaults fill in the bound not given."""
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    limits = data.get("limits") if isinstance(data, dict) else None
+    if not isinstance(limits, dict):
+        return issues
+    for metric, spec in limits.items():
+        default = DEFAULT_LIMITS.get(str(metric))
+        if default is None or not isinstance(spec, dict) or ("min" in spec and "max" in spec):
+            continue  # both given: the model checks them
+        lo = spec.get("min", default[0]) if "min" in spec else default[0]
+        hi = spec.get("max", default[1]) if "max" in spec else default[1]
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and not lo < hi:
+            which = "max" if "max" in spec else "min"
+            issues.append(
+                (
+                    ("limits", str(metric), which),
+                    f"min {lo:g} must be below max {hi:g} (the default {metric} limits "
+                    f"are {default[0]:g}..{default[1]:g})",
+                )
+            )
+    return issues
+
+
 def load_rules_file(
     path: Path | str, text: str | None = None, context: dict[str, Any] | None = None
 ) -> RulesFile:
@@ -268,7 +300,9 @@ def load_rules_file(
 
     Relative paths in it are resolved against the directory of ``path``.
     """
-    rf = load(RulesFile, path, ref_checks=[check_references], text=text, context=context)
+    rf = load(
+        RulesFile, path, ref_checks=[check_references, check_limits], text=text, context=context
+    )
     return resolve_paths(rf, Path(path).parent)
 
 

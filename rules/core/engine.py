@@ -13,10 +13,13 @@ same engine over history.
   ``engine.counters``: another site than the served ones (``other_site``;
   served = ``sites:`` plus any site a rule reads, e.g. the county station), a
   device no rule reads (``unknown_device``), a reading not newer than the
-  previous one of the device (``duplicate`` / ``out_of_order``), negative
-  particulate values (``negative_value``: treated as a bad reading, so the
-  series is unknown until a good one arrives). ``ingest_values`` is the same
-  without a pydantic model (the replay hot path).
+  previous one of the device (``duplicate`` / ``out_of_order``). A value
+  outside its metric's plausibility limits (:mod:`rules.core.limits`:
+  ``non_finite``, ``below_limit``, ``over_limit``) is left out of every
+  window and rule, as if the reading lacked that metric: one absurd value
+  neither poisons an aggregate nor makes a running rule's data unknown, and a
+  sensor that sends nothing plausible goes stale. ``ingest_values`` is the
+  same without a pydantic model (the replay hot path).
 - ``tick(now)`` evaluates every rule (timers: ``for``, cooldown, staleness,
   lease renewal) and expires overrides; call it about once a second.
 - Arbitration: an actuator is on while any active rule or an ON override
@@ -70,6 +73,7 @@ from rules.core.evaluator import (
     steady_code,
     transition,
 )
+from rules.core.limits import NO_BOUNDS, verdict
 from rules.core.model import Rule
 from rules.core.window import DeviceTrack, Series
 
@@ -327,6 +331,7 @@ class Engine:
             track = self._tracks.setdefault((site, dev), DeviceTrack(*self._stale))
             track.configure(*self._stale)
         by_device: dict[tuple[str, str], tuple[DeviceTrack, list[Any]]] = {}
+        self.limits = limits = rf.limit_table
         for (site, dev, metric), lengths in needs.items():
             series = self._series.get((site, dev, metric))
             if series is None:
@@ -334,8 +339,9 @@ class Engine:
             for length, kinds in lengths.items():
                 series.window(length, kinds)
             _, metrics = by_device.setdefault((site, dev), (self._tracks[(site, dev)], []))
+            lo, hi = limits.get(metric, NO_BOUNDS)
             metrics.append((metric, series, [w.appender() for w in series.windows.values()],
-                            metric in PARTICULATES))  # fmt: skip
+                            lo, hi))  # fmt: skip
         self._by_device = by_device
         sources: dict[_SeriesRef, _Source] = {}
 
@@ -470,11 +476,11 @@ class Engine:
                 return []
             self._n_readings += 1  # also the data generation: memoised shared values are stale
             clean = flags is None and status == "ok"
-            for metric, series, appends, particulate in metrics:
+            for metric, series, appends, lo, hi in metrics:
                 value = values.get(metric)
                 if value is None:
                     continue
-                if clean and not (particulate and value < 0):
+                if clean and lo <= value <= hi:  # also False for NaN
                     # the hot path: Series.add inlined
                     series.last_ts = ts
                     series.last_ok_ts = ts
@@ -483,9 +489,10 @@ class Engine:
                         append(ts, value)
                     continue
                 ok = flags.get(metric, status) == "ok" if flags is not None else status == "ok"
-                if particulate and value < 0:
-                    counts["negative_value"] += 1
-                    ok = False
+                if not lo <= value <= hi:
+                    counts[verdict(value, (lo, hi)) or "over_limit"] += 1
+                    if ok:
+                        continue  # left out, as if the reading lacked the metric
                 elif not ok:
                     counts["bad_status"] += 1
                 series.add(ts, value, ok)

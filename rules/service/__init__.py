@@ -22,13 +22,18 @@ is the imperative shell around it:
   broker is away, commands and events are dropped and counted (a late
   command is worse than none: leases run out on the agent by themselves).
 - **Bad input** never crashes or sprays: undecodable payloads and topics
-  (``decode_errors``), readings stamped more than ``max_future_s`` ahead of
-  our clock (``future_ts``: one such reading would otherwise make every
-  later, correct reading of that device look out of order), telemetry for a
-  site we do not serve (``other_site``, not stored either); the engine
-  itself drops duplicates / out-of-order readings and marks negative
-  particulates bad (stored with ``<metric>_flag=fault``). Readings of devices
-  no rule reads are still stored.
+  (``decode_errors``, and ``refused_<reason>`` per
+  ``gateway.protocol.REFUSAL_REASONS``: a wrong JSON type, a non-finite or
+  out-of-range number, a string InfluxDB could not store as it is ...),
+  readings stamped more than ``max_future_s`` ahead of our clock
+  (``future_ts``: one such reading would otherwise make every later, correct
+  reading of that device look out of order), telemetry for a site we do not
+  serve (``other_site``, not stored either); the engine itself drops
+  duplicates / out-of-order readings and leaves values outside their
+  plausibility limits (``rules.core.limits``) out of its windows; those are
+  stored flagged (``<metric>_flag=over_range`` over the upper limit, HJ 212
+  ``T``, else ``fault``; counted as ``stored_<flag>``). Readings of devices no
+  rule reads are still stored.
 - **Timers**: ``engine.tick(now)`` every ``tick_interval`` (1 s).
 - **Session end** (stop, resubscribe, lost connection): paho acknowledged
   every message it queued, so the broker will not send those again; after
@@ -113,7 +118,6 @@ from gateway.configfile import ConfigError
 from gateway.mqttclient import Inbox, make_client
 from rules.core.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
 from rules.core.engine import (
-    PARTICULATES,
     Action,
     DeviceIngest,
     EmitEvent,
@@ -123,6 +127,7 @@ from rules.core.engine import (
     SwitchOff,
     rule_digest,
 )
+from rules.core.limits import outside
 from rules.service.notify import Message, Notifier
 from rules.service.override import (
     EVENT_APPLIED,
@@ -558,6 +563,7 @@ class RulesService:
             where = self._telemetry_topic(topic)
             if where is None:
                 self.counters["decode_errors"] += 1
+                self.counters["refused_topic"] += 1
                 self._warn("topic", now, "ignored message on malformed topic %r", topic[:200])
                 return []
         return self._telemetry_message(where, payload, now, evaluate)
@@ -573,6 +579,7 @@ class RulesService:
             msg = p.decode(p.Telemetry, payload)
         except p.ProtocolError as exc:
             self.counters["decode_errors"] += 1
+            self.counters[f"refused_{exc.reason}"] += 1
             self._warn(
                 "telemetry",
                 now,
@@ -594,6 +601,7 @@ class RulesService:
             raise p.ProtocolError(f"unexpected topic {topic!r}")
         except p.ProtocolError as exc:
             self.counters["decode_errors"] += 1
+            self.counters[f"refused_{exc.reason}"] += 1
             self._warn("other", now, "dropped message on %s: %s", topic[:200], exc)
             return []
 
@@ -641,12 +649,9 @@ class RulesService:
         sink = self.sink
         if sink is not None:
             stored = msg
-            bad = [m for m, v in msg.values.items() if v < 0 and m in PARTICULATES]
-            if bad:
-                marked = dict(msg.flags or {})
-                for m in bad:
-                    marked[m] = p.Status.FAULT
-                stored = msg.model_copy(update={"flags": marked})
+            marks = outside(msg.values, self._engine.limits)  # implausible: stored flagged
+            if marks:
+                stored = self._flagged(msg, marks)
             sink.add(telemetry_line(site, device, stored))
         flags = msg.flags
         status = "ok" if msg.status is _OK else msg.status.value
@@ -658,6 +663,15 @@ class RulesService:
                 site, device, msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate
             )
         return self.apply(actions, now) if actions else []
+
+    def _flagged(self, msg: p.Telemetry, marks: dict[str, p.Status]) -> p.Telemetry:
+        """``msg`` with its implausible values flagged (where the gateway said ok)."""
+        flags = dict(msg.flags or {})
+        for m, flag in marks.items():
+            if msg.metric_status(m) is _OK:
+                flags[m] = flag
+                self.counters[f"stored_{flag.value}"] += 1
+        return msg.model_copy(update={"flags": flags})
 
     def _other(self, t: p.Topic, payload: bytes, now: float) -> list[Publish]:
         sink = self.sink
@@ -911,6 +925,12 @@ class RulesService:
             "reloads": int(self.counters["reloads"]),
             "reload_errors": int(self.counters["reload_errors"]),
         }
+        # why readings and messages were refused or left out (gateway.protocol, rules.core.limits)
+        for k, v in self.counters.items():
+            if k.startswith(("refused_", "stored_")):
+                fields[k] = int(v)
+        for k in ("non_finite", "below_limit", "over_limit"):
+            fields[f"engine_{k}"] = int(ec[k])
         for k in ("sent", "failed", "suppressed", "dropped_full"):
             fields[f"notify_{k}"] = int(self.notifier.counters[k])
         counters = getattr(getattr(self.sink, "counters", None), "as_dict", None)
@@ -938,7 +958,8 @@ class RulesService:
             f"{ec['readings']} readings, {self.counters['decode_errors']} decode errors, "
             f"{self.dropped()} dropped (dup {ec['duplicate']}, out of order "
             f"{ec['out_of_order']}, other site {self.counters['other_site']}, future "
-            f"{self.counters['future_ts']}), {ec['negative_value']} negative, "
+            f"{self.counters['future_ts']}), {ec['below_limit'] + ec['over_limit']} "
+            f"implausible, {ec['non_finite']} non-finite, "
             f"{ec['unknown_device']} from devices no rule reads, "
             f"{self.counters['commands_sent']} commands, {self.counters['events_sent']} events"
         )

@@ -24,7 +24,12 @@ statuses = st.sampled_from(list(p.Status))
     values=st.dictionaries(metric, finite, max_size=64),
     status=statuses,
     flags=st.none() | st.dictionaries(metric, statuses, min_size=1, max_size=8),
-    model=st.none() | st.text(max_size=64),
+    model=st.none()
+    | st.text(
+        st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"),
+        min_size=1,
+        max_size=64,
+    ),
     interval_s=st.none() | st.floats(0.05, 366 * 86400),
     cal=st.none()
     | st.dictionaries(metric, st.tuples(st.floats(1e-6, 1e6), finite), min_size=1, max_size=8),

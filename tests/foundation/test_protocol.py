@@ -17,6 +17,12 @@ metric = st.from_regex(r"[a-z0-9_]{1,12}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 ts = st.integers(min_value=0, max_value=10**13 - 1)
 text = st.text(max_size=50)
+# what can be an InfluxDB tag value as it is: printable, no backslash
+tag_text = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"),
+    min_size=1,
+    max_size=20,
+)
 
 telemetry = st.builds(
     p.Telemetry,
@@ -25,7 +31,7 @@ telemetry = st.builds(
     values=st.dictionaries(metric, finite, max_size=12),
     status=st.sampled_from(list(p.Status)),
     flags=st.none() | st.dictionaries(metric, st.sampled_from(list(p.Status)), max_size=3),
-    model=st.none() | st.text(max_size=20),
+    model=st.none() | tag_text,
 )
 health = st.builds(
     p.DeviceHealth,
@@ -212,3 +218,99 @@ def test_metric_status_falls_back_to_device_status() -> None:
     assert t.metric_status("pm10") is p.Status.OK
     assert t.metric_status("noise") is p.Status.OVER_RANGE
     assert not math.isnan(t.values["pm10"])
+
+
+# ------------------------------------------------------------ the strict contract
+
+
+def _telemetry_doc(**changes: object) -> bytes:
+    doc: dict[str, object] = {"ts": 1700000000000, "seq": 1, "values": {"pm10": 88.0}}
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # the issue's cases: coerced, then stored as good readings
+        (_telemetry_doc(values={"pm10": True}), "type"),
+        (_telemetry_doc(values={"pm10": "777.5"}), "type"),
+        # beyond int64: a traceback per reading in the sink
+        (_telemetry_doc(seq=10**30), "range"),
+        (_telemetry_doc(seq=2**63), "range"),
+        (_telemetry_doc(seq=1.0), "type"),
+        (_telemetry_doc(seq=True), "type"),
+        (_telemetry_doc(ts="1700000000000"), "type"),
+        # InfluxDB 1.x refuses the line ("invalid tag format"): dead-lettered
+        (_telemetry_doc(model="ab\\"), "string"),
+        (_telemetry_doc(model="a\\b"), "string"),
+        (_telemetry_doc(model="a\nb"), "string"),
+        (_telemetry_doc(model=""), "string"),
+        (b'{"ts": 1, "seq": 1, "values": {"pm10": NaN}}', "non_finite"),
+        (b'{"ts": 1, "seq": 1, "values": {"pm10": -Infinity}}', "non_finite"),
+        (b'{"ts": 1, "seq": 1, "values": {"pm10": 1e400}}', "non_finite"),
+        (b'{"ts": 1, "seq": 1, "values": {"pm10": 1' + b"0" * 400 + b"}}", "non_finite"),
+        (b'{"ts": 1, "seq": 1, "values": {"pm10": 1}, "x": 1}', "schema"),
+        (b'{"ts": 1, "seq": 1, "values": {"pm10": 1}', "json"),
+        (b" " * (p.MAX_PAYLOAD + 1), "size"),
+    ],
+)
+def test_refusals_name_their_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(p.Telemetry, raw)
+    assert info.value.reason == reason
+    assert reason in p.REFUSAL_REASONS
+
+
+def test_the_largest_values_that_fit_are_taken() -> None:
+    t = p.decode(p.Telemetry, _telemetry_doc(seq=2**63 - 1, values={"pm10": 1.7e308, "rh": 5}))
+    assert (t.seq, t.values) == (2**63 - 1, {"pm10": 1.7e308, "rh": 5.0})
+    assert isinstance(t.values["rh"], float)
+    assert p.decode(p.Telemetry, _telemetry_doc(model='SDS011 v1.2, "a=b" é')).model
+
+
+@pytest.mark.parametrize(
+    ("model", "raw"),
+    [
+        (p.Event, b'{"ts": 1, "kind": "x", "text": "two\\nlines"}'),
+        (p.ActuatorState, b'{"state": "on", "since": 1, "source": "rule", "reason": "a\\rb"}'),
+        (p.Ack, b'{"cmd_id": "c", "accepted": 1, "ts": 1}'),
+        (p.Command, b'{"id": "c", "action": "on", "lease_s": "60"}'),
+        (p.GatewayStatus, b'{"state": "online", "ts": 1, "backlog": 9007199254740992}'),
+        (p.OverrideRequest, b'{"id": "r", "mode": "on", "for_s": true, "who": "a", "ts": 1}'),
+    ],
+)
+def test_every_payload_is_strict(model: type[p.Payload], raw: bytes) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.decode(model, raw)
+
+
+def test_our_own_texts_have_control_characters_replaced() -> None:
+    """Built in Python (our events), a newline becomes a space; decoded, it is refused."""
+    ev = p.Event(ts=1, kind="reload_error", text="2 errors:\nline 3\tbad")
+    assert ev.text == "2 errors: line 3 bad"
+    assert p.decode(p.Event, p.encode(ev)) == ev
+
+
+wrong_numbers = st.one_of(
+    st.booleans(),
+    st.text(max_size=8),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+    st.just("NaN"),
+)
+
+
+@settings(max_examples=200)
+@given(telemetry, st.sampled_from(["ts", "seq", "value"]), wrong_numbers)
+def test_a_number_of_any_other_json_type_is_refused(
+    t: p.Telemetry, where: str, wrong: object
+) -> None:
+    doc = json.loads(p.encode(t))
+    if where == "value":
+        doc["values"] = {**doc["values"], "pm10": wrong}
+    else:
+        doc[where] = wrong
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(p.Telemetry, json.dumps(doc).encode())
+    assert info.value.reason == "type"

@@ -92,12 +92,14 @@ def test_ingest_drops_and_counts_bad_readings() -> None:
     feed(eng, 0.5, pm10=50.0)  # out of order
     feed(eng, 2.0, site="site-02", pm10=50.0)  # not served
     feed(eng, 2.0, device="mystery", pm10=50.0)  # no rule reads it
-    feed(eng, 3.0, pm10=-5.0)  # negative particulate: bad reading
+    feed(eng, 3.0, pm10=-5.0)  # negative particulate: implausible, left out
     c = eng.counters
     assert c["readings"] == 2
     assert (c["duplicate"], c["out_of_order"], c["other_site"], c["unknown_device"]) == (1, 1, 1, 1)
-    assert c["negative_value"] == 1
-    assert eng.last_values.get(("pm10", "site-01")) is None  # latest pm10 was bad -> unknown
+    assert c["below_limit"] == 1
+    eng.tick(3.0)
+    # as if the reading lacked pm10: the value is still the one good reading's
+    assert eng.last_values.get(("pm10", "site-01")) == 50.0
 
 
 def test_rule_runs_through_ingest_and_tick_with_renewals_and_explicit_off() -> None:

@@ -526,5 +526,5 @@ def test_replay_fast_paths_give_the_same_statistics_and_actions(
     assert st["any2"]["triggers"] > 0 and st["rel"]["triggers"] > 0 and st["maxb"]["triggers"] > 0
     assert st["any2"]["blocked_min"] > 0
     assert len({r for s in st.values() for r in s["stops"]}) >= 3, st
-    assert {"duplicate", "negative_value", "bad_status", "unknown_device"} <= set(fast["counters"])
+    assert {"duplicate", "below_limit", "bad_status", "unknown_device"} <= set(fast["counters"])
     assert fast["csv"]["bad_rows"] > 20

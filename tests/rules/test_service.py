@@ -162,10 +162,11 @@ def test_negative_particulates_never_spray_and_are_stored_flagged(tmp_path: Path
     pubs = svc.on_message(TOPIC, telemetry(-300, T0, 1), T0)
     pubs += svc.on_tick(T0 + 1)
     assert commands(pubs) == []
-    assert svc.engine.counters["negative_value"] == 1
+    assert svc.engine.counters["below_limit"] == 1
     (pt,) = sink.points("telemetry")
     assert pt.fields["pm10"] == -300.0 and pt.tags["pm10_flag"] == "fault"
     assert pt.tags["quality"] == "fault"  # not a valid reading
+    assert svc.counters["stored_fault"] == 1
 
 
 def test_duplicates_out_of_order_other_site_future_are_dropped(tmp_path: Path) -> None:

@@ -145,7 +145,8 @@ def test_event_schema():
     p = parse_line(event_line("s", ev))
     assert p.measurement == "rule_event" and p.ts_ms == 7000
     assert p.tags == {"site": "s", "kind": "rule_on", "severity": "warning", "rule": "pm10-gate"}
-    assert p.fields == {"text": 'PM10 "high", spraying\nnow'}
+    # a newline cannot be stored as one by InfluxDB 1.x: our own texts have it as a space
+    assert p.fields == {"text": 'PM10 "high", spraying now'}
 
 
 def test_gateway_and_engine_schema():
