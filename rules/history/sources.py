@@ -341,7 +341,10 @@ def _influx_rows(series: dict[str, Any]) -> Iterator[Reading]:
     i_site = cols.index("site") if "site" in cols else None
     i_dev = cols.index("device") if "device" in cols else None
     i_status = cols.index("status") if "status" in cols else None
-    metrics = [(i, c) for i, c in enumerate(cols) if c not in NON_METRIC_COLUMNS]
+    metrics = [
+        (i, c) for i, c in enumerate(cols)
+        if c not in NON_METRIC_COLUMNS and not c.endswith("_raw")  # a calibrated metric's raw
+    ]  # fmt: skip
     flag_cols = [(i, c[: -len("_flag")]) for i, c in enumerate(cols) if c.endswith("_flag")]
     for row in series.get("values", []):
         site = row[i_site] if i_site is not None else tags.get("site")

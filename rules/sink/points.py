@@ -5,9 +5,9 @@ measurement     tags                                       fields
 ==============  ==========================================  ========================================
 ``telemetry``   site, device, model (if known),            one float per metric (``pm10`` ...),
                 ``status`` (the reading's), ``quality``    ``seq`` (int), ``interval_s`` (float:
-                (``ok`` or the worst cause), and           the device's read interval, where known)
-                ``<metric>_flag`` where a metric's
-                quality differs from ``status``
+                (``ok`` or the worst cause), and           the device's read interval, where known),
+                ``<metric>_flag`` where a metric's         ``<metric>_raw`` (float) for a calibrated
+                quality differs from ``status``            metric: what the device reported
 ``actuator``    site, actuator, source                     ``on`` (int 0/1), ``cmd_id`` (str),
                                                            ``reason`` (str), ``lease_until`` (ms),
                                                            ``readback_ok`` (int 0/1)
@@ -43,12 +43,16 @@ Field types never vary (InfluxDB rejects a field whose type changes): metric
 values are always written as floats even if a sensor sent an integer, counters
 always as integers.  A metric whose name collides with a field or tag of
 ours (``status``, ``seq``, ``interval_s``, ``site``, ``device``, ``model``,
-``quality``, ``time``, or ending in ``_flag``) is written as ``<name>_value``.
+``quality``, ``time``, or ending in ``_flag`` or ``_raw``) is written as
+``<name>_value``.  A calibrated metric (telemetry ``cal``) also stores its raw
+value, ``(value - offset) / scale``, so a later co-location fit can start
+from what the sensor itself said.
 Grafana dashboards and ``dustgate report`` depend on these names.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -70,7 +74,7 @@ OFFLINE_STATES = frozenset({"offline", "backoff"})
 
 def metric_field(metric: str) -> str:
     """The field name a metric is stored under (itself unless it collides)."""
-    if metric in _RESERVED_TELEMETRY_FIELDS or metric.endswith("_flag"):
+    if metric in _RESERVED_TELEMETRY_FIELDS or metric.endswith(("_flag", "_raw")):
         return f"{metric}_value"
     return metric
 
@@ -98,6 +102,11 @@ def telemetry_line(
     if msg.model:
         tags["model"] = msg.model
     fields: dict[str, FieldValue] = {metric_field(k): float(v) for k, v in msg.values.items()}
+    if msg.cal:
+        for metric, (scale, offset) in msg.cal.items():
+            value = msg.values.get(metric)
+            if value is not None and math.isfinite(raw := (value - offset) / scale):
+                fields[f"{metric_field(metric)}_raw"] = raw
     fields["seq"] = int(msg.seq)
     interval = msg.interval_s if msg.interval_s is not None else interval_s
     if interval is not None:

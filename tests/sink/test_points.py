@@ -100,6 +100,21 @@ def test_telemetry_field_types_never_vary(values: dict[str, float]):
     assert p.tags["status"] == p.tags["quality"] == "ok" and p.fields["seq"] == 0
 
 
+def test_a_calibrated_metric_stores_its_raw_value_too():
+    msg = Telemetry(
+        ts=1, seq=0, values={"pm10": 88.0, "pm25": 40.0, "seq": 7.0},
+        cal={"pm10": (0.8, 2.0), "seq": (2.0, 0.0)},
+    )  # fmt: skip
+    p = parse_line(telemetry_line("s", "d", msg) or "")
+    assert p.fields == {
+        "pm10": 88.0, "pm10_raw": 107.5, "pm25": 40.0,
+        "seq": 0, "seq_value": 7.0, "seq_value_raw": 3.5,
+    }  # fmt: skip
+    assert msg.raw_value("pm10") == 107.5 and msg.raw_value("pm25") == 40.0
+    p = parse_line(telemetry_line("s", "d", Telemetry(ts=1, seq=0, values={"x_raw": 1.0})) or "")
+    assert p.fields == {"x_raw_value": 1.0, "seq": 0}  # a metric named like a raw field
+
+
 def test_reserved_metric_names_do_not_collide():
     p = parse_line(telemetry_line("s", "d", Telemetry(ts=1, seq=3, values={"seq": 1.5})) or "")
     assert p.fields["seq"] == 3 and p.fields["seq_value"] == 1.5
