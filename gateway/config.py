@@ -270,14 +270,16 @@ def _check_references(data: Any, base: Path | None = None) -> list[tuple[Loc, st
     if not isinstance(data, dict):
         return out
     search = _search_of(data, base or Path.cwd())
-    buses = data.get("buses") or []
-    bus_ids = {b.get("id") for b in buses if isinstance(b, dict)}
+    # only well-typed values are looked up: a mapping where an id belongs is the
+    # model's type error, not an unhashable key here
+    bus_ids = {
+        b["id"]
+        for b in _list(data, "buses")
+        if isinstance(b, dict) and isinstance(b.get("id"), str)
+    }
     seen: dict[str, str] = {}
     for section in ("buses", "devices", "actuators"):
-        items = data.get(section) or []
-        if not isinstance(items, list):
-            continue
-        for i, item in enumerate(items):
+        for i, item in enumerate(_list(data, section)):
             if not isinstance(item, dict):
                 continue
             ident = item.get("id")
@@ -287,7 +289,8 @@ def _check_references(data: Any, base: Path | None = None) -> list[tuple[Loc, st
                         ((section, i, "id"), f"duplicate id {ident!r} (also in {seen[ident]})")
                     )
                 seen.setdefault(ident, section)
-            if section != "buses" and "bus" in item and item["bus"] not in bus_ids:
+            bus = item.get("bus")
+            if section != "buses" and isinstance(bus, str) and bus not in bus_ids:
                 known = ", ".join(sorted(str(b) for b in bus_ids)) or "none defined"
                 out.append(((section, i, "bus"), f"undefined bus {item['bus']!r} (buses: {known})"))
             if "profile" in item:
@@ -304,9 +307,13 @@ def _check_references(data: Any, base: Path | None = None) -> list[tuple[Loc, st
                                 f"(its metrics: {', '.join(sorted(metrics))})",
                             )
                         )
-    device_ids = {d.get("id") for d in data.get("devices") or [] if isinstance(d, dict)}
+    device_ids = {
+        d["id"]
+        for d in _list(data, "devices")
+        if isinstance(d, dict) and isinstance(d.get("id"), str)
+    }
     uplink_keys: dict[str, int] = {}
-    for i, up in enumerate(data.get("uplinks") or []):
+    for i, up in enumerate(_list(data, "uplinks")):
         if isinstance(up, dict):
             # the backlog on disk is kept under this key: two uplinks must not share it
             key = uplink_key(up.get("name"), up.get("host"), up.get("port"))
@@ -316,9 +323,14 @@ def _check_references(data: Any, base: Path | None = None) -> list[tuple[Loc, st
             uplink_keys.setdefault(key, i)
         if isinstance(up, dict) and isinstance(up.get("devices"), list):
             for j, dev in enumerate(up["devices"]):
-                if dev not in device_ids:
+                if isinstance(dev, str) and dev not in device_ids:
                     out.append((("uplinks", i, "devices", j), f"undefined device {dev!r}"))
     return out
+
+
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _search_of(data: dict[str, Any], base: Path) -> ProfileSearch:
@@ -338,6 +350,8 @@ def _check_profile(
         profile = resolve_profile(str(item["profile"]), _profile_overrides(item), search)
     except ProfileError as exc:
         return [((section, i, "profile"), str(exc))]
+    except OSError as exc:  # a path the system refuses (too long, a loop): not a crash
+        return [((section, i, "profile"), f"cannot read profile: {exc.strerror or exc}")]
     if section == "actuators":
         if profile.relay is None:
             return [((section, i, "profile"), f"profile {profile.name!r} is not a relay board")]
@@ -355,6 +369,8 @@ def _check_profile(
 def device_metrics(item: dict[str, Any], search: ProfileSearch) -> set[str] | None:
     """The metric names a device (as raw site.yaml data) publishes; None if unknown."""
     driver = item.get("driver", "modbus")
+    if not isinstance(driver, str):
+        return None  # the model's type error
     if driver in UART_METRICS:
         return set(UART_METRICS[driver])
     if driver != "modbus" or not isinstance(item.get("profile"), str):
@@ -363,13 +379,14 @@ def device_metrics(item: dict[str, Any], search: ProfileSearch) -> set[str] | No
 
     try:
         profile = resolve_profile(item["profile"], _profile_overrides(item), search)
-    except (ProfileError, TypeError):
+    except (ProfileError, TypeError, OSError):
         return None  # reported as the profile's own problem
     return {f.name for f in profile.fields}
 
 
 def _profile_overrides(item: dict[str, Any]) -> dict[str, Any]:
-    overrides = dict(item.get("overrides") or {})
+    given = item.get("overrides")
+    overrides = dict(given) if isinstance(given, dict) else {}  # else: the model's error
     if item.get("slave_id") is not None:
         overrides["slave_id"] = item["slave_id"]
     return overrides

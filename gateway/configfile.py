@@ -1,5 +1,8 @@
 """Config files: YAML with line numbers, pydantic validation, readable errors.
 
+The YAML itself is read by :mod:`gateway.yamlsafe` (the one safe loader, with its
+limits); this module validates what it returns.
+
 Every problem in a config file is reported as
 ``file:line:col: path.to.field: what was expected``, and all of them at once:
 YAML syntax, duplicate keys, unknown keys, wrong types, out-of-range values
@@ -13,11 +16,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,28 +29,32 @@ from pydantic import (
     ValidationInfo,
 )
 
-Loc = tuple[str | int, ...]
+from gateway.yamlsafe import (
+    ConfigError,
+    ConfigIssue,
+    Loc,
+    NodeMark,
+    YamlDocument,
+    parse_yaml,
+    read_yaml,
+)
+from gateway.yamlsafe import dotted as _dotted
 
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    file: str
-    line: int  # 1-based
-    col: int  # 1-based
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
-
-
-class ConfigError(Exception):
-    """One or more problems in a config file (``issues`` holds all of them)."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]):
-        self.issues = list(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "Duration",
+    "Loc",
+    "MqttSettings",
+    "Secret",
+    "StrictModel",
+    "TlsSettings",
+    "issue_at",
+    "load",
+    "load_yaml",
+    "parse_duration",
+    "validate",
+]
 
 
 class StrictModel(BaseModel):
@@ -145,106 +150,19 @@ class MqttSettings(StrictModel):
 # ------------------------------------------------------------------ YAML
 
 
-class _Node:
-    """Marks for one YAML node: where it starts, and where its key starts."""
-
-    __slots__ = ("col", "key_col", "key_line", "line")
-
-    def __init__(self, line: int, col: int, key_line: int, key_col: int):
-        self.line, self.col, self.key_line, self.key_col = line, col, key_line, key_col
-
-
-def load_yaml(path: Path | str, text: str | None = None) -> tuple[Any, dict[Loc, _Node]]:
-    """Parse YAML keeping the position of every node; raise ConfigError."""
-    data, positions, issues = _parse_yaml(path, text)
-    if issues:
-        raise ConfigError(issues)
-    return data, positions
+def load_yaml(path: Path | str, text: str | None = None) -> tuple[Any, dict[Loc, NodeMark]]:
+    """Parse YAML (the file, or ``text`` named ``path``) keeping the position of every
+    node, through the one safe loader (:mod:`gateway.yamlsafe`); raise ConfigError."""
+    doc = _parse_yaml(path, text)
+    if doc.issues:
+        raise ConfigError(doc.issues)
+    return doc.data, doc.positions
 
 
-def _parse_yaml(
-    path: Path | str, text: str | None
-) -> tuple[Any, dict[Loc, _Node], list[ConfigIssue]]:
-    """Parse; syntax errors raise, structural ones (duplicate keys) are returned."""
-    fname = str(path)
-    if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([ConfigIssue(fname, 1, 1, "", f"cannot read file: {exc}")]) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        msg = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError([ConfigIssue(fname, line, col, "", f"YAML syntax: {msg}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(fname, 1, 1, "", f"YAML: {exc}")]) from None
-    positions: dict[Loc, _Node] = {}
-    issues: list[ConfigIssue] = []
-    if root is None:
-        return {}, positions, issues
-    data = _construct(root, (), positions, issues, fname, None)
-    return data, positions, issues
-
-
-def _construct(
-    node: yaml.Node,
-    loc: Loc,
-    positions: dict[Loc, _Node],
-    issues: list[ConfigIssue],
-    fname: str,
-    key_node: yaml.Node | None,
-) -> Any:
-    sm = node.start_mark
-    km = key_node.start_mark if key_node is not None else sm
-    positions[loc] = _Node(sm.line + 1, sm.column + 1, km.line + 1, km.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for k_node, v_node in node.value:
-            key = yaml.SafeLoader(  # scalar keys only; construct with YAML's own rules
-                ""
-            ).construct_object(k_node, deep=True)
-            if not isinstance(key, str | int | float | bool):
-                issues.append(
-                    ConfigIssue(
-                        fname,
-                        k_node.start_mark.line + 1,
-                        k_node.start_mark.column + 1,
-                        _dotted(loc),
-                        "keys must be plain scalars",
-                    )
-                )
-                continue
-            if key in out:
-                issues.append(
-                    ConfigIssue(
-                        fname,
-                        k_node.start_mark.line + 1,
-                        k_node.start_mark.column + 1,
-                        _dotted((*loc, str(key))),
-                        "duplicate key",
-                    )
-                )
-                continue
-            out[key] = _construct(v_node, (*loc, str(key)), positions, issues, fname, k_node)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(v, (*loc, i), positions, issues, fname, v) for i, v in enumerate(node.value)
-        ]
-    return yaml.SafeLoader("").construct_object(node, deep=True)
-
-
-def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+def _parse_yaml(path: Path | str, text: str | None) -> YamlDocument:
+    """Syntax errors and limits raise; structural problems (duplicate keys, bad tags)
+    come back in ``issues`` to be reported with the validation's."""
+    return read_yaml(path) if text is None else parse_yaml(text, str(path))
 
 
 # ------------------------------------------------------------- validation
@@ -254,7 +172,7 @@ RefCheck = Callable[[Any], list[tuple[Loc, str]]]
 
 
 def issue_at(
-    fname: str, positions: dict[Loc, _Node], loc: Loc, message: str, at_key: bool = False
+    fname: str, positions: dict[Loc, NodeMark], loc: Loc, message: str, at_key: bool = False
 ) -> ConfigIssue:
     """An issue placed at the deepest existing node along ``loc``."""
     probe = tuple(loc)
@@ -303,7 +221,7 @@ def _message(err: dict[str, Any]) -> str:
 def validate(
     model: type[M],
     data: Any,
-    positions: dict[Loc, _Node],
+    positions: dict[Loc, NodeMark],
     fname: str,
     ref_checks: Sequence[RefCheck] = (),
     context: dict[str, Any] | None = None,
@@ -311,12 +229,16 @@ def validate(
 ) -> M:
     """Validate ``data`` as ``model``; raise ConfigError listing every problem."""
     issues = list(issues or [])
+    # a value the loader already refused (bad tag, huge integer) is not reported twice
+    refused = tuple(i.path for i in issues if i.path)
     result: M | None = None
     try:
         result = model.model_validate(data, context=context)
     except ValidationError as exc:
         for err in exc.errors():
             loc = _clean_loc(err["loc"], data)
+            if _under(_dotted(loc), refused):
+                continue
             issues.append(
                 issue_at(
                     fname,
@@ -334,6 +256,10 @@ def validate(
         raise ConfigError(_dedupe(issues))
     assert result is not None
     return result
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
@@ -355,7 +281,9 @@ def load(
     context: dict[str, Any] | None = None,
 ) -> M:
     """Read, parse and validate a config file in one go."""
-    data, positions, issues = _parse_yaml(path, text)
-    if not isinstance(data, dict):
-        raise ConfigError([issue_at(str(path), positions, (), "expected a mapping at top level")])
-    return validate(model, data, positions, str(path), ref_checks, context, issues)
+    doc = _parse_yaml(path, text)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            [issue_at(str(path), doc.positions, (), "expected a mapping at top level")]
+        )
+    return validate(model, doc.data, doc.positions, str(path), ref_checks, context, doc.issues)
