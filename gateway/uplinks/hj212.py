@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -294,20 +295,45 @@ def parse_segment(text: str) -> Packet:
     return Packet(cp=rest[:-2], **fields)  # type: ignore[arg-type]
 
 
-class StreamParser:
-    """Cut packets out of a TCP byte stream; skip garbage and resync on ``##``.
+_CANDIDATE = re.compile(rb"##([0-9]{4})")
+_NON_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+CRC_CHECKS_PER_END = 2
+"""Candidates checked (CRC) for one CRLF: each costs the length it claims, so the
+bound keeps a stream of decoys linear (a real packet behind more decoys than this
+in the same line is lost, and counted)."""
 
-    A candidate must be printable ASCII between its length field and its CRC,
-    so a real packet (which ends in CRLF) is never swallowed by a bogus length
-    in garbage before it. A candidate that fails is skipped by one byte, so
-    packets inside rejected bytes are still found.
+
+class StreamParser:
+    """Cut packets out of a TCP byte stream; skip garbage; linear in its input.
+
+    A packet is ``##`` + 4 digits ``L`` + ``L`` printable characters + 4 hex
+    digits + CRLF, so every candidate ``##dddd`` names the one place its CRLF
+    must be. The parser keeps candidates in order and settles each one once:
+    a non-printable byte before that place kills it, the bytes there decide
+    it; no candidate is ever rescanned, and the bytes before the oldest live
+    candidate are dropped (at most ``max_segment + 12`` bytes are kept). A
+    valid packet takes its bytes (a ``##`` inside it starts nothing); a bad
+    candidate takes none, so packets after or inside it are still found. Each
+    ``##`` in discarded bytes counts as a bad packet; ``errors`` keeps the
+    last few reasons. Work per byte is bounded: one regex pass to find
+    candidates, one to find non-printable bytes, and at most
+    :data:`CRC_CHECKS_PER_END` CRC checks per CRLF.
     """
 
     def __init__(self, max_segment: int = MAX_PARSE_SEGMENT) -> None:
         self._buf = bytearray()
         self._max = max_segment
+        self._base = 0  # stream offset of _buf[0]
+        self._scan = 0  # stream offset up to which candidates were looked for
+        self._pending: deque[tuple[int, int]] = deque()  # (start, offset of its CR), in order
+        self._np_from = 0  # _NON_PRINTABLE searched from here ...
+        self._np_to = 0  # ... up to here,
+        self._np_at: int | None = None  # with this result (stream offset)
+        self._checked_end = -1  # the CRLF offset CRC checks were last spent on
+        self._checks = 0  # and how many
         self.garbage_bytes = 0
         self.bad_packets = 0
+        self.work = 0  # bytes examined (searches, CRCs): linear in the input, tests hold it
         self.errors: list[str] = []  # the last few reasons, for logs
         # well-framed packets with a wrong CRC whose header could still be read:
         # a request among them deserves QnRtn=9 (the caller takes them out)
@@ -315,65 +341,117 @@ class StreamParser:
 
     def feed(self, data: bytes | bytearray) -> list[Packet]:
         self._buf += data
+        self._discover()
         out: list[Packet] = []
-        buf = self._buf
-        while True:
-            start = buf.find(HEADER)
-            if start < 0:
-                keep = 1 if buf.endswith(b"#") else 0
-                self._skip(len(buf) - keep)
-                break
-            if start:
-                self._skip(start)
-            verdict = self._candidate()
-            if verdict is None:
-                break  # need more bytes
+        end = self._base + len(self._buf)
+        while self._pending:
+            start, cr = self._pending[0]
+            bad = self._non_printable(start + 6, end)
+            if bad is not None and bad < cr:
+                self._reject("non-printable byte inside the packet")
+                continue
+            if end < cr + 2:
+                break  # its CRLF has not arrived yet
+            verdict = self._settle(start, cr)
             if isinstance(verdict, Packet):
                 out.append(verdict)
+                self._drop(start - self._base, garbage=True)
+                self._drop(cr + 2 - start, garbage=False)
+                while self._pending and self._pending[0][0] < cr + 2:
+                    self._pending.popleft()  # a "##" inside a good packet starts nothing
             else:
-                self.bad_packets += 1
-                self._note(verdict)
-                self._skip(1)
+                self._reject(verdict)
+        keep_from = self._pending[0][0] if self._pending else self._scan
+        self._drop(keep_from - self._base, garbage=True)
         return out
 
-    def _skip(self, n: int) -> None:
-        self.garbage_bytes += n
-        del self._buf[:n]
+    def _discover(self) -> None:
+        """Queue the candidates ``##dddd`` in bytes not looked at yet."""
+        buf, base = self._buf, self._base
+        end = base + len(buf)
+        scan = self._scan
+        self.work += end - scan
+        for m in _CANDIDATE.finditer(buf, scan - base):
+            start = base + m.start()
+            length = int(m.group(1))
+            scan = start + 6
+            if length > self._max:
+                self._note(f"length {length} exceeds {self._max}")
+                continue
+            self._pending.append((start, start + 6 + length + 4))
+        self._scan = max(scan, end - 5)  # a header cut at the end is looked at again
 
-    def _note(self, reason: str) -> None:
-        self.errors = [*self.errors[-4:], reason]
+    def _non_printable(self, frm: int, end: int) -> int | None:
+        """Stream offset of the first non-printable byte at or after ``frm``, if any.
 
-    def _candidate(self) -> Packet | str | None:
-        """A packet, a reason to reject the candidate at the buffer's head, or None."""
-        buf = self._buf
-        if len(buf) < 6:
-            return None if buf[2:].isdigit() or len(buf) == 2 else "bad length field"
-        digits = bytes(buf[2:6])
-        if not digits.isdigit():
-            return "bad length field"
-        length = int(digits)
-        if length > self._max:
-            return f"length {length} exceeds {self._max}"
-        body = bytes(buf[6 : 10 + length])
-        if any(b < 0x20 or b > 0x7E for b in body):
-            return "non-printable byte inside the packet"
-        if len(buf) < length + 12:
-            return None
-        packet_bytes = bytes(buf[: length + 12])
+        Queries come with ``frm`` non-decreasing, so each byte is searched once.
+        """
+        at = self._np_at
+        if at is not None and self._np_from <= frm <= at:
+            return at
+        if at is None and self._np_from <= frm <= self._np_to:
+            search, known = self._np_to, self._np_from  # printable up to _np_to
+        else:
+            search, known = frm, frm
+        m = _NON_PRINTABLE.search(self._buf, max(search - self._base, 0))
+        self._np_at = None if m is None else self._base + m.start()
+        self._np_from, self._np_to = known, end
+        self.work += (end if self._np_at is None else self._np_at + 1) - search
+        return self._np_at
+
+    def _settle(self, start: int, cr: int) -> Packet | str:
+        """Decide the candidate whose CRLF should be at ``cr`` (all its bytes are here)."""
+        buf, lo = self._buf, start - self._base
+        if buf[cr - self._base : cr - self._base + 2] != TAIL:
+            return "no CRLF where the length field says the packet ends"
+        if cr != self._checked_end:
+            self._checked_end, self._checks = cr, 0
+        self._checks += 1
+        if self._checks > CRC_CHECKS_PER_END:
+            return f"more than {CRC_CHECKS_PER_END} candidates end at the same CRLF"
+        framed = bytes(buf[lo : lo + cr + 2 - start])
+        self.work += len(framed)
+        length = cr - start - 10
         try:
-            packet = _decode_framed(packet_bytes, length)
+            return _decode_framed(framed, length)
         except CrcMismatch as exc:
             with contextlib.suppress(Hj212Error):
-                segment = packet_bytes[6 : 6 + length].decode("ascii")
+                segment = framed[6 : 6 + length].decode("ascii")
                 self.crc_failed = [*self.crc_failed[-15:], parse_segment(segment)]
             return str(exc)
         except Hj212Error as exc:
             return str(exc)
-        del buf[: length + 12]
-        return packet
+
+    def _reject(self, reason: str) -> None:
+        self._pending.popleft()
+        self._note(reason)
+
+    def _drop(self, n: int, *, garbage: bool) -> None:
+        if n <= 0:
+            return
+        if garbage:
+            self.garbage_bytes += n
+            self.bad_packets += self._buf.count(HEADER, 0, n)
+        del self._buf[:n]
+        self._base += n
+
+    def _note(self, reason: str) -> None:
+        self.errors = [*self.errors[-4:], reason]
 
 
 # ------------------------------------------------------------------ CP
+
+
+MAX_NUMBER_DIGITS = 12
+"""Longest numeric field we read from a platform (intervals, counts, timeouts)."""
+
+
+def parse_uint(text: str, max_digits: int = MAX_NUMBER_DIGITS) -> int | None:
+    """A field of ASCII digits as an int, or None (also past ``max_digits`` digits:
+    int() of thousands of digits raises ValueError, and costs quadratic time)."""
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 def cp_pairs(cp: str) -> list[tuple[str, str]]:

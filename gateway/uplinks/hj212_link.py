@@ -41,6 +41,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gateway.backoff import Backoff
+from gateway.logthrottle import ThrottledLog
 from gateway.protocol import Telemetry
 from gateway.uplinks import hj212
 from gateway.uplinks.hj212 import Hj212Error, Packet, StreamParser
@@ -49,6 +50,7 @@ from gateway.uplinks.hj212_station import Runtime, Station
 from gateway.uplinks.hj212_store import Hj212Store
 
 log = logging.getLogger(__name__)
+peer_log = ThrottledLog(log)  # what the platform can make us log: one line per kind a minute
 
 COUNTERS = (
     "sent",  # packets written (each try)
@@ -58,7 +60,8 @@ COUNTERS = (
     "reconnects",  # connections opened after the first
     "connect_failures",
     "link_timeouts",  # every try of a packet unanswered
-    "bad_packets",  # CRC/length/format errors from the platform
+    "bad_packets",  # CRC/length/format errors from the platform ('##' not starting a packet)
+    "bad_requests",  # well-formed packets whose handling failed (the session goes on)
     "unmatched_replies",
     "realtime_skipped",  # due while disconnected or with no fresh data
     "heartbeats",
@@ -251,13 +254,31 @@ class Hj212Uplink:
             packets = parser.feed(data)
             if parser.bad_packets != bad:
                 self._counts["bad_packets"] += parser.bad_packets - bad
-                log.warning("hj212 %s: bad data from platform: %s", self.name, parser.errors)
+                peer_log.warning(
+                    f"{self.name}:bad-data",
+                    "hj212 %s: bad data from platform: %s",
+                    self.name,
+                    parser.errors,
+                )
             for req in parser.crc_failed:
                 for r in self.station.refuse_crc(req):
                     await self._write(writer, hj212.encode_packet(r))
             parser.crc_failed.clear()
             for p in packets:
-                await self._on_packet(p, writer)
+                try:
+                    await self._on_packet(p, writer)
+                except OSError:
+                    raise  # the socket: the session is over
+                except Exception as exc:  # one bad request must not drop the session
+                    self._counts["bad_requests"] += 1
+                    peer_log.error(
+                        f"{self.name}:bad-request",
+                        "hj212 %s: cannot handle CN=%s QN=%s from the platform: %r",
+                        self.name,
+                        p.cn,
+                        p.qn,
+                        exc,
+                    )
 
     async def _on_packet(self, p: Packet, writer: asyncio.StreamWriter) -> None:
         if p.cn in hj212.REPLY_CNS:  # a 9013 too: no notification of ours waits for one
@@ -269,7 +290,13 @@ class Hj212Uplink:
             return
         now = self._clock()
         replies = self.station.handle_request(p, now)
-        log.info("hj212 %s: platform request CN=%s QN=%s", self.name, p.cn, p.qn)
+        peer_log.info(
+            f"{self.name}:request:{p.cn}",
+            "hj212 %s: platform request CN=%s QN=%s",
+            self.name,
+            p.cn,
+            p.qn,
+        )
         for r in replies:
             await self._write(writer, hj212.encode_packet(r))
         self._save_runtime_if_changed()

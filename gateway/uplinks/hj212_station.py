@@ -26,6 +26,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from gateway.logthrottle import ThrottledLog
 from gateway.protocol import Telemetry
 from gateway.uplinks import hj212
 from gateway.uplinks.hj212 import Hj212Error, Packet, Sample
@@ -111,6 +112,7 @@ class Station:
         self.runtime_changed = False  # set when a request changed :attr:`runtime`
         self.platform_skew: float | None = None  # platform time minus ours (CN 1012)
         self.counts = dict.fromkeys(COUNTERS, 0)
+        self._log = ThrottledLog(log)  # lines the platform's requests cause, on our clock
         self._offset = settings.utc_offset_h * 3600
         self._factors = settings.factor_map()
         self._devices = set(settings.devices) if settings.devices is not None else None
@@ -321,30 +323,32 @@ class Station:
                 return bad_parameters()
             self.platform_skew = skew
             level = logging.WARNING if abs(skew) > 60 else logging.INFO
-            log.log(
+            self._log.log(
                 level,
+                "set-time",
                 "hj212 %s: platform time is %+.1f s from ours; not applied (NTP owns the clock)",
                 self.settings.key,
                 skew,
+                now=now,
             )
             return done()
         if cn == hj212.CN_GET_RTD_INTERVAL:
             return done(answer(cn, f"RtdInterval={round(self.runtime.rtd_interval)}", ours))
         if cn == hj212.CN_SET_RTD_INTERVAL:
-            value = fields.get("RtdInterval", "")
-            if not value.isdigit() or not 30 <= int(value) <= 3600:
+            seconds = hj212.parse_uint(fields.get("RtdInterval", ""))
+            if seconds is None or not 30 <= seconds <= 3600:
                 return bad_parameters()
-            self._set(rtd_interval=float(value))
+            self._set(rtd_interval=float(seconds))
             self._next_rtd = None
             return done()
         if cn == hj212.CN_GET_MIN_INTERVAL:
             minutes = round(self.runtime.minute_interval / 60)
             return done(answer(cn, f"MinInterval={minutes}", ours))
         if cn == hj212.CN_SET_MIN_INTERVAL:
-            value = fields.get("MinInterval", "")
-            if not value.isdigit() or int(value) not in MINUTE_INTERVALS:
+            wanted = hj212.parse_uint(fields.get("MinInterval", ""))
+            if wanted is None or wanted not in MINUTE_INTERVALS:
                 return bad_parameters()
-            self._change_minute_interval(int(value) * 60.0, now)
+            self._change_minute_interval(wanted * 60.0, now)
             return done()
         if cn == hj212.CN_NEW_PASSWORD:
             new = fields.get("NewPW", "")
@@ -353,13 +357,19 @@ class Station:
             # the answers to this request still carry the old password
             replies = done()
             self._set(pw=new)
-            log.warning("hj212 %s: the platform set a new password", self.settings.key)
+            self._log.warning(
+                "new-password",
+                "hj212 %s: the platform set a new password",
+                self.settings.key,
+                now=now,
+            )
             return replies
         if cn == hj212.CN_TIMEOUT_RETRIES:
-            over, count = fields.get("OverTime", ""), fields.get("ReCount", "")
-            if not (over.isdigit() and count.isdigit() and int(over) > 0 and int(count) <= 10):
+            over = hj212.parse_uint(fields.get("OverTime", ""))
+            count = hj212.parse_uint(fields.get("ReCount", ""))
+            if over is None or count is None or not (over > 0 and count <= 10):
                 return bad_parameters()
-            self._set(reply_timeout=float(over), retries=int(count))
+            self._set(reply_timeout=float(over), retries=count)
             return done()
         if cn == hj212.CN_REALTIME:
             self._set(realtime_on=True)
@@ -390,11 +400,13 @@ class Station:
         switch = (math.floor(local / both) + 1) * both - self._offset
         current.until = switch
         self._aggs.append(_Aggregate(hj212.CN_MINUTE, self._aggregator(period), since=switch))
-        log.info(
+        self._log.info(
+            "minute-interval",
             "hj212 %s: minute records every %d min from %s",
             self.settings.key,
             round(period / 60),
             hj212.data_time(switch, self._offset),
+            now=now,
         )
 
 

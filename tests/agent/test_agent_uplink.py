@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -83,4 +85,74 @@ def test_agent_uploads_realtime_pm10_to_two_platforms(tmp_path: Path, mosquitto:
         watcher.stop()
         servers.sim.run(city.stop())
         servers.sim.run(district.stop())
+        servers.stop()
+
+
+def _adversarial_garbage(size: int) -> bytes:
+    """What made the old stream parser quadratic: '##9999' (a 10 kB claim) every
+    16 bytes of printable text, and '##0000' candidates back to back."""
+    decoys = (b"##9999" + b"a" * 10) * (size // 32)
+    return decoys + b"##0000" * (size // 12)
+
+
+def test_agent_polls_on_time_while_a_platform_floods_it_with_garbage(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    servers = start_servers(pm_tcp_units=2)
+    city = PlatformSim(mn="MN0001")
+    servers.sim.run(city.start())
+    uplink = {
+        "type": "hj212",
+        "name": "city",
+        "host": "127.0.0.1",
+        "port": city.port,
+        "mn": city.mn,
+        "pw": city.pw,
+        "realtime_interval": "1s",
+        "devices": ["pm-1"],
+    }
+    interval = 0.5
+    config = write_site(
+        tmp_path / "site.yaml",
+        mosquitto.port,
+        servers,
+        devices=pm_devices("tcp-1", 2, interval=interval),
+        uplinks=[uplink],
+    )
+    watcher = Watcher(mosquitto.port).start()
+    agent = AgentProcess(config).start()
+    try:
+        wait_until(lambda: city.connections == 1 and city.uploads("2011"), 20, "the link up")
+        wait_until(lambda: len(watcher.telemetry("pm-1")) >= 4, 20, "polling under way")
+        garbage = _adversarial_garbage(1 << 20)  # 1 MB, the old parser's hours of CPU
+        step = 64 * 1024
+        t0 = time.time()
+        for i in range(0, len(garbage), step):
+            servers.sim.call(lambda chunk=garbage[i : i + step]: city.send(chunk))  # type: ignore[misc]
+            time.sleep(0.1)
+        qn = "20261127100106000"
+        servers.sim.call(lambda: city.request(qn, "1011"))
+        wait_until(lambda: len(city.answers_to(qn)) == 3, 10, "the answer after the garbage")
+        t1 = time.time()
+        for dev in ("pm-1", "pm-2"):
+            wait_until(
+                lambda d=dev: any(r["ts"] / 1000 >= t1 for r in watcher.telemetry(d)),  # type: ignore[misc]
+                10,
+                f"{dev} read after the garbage",
+            )
+        for dev in ("pm-1", "pm-2"):
+            ts = sorted(r["ts"] / 1000 for r in watcher.telemetry(dev) if t0 <= r["ts"] / 1000)
+            gaps = [b - a for a, b in itertools.pairwise(ts)]
+            assert ts and ts[-1] >= t1 and len(gaps) >= (t1 - t0) / interval - 2, (dev, ts)
+            off = sorted(abs(g - interval) / interval for g in gaps)
+            p95 = off[int(0.95 * (len(off) - 1))]
+            assert p95 <= 0.10 and max(gaps) <= 2 * interval, f"{dev}: {gaps}"
+        assert city.connections == 1  # the session was kept through all of it
+        log = agent.log()
+        assert log.count("bad data from platform") == 1, log[-3000:]  # once a minute
+        assert "Traceback" not in log
+    finally:
+        agent.stop()
+        watcher.stop()
+        servers.sim.run(city.stop())
         servers.stop()

@@ -144,6 +144,67 @@ def test_stream_parser_never_raises_and_stays_bounded(data: bytes) -> None:
     assert len(parser._buf) <= 9999 + 12
 
 
+# bytes that make candidates, lengths, CRLFs and near-packets: what hurts a parser
+hostile_byte = st.sampled_from(b"##########0123456789\r\n\x00&;=QNCPaz")
+hostile = st.lists(
+    st.binary(max_size=30)
+    | st.lists(hostile_byte, max_size=60).map(bytes)
+    | st.integers(0, 9999).map(lambda n: b"##%04d" % n)
+    | st.integers(1, 40).map(lambda n: b"##9999" * n),
+    max_size=25,
+).map(b"".join)
+
+
+def _feed_in_chunks(parser: StreamParser, stream: bytes, cuts: list[int]) -> list[Packet]:
+    """Feed ``stream`` cut by ``cuts`` (cycled); ``parser.calls`` counts the calls."""
+    got: list[Packet] = []
+    pos, i = 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        got += parser.feed(stream[pos : pos + step])
+        pos += step
+        i += 1
+    parser.calls = i  # type: ignore[attr-defined]
+    return got
+
+
+def _linear_bound(parser: StreamParser, n: int) -> int:
+    # a constant per byte, plus a constant per call (a header cut by a call is
+    # looked at again: at most 5 bytes)
+    return 4 * n + 8 * parser.calls + 16  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300)
+@given(hostile, st.lists(st.integers(1, 300), min_size=1, max_size=8))
+def test_stream_parser_work_is_linear_in_any_input(data: bytes, cuts: list[int]) -> None:
+    """Bytes examined (regex passes, CRCs) stay within a constant times the input,
+    however it is cut: the old parser rescanned up to 10 kB per '##'."""
+    parser = StreamParser()
+    _feed_in_chunks(parser, data, cuts)
+    assert parser.work <= _linear_bound(parser, len(data))
+    assert len(parser._buf) <= 9999 + 12
+    assert parser.garbage_bytes <= len(data)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(hostile, small_packets), min_size=1, max_size=4),
+    hostile,
+    st.lists(st.integers(1, 200), min_size=1, max_size=8),
+)
+def test_stream_parser_finds_packets_in_hostile_garbage(
+    chunks: list[tuple[bytes, Packet]], trailer: bytes, cuts: list[int]
+) -> None:
+    # garbage ends in a CRLF before each packet, as any line does, or runs into it
+    stream = b"".join(g + hj212.encode_packet(p, limit=9999) for g, p in chunks) + trailer
+    parser = StreamParser()
+    got = _feed_in_chunks(parser, stream, cuts)
+    want = [p for _, p in chunks]
+    it = iter(got)
+    assert all(any(g == w for g in it) for w in want)
+    assert parser.work <= _linear_bound(parser, len(stream))
+
+
 readings = st.lists(
     st.tuples(
         st.floats(0, 600, allow_nan=False),

@@ -315,3 +315,47 @@ async def test_platform_commands_take_effect_and_outlive_a_restart(
     edited = Hj212Uplink(s.model_copy(update={"realtime_interval": 120.0}), "s", store_path=db)
     assert edited.stats()["rtd_interval"] == 120.0 and edited.station.runtime.pw == "654321"
     assert platform.problems == []
+
+
+async def test_a_5000_digit_number_is_refused_and_the_session_kept(
+    platform: PlatformSim,
+) -> None:
+    """int() of 5,000 digits raised ValueError in the station and dropped the session."""
+    up = Hj212Uplink(make_settings(platform.port, realtime=False), "site1", tick=0.01)
+    async with running(up):
+        await until(lambda: bool(up.stats()["connected"]))
+        platform.request("20261127100000001", "1062", "RtdInterval=" + "9" * 5000)
+        platform.request("20261127100000002", "1000", "OverTime=" + "5" * 5000 + ";ReCount=3")
+        platform.request("20261127100000003", "1064", "MinInterval=" + "1" * 4400)
+        platform.request("20261127100000004", "1011")
+        await platform.wait_for(
+            "the last answer", lambda: len(platform.answers_to("20261127100000004")) == 3
+        )
+        for qn in ("20261127100000001", "20261127100000002", "20261127100000003"):
+            assert platform.answers_to(qn) == [("9011", "QnRtn=1"), ("9012", "ExeRtn=3")]
+        s = up.stats()
+        assert platform.connections == 1 and s["reconnects"] == 0 and s["connected"]
+        assert s["bad_requests"] == 0 and s["rtd_interval"] == 60.0
+
+
+async def test_a_garbage_flood_is_counted_and_logged_once_a_minute(
+    platform: PlatformSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = Hj212Uplink(make_settings(platform.port, realtime=False), "site1", tick=0.01)
+    caplog.set_level("INFO", logger="gateway.uplinks")
+    async with running(up):
+        await until(lambda: bool(up.stats()["connected"]))
+        for i in range(40):  # forty writes of decoys, each its own read on our side
+            platform.send(b"##9999" + b"x" * 10 + b"##0000ab\r\n" * 3)
+            await asyncio.sleep(0.005)
+            if i % 10 == 0:  # and requests in between, answered at once
+                platform.request(f"2026112710000{i:04d}", "1011")
+        platform.request("20261127100000999", "1011")
+        await platform.wait_for(
+            "the last answer", lambda: len(platform.answers_to("20261127100000999")) == 3
+        )
+        s = up.stats()
+        assert s["bad_packets"] >= 40 * 4 and platform.connections == 1
+        bad_lines = [r for r in caplog.records if "bad data from platform" in r.getMessage()]
+        request_lines = [r for r in caplog.records if "platform request CN=1011" in r.getMessage()]
+        assert len(bad_lines) == 1 and len(request_lines) == 1
