@@ -162,12 +162,16 @@ class _Observer:
 
 
 def replay(
-    readings: Iterable[Reading], rules_files: list[RulesFile], ahead: bool = False
+    readings: Iterable[Reading],
+    rules_files: list[RulesFile],
+    ahead: bool = False,
+    counters: Counter[str] | None = None,
 ) -> list[ReplayResult]:
     """Run one engine per rules file over the same readings; ``ahead``: read them in
-    a second process where that is safe (:mod:`rules.history.readahead`)."""
+    a second process where that is safe (:mod:`rules.history.readahead`).
+    ``counters``: the Counter the source counts into (a CSV reader's own otherwise),
+    brought back from the second process."""
     engines = [Engine(rf) for rf in rules_files]
-    counters = None
     if isinstance(readings, CsvReadings):
 
         def metrics_for(site: str, device: str) -> set[str]:
@@ -368,8 +372,10 @@ def main(argv: list[str]) -> int:
             if not (args.start and args.end):
                 print("--influx needs --from and --to", file=sys.stderr)
                 return 2
-            src = read_influx(args.influx, args.db, start, end, args.user, args.password)
-            results = replay(src, files, ahead=True)
+            src = read_influx(
+                args.influx, args.db, start, end, args.user, args.password, counters=counters
+            )
+            results = replay(src, files, ahead=True, counters=counters)
         for r in results:
             r.counters.update({k: v for k, v in counters.items() if v})
     except INPUT_ERRORS as exc:

@@ -237,10 +237,16 @@ def _read_wide(
                 for i, m in plan[0]:
                     cell = row[i]
                     if cell:
-                        values[m] = float(cell)
+                        v = float(cell)
+                        if v - v:  # nan, inf: float() takes them, the engine must not
+                            counters["non_finite"] += 1
+                        else:
+                            values[m] = v
                 for i in plan[1]:
                     if row[i]:
-                        float(row[i])
+                        v = float(row[i])
+                        if v - v:
+                            counters["non_finite"] += 1
             except (ValueError, ReplayError):
                 counters["bad_rows"] += 1
                 continue
@@ -288,6 +294,9 @@ def _read_long(
         except ValueError:
             counters["bad_rows"] += 1
             continue
+        if v - v:  # nan, inf
+            counters["non_finite"] += 1
+            continue
         metric = row[i_metric]
         values[metric] = v
         if i_status is not None and row[i_status] and row[i_status] != "ok":
@@ -299,10 +308,13 @@ def _read_long(
 def read_influx(
     url: str, db: str, start: float, end: float, user: str | None = None,
     password: str | None = None, measurement: str = "telemetry", chunk_size: int = 10000,
-    timeout: float = 60.0, site: str | None = None,
+    timeout: float = 60.0, site: str | None = None, counters: Counter[str] | None = None,
 ) -> Iterator[Reading]:  # fmt: skip
     """Readings from InfluxDB 1.x (InfluxQL over HTTP, chunked JSON); ``site``: that
-    site's only (a bound parameter)."""
+    site's only (a bound parameter). Counted in ``counters``: ``non_finite`` values
+    (``NaN``/``Infinity`` tokens or numbers beyond the float range, left out of their
+    reading) and ``bad_rows`` (no integer time)."""
+    c = counters if counters is not None else Counter()
     where = ' AND "site" = $site' if site is not None else ""
     q = (
         f'SELECT * FROM "{measurement}" WHERE time >= {int(start * 1000)}ms '
@@ -331,10 +343,24 @@ def read_influx(
                 if "error" in result:
                     raise ReplayError(f"InfluxDB: {result['error']}")
                 for series in result.get("series", []):
-                    yield from _influx_rows(series)
+                    yield from _influx_rows(series, c)
 
 
-def _influx_rows(series: dict[str, Any]) -> Iterator[Reading]:
+def _number(x: Any, counters: Counter[str]) -> float | None:
+    """A JSON number of a metric column as a finite float; None (counted) otherwise."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None  # a string (a flag, a note) or null: not a value
+    try:
+        v = float(x)
+    except OverflowError:  # an integer beyond the float range
+        v = math.inf
+    if v - v:
+        counters["non_finite"] += 1
+        return None
+    return v
+
+
+def _influx_rows(series: dict[str, Any], counters: Counter[str]) -> Iterator[Reading]:
     cols: list[str] = series["columns"]
     tags = series.get("tags") or {}
     i_time = cols.index("time")
@@ -351,10 +377,15 @@ def _influx_rows(series: dict[str, Any]) -> Iterator[Reading]:
         dev = row[i_dev] if i_dev is not None else tags.get("device")
         if not site or not dev:
             continue
-        values = {
-            m: float(row[i]) for i, m in metrics if isinstance(row[i], int | float)
-            and not isinstance(row[i], bool)
-        }  # fmt: skip
+        t = row[i_time]
+        if isinstance(t, bool) or not isinstance(t, int):
+            counters["bad_rows"] += 1
+            continue
+        values = {}
+        for i, m in metrics:
+            v = _number(row[i], counters)
+            if v is not None:
+                values[m] = v
         status = (row[i_status] if i_status is not None else None) or "ok"
         flags = {m: str(row[i]) for i, m in flag_cols if row[i]} if flag_cols else None
-        yield row[i_time] / 1000.0, site, dev, values, str(status), flags or None
+        yield t / 1000.0, site, dev, values, str(status), flags or None
