@@ -76,11 +76,27 @@ class RelaySpec(BaseModel):
     flash_function: Literal[5, 6] = 5
 
 
+class ProfileSource(BaseModel):
+    """The vendor document a profile's register map comes from, as a user can look it up.
+
+    ``version`` is the document's revision where known, else it says that it was not
+    recorded; ``verify`` what was not confirmed against a real unit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str = Field(min_length=1)
+    document: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    verify: str = ""
+
+
 class Profile(DeviceSpec):
     """A device template: a :class:`DeviceSpec` plus what a person needs to wire it."""
 
     name: str
     description: str = ""
+    source: ProfileSource | None = None  # where the register map comes from
     model: str = ""  # InfluxDB "model" tag
     serial: SerialSettings = Field(default_factory=SerialSettings)
     relay: RelaySpec | None = None
