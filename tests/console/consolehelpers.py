@@ -75,7 +75,8 @@ def feed(ctx: Ctx, topic: str, payload: p.Payload, now: float | None = None) -> 
 def week_lines(site: str, device: str, end: float, step_s: int = 60, days: int = 7) -> str:
     """A week of PM10/PM2.5 as the sink stores it: 60-100 most of the time, a 30-minute
     rise to ~135 four times a day and to ~210 once a day (so a threshold of 150 is
-    crossed daily and one of 120 four times as often)."""
+    crossed daily and one of 120 four times as often); mild weather (15 C, 2 m/s), so
+    no frost or wind interlock holds."""
     from rules.sink.points import telemetry_line
 
     lines = []
@@ -87,7 +88,8 @@ def week_lines(site: str, device: str, end: float, step_s: int = 60, days: int =
             pm10 = 135.0
         if 600 <= minute_of_day < 630:
             pm10 = 210.0
-        msg = p.Telemetry(ts=ts * 1000, seq=i, values={"pm10": pm10, "pm25": pm10 * 0.45})
+        values = {"pm10": pm10, "pm25": pm10 * 0.45, "temp": 15.0, "wind_speed": 2.0}
+        msg = p.Telemetry(ts=ts * 1000, seq=i, values=values)
         line = telemetry_line(site, device, msg)
         assert line is not None
         lines.append(line)

@@ -22,7 +22,26 @@
     if (old) { old.replaceWith(node); }
     else if (board && !board.classList.contains("one")) { board.appendChild(node); }
     document.body.setAttribute("data-updated", String(Date.now()));
+    recount();
   });
+  // the board's summary: sites per state, counted from the cards on the page
+  function recount() {
+    var counts = document.getElementById("counts");
+    if (!counts) return;
+    var n = {};
+    document.querySelectorAll("#board .card").forEach(function (c) {
+      var s = c.getAttribute("data-state");
+      n[s] = (n[s] || 0) + 1;
+    });
+    counts.textContent = "";
+    Object.keys(n).sort().forEach(function (s) {
+      counts.appendChild(document.createTextNode(" · "));
+      var pill = document.createElement("span");
+      pill.className = "pill st-" + s;
+      pill.textContent = s + " " + n[s];
+      counts.appendChild(pill);
+    });
+  }
   function prepend(id, html) {
     var list = document.getElementById(id);
     var node = fragment(html);
