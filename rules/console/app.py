@@ -2,9 +2,10 @@
 and the background tasks (MQTT link, live feed, rules-file watch).
 
 :data:`PAGE_MODULES` lists the modules whose ``routes(ctx)`` are mounted, in
-order; a module may also have ``NAV`` (menu entries) and ``MIGRATIONS`` (its
-SQLite tables, ``(component, [sql, ...])``, applied at start). Another package
-adds its pages by appending its module here.
+order; a module may also have ``NAV`` (menu entries), ``MIGRATIONS`` (its
+SQLite tables, ``(component, [sql, ...])``, applied at start) and
+``background(ctx, stop, mqtt)`` (a coroutine run while the app runs). Another
+package adds its pages by appending its module here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PAGE_MODULES: list[str] = [
     "rules.console.pages.site",
     "rules.console.pages.thresholds",
     "rules.console.pages.users",
+    "rules.incidents.pages",
 ]
 RULES_POLL_S = 2.0
 
@@ -206,6 +208,10 @@ def create_app(ctx: Ctx, mqtt: bool = True) -> Starlette:
             link = MqttLink(ctx.config.mqtt, ctx.live, ctx.clock, hub.changed, on_event)
             ctx.mqtt = link
             tasks.append(asyncio.create_task(link.run(stop)))
+        for name in PAGE_MODULES:
+            background = getattr(importlib.import_module(name), "background", None)
+            if background is not None:
+                tasks.append(asyncio.create_task(background(ctx, stop, mqtt)))
         try:
             yield
         finally:

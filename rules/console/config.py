@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.configfile import ConfigError, Duration, MqttSettings, Secret, StrictModel, load
 from rules.core.model import Id
+from rules.incidents.settings import IncidentsSettings
 
 
 class ConsoleSettings(StrictModel):
@@ -73,6 +74,9 @@ class ConsoleFile(StrictModel):
     rules_file: Path
     store: Path = Path("./console.db")
     sites: list[Id] | None = None
+    # contacts, notifiers, per-cause times (rules/incidents/settings.py); the incidents
+    # live in `store:` (its `db:` is for `dustgate incidents` alone)
+    incidents: IncidentsSettings | None = None
 
 
 def load_console_file(

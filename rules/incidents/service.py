@@ -82,6 +82,8 @@ class IncidentService:
         self.dispatcher = Dispatcher(store, settings, clock=clock, sender=sender, rand=rand)
         self.counters: Counter[str] = Counter()
         self.connected = asyncio.Event()
+        # called with a site whose incidents changed (the console's board listens)
+        self.listeners: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------- inputs
 
@@ -178,6 +180,9 @@ class IncidentService:
                 self.counters[f"no_contact_level_{e.level}"] += 1
         if rows:
             self.dispatcher.wake()
+        for site in sorted({ch.incident.site for ch in changes}):
+            for listener in self.listeners:
+                listener(site)
         for ch in changes:
             self.counters[f"incident_{ch.kind}"] += 1
             log.info(
@@ -196,6 +201,14 @@ class IncidentService:
         spans = spans_of(ch.incident, log_rows)
         closed = [s for s in spans if s.end is not None]
         return closed[-1].end - closed[-1].start if closed else None  # type: ignore[operator]
+
+    def unresolved_by_site(self) -> dict[str, tuple[int, int]]:
+        """site -> (unresolved incidents, of which overdue), from memory."""
+        out: dict[str, tuple[int, int]] = {}
+        for inc in self.book.incidents.values():
+            n, late = out.get(inc.site, (0, 0))
+            out[inc.site] = (n + 1, late + (inc.overdue_at is not None))
+        return out
 
     # -------------------------------------------------------------- ranking
 
@@ -219,6 +232,15 @@ class IncidentService:
             ticker.cancel()
             dispatcher.cancel()
             await asyncio.gather(ticker, dispatcher, return_exceptions=True)
+
+    async def run_offline(self, stop: asyncio.Event) -> None:
+        """The clock and the notifications without a broker (until ``stop``)."""
+        dispatcher = asyncio.create_task(self.dispatcher.run(), name="incident-dispatch")
+        try:
+            await self._ticker(stop)
+        finally:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

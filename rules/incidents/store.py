@@ -10,16 +10,18 @@ Two writers (two console workers, or the console and a CLI) are kept honest
 by the incidents' ``version``: an update names the version it replaces and
 fails with :class:`StaleWrite` if someone else wrote first.
 
-The schema is created by :func:`migrate` (``PRAGMA user_version`` counts the
-applied steps of :data:`MIGRATIONS`); a host application with a database of
-its own (the console) can call it on its connection: the tables are all
-prefixed ``incident``.
+The schema is created by :func:`migrate`, recorded per component in
+``schema_migrations`` as the console's store does (:mod:`rules.console.store`),
+so the incidents live in the console's database when it runs them, and in a
+file of their own under ``dustgate incidents``. The tables are all named
+``incident*``.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,7 +85,7 @@ MIGRATIONS: tuple[str, ...] = (
         target TEXT NOT NULL,
         text TEXT NOT NULL,
         created_at REAL NOT NULL,
-        status TEXT NOT NULL,        -- pending, sent, failed
+        status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         next_at REAL NOT NULL,
         last_error TEXT NOT NULL DEFAULT '',
@@ -142,13 +144,41 @@ class LogRow:
     version: int
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the incident tables up to date (idempotent)."""
-    (have,) = conn.execute("PRAGMA user_version").fetchone()
-    for step, script in enumerate(MIGRATIONS[have:], start=have + 1):
-        conn.executescript(script)
-        conn.execute(f"PRAGMA user_version = {int(step)}")
-    conn.commit()
+COMPONENT = "incidents"
+SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "component TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY(component, version))"
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the steps of :data:`MIGRATIONS` not yet recorded in ``schema_migrations``
+    (the console's per-component table: the console applies the same steps when the
+    incidents live in its database); returns how many ran."""
+    conn.execute(SCHEMA_MIGRATIONS)
+    (done,) = conn.execute(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
+        (COMPONENT,),
+    ).fetchone()
+    ran = 0
+    for version, sql in enumerate(MIGRATIONS, start=1):
+        if version <= done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations(component, version) VALUES (?, ?)",
+                (COMPONENT, version),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        ran += 1
+    return ran
 
 
 def _notes_json(notes: Sequence[Note]) -> str:
@@ -200,7 +230,11 @@ class IncidentStore:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+        # one connection, used from the event loop's thread (and a test client's): a lock
+        self.conn = sqlite3.connect(
+            str(path), timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        self.lock = threading.RLock()
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -211,33 +245,36 @@ class IncidentStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(sql, args).fetchall()
 
     # ---------------------------------------------------------------- book
 
     def load_book(self, policies: Mapping[str, CausePolicy]) -> Book:
         """The machine as the last commit left it."""
-        meta = dict(self.conn.execute("SELECT key, value FROM incident_meta").fetchall())
+        meta = dict(self._rows("SELECT key, value FROM incident_meta"))
         clock = float(meta.get("clock", 0.0))
-        max_id = self.conn.execute("SELECT coalesce(max(id), 0) FROM incidents").fetchone()[0]
+        max_id = self._rows("SELECT coalesce(max(id), 0) FROM incidents")[0][0]
         next_id = max(int(meta.get("next_id", 1)), int(max_id) + 1)
         unresolved = [
             _incident(r)
-            for r in self.conn.execute(
+            for r in self._rows(
                 f"SELECT {', '.join(_COLUMNS)} FROM incidents WHERE status != 'resolved'"
             )
         ]
         tracks = {
             (site, cause): _track(data)
-            for site, cause, data in self.conn.execute(
-                "SELECT site, cause, data FROM incident_tracks"
-            )
+            for site, cause, data in self._rows("SELECT site, cause, data FROM incident_tracks")
         }
         return Book.restore(policies, clock, next_id, unresolved, tracks)
 
@@ -329,10 +366,10 @@ class IncidentStore:
     # ------------------------------------------------------------- queries
 
     def incident(self, incident_id: int) -> Incident | None:
-        row = self.conn.execute(
+        rows = self._rows(
             f"SELECT {', '.join(_COLUMNS)} FROM incidents WHERE id = ?", (incident_id,)
-        ).fetchone()
-        return None if row is None else _incident(row)
+        )
+        return _incident(rows[0]) if rows else None
 
     def incidents(
         self,
@@ -363,12 +400,12 @@ class IncidentStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY opened_at DESC, id DESC LIMIT ?"
-        return [_incident(r) for r in self.conn.execute(sql, (*args, limit))]
+        return [_incident(r) for r in self._rows(sql, (*args, limit))]
 
     def log(self, incident_id: int) -> list[LogRow]:
         return [
             LogRow(*r)
-            for r in self.conn.execute(
+            for r in self._rows(
                 "SELECT incident, at, kind, who, text, version FROM incident_log"
                 " WHERE incident = ? ORDER BY seq",
                 (incident_id,),
@@ -383,12 +420,12 @@ class IncidentStore:
         if incident_id is not None:
             sql += " WHERE incident = ?"
             args = (incident_id,)
-        return [NotificationRow(*r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+        return [NotificationRow(*r) for r in self._rows(sql + " ORDER BY id", args)]
 
     def due_notifications(self, now: float, limit: int = 20) -> list[NotificationRow]:
         return [
             NotificationRow(*r)
-            for r in self.conn.execute(
+            for r in self._rows(
                 "SELECT * FROM incident_notifications WHERE status = 'pending' AND next_at <= ?"
                 " ORDER BY next_at, id LIMIT ?",
                 (now, limit),
@@ -396,9 +433,9 @@ class IncidentStore:
         ]
 
     def next_notification_at(self) -> float | None:
-        row = self.conn.execute(
+        (row,) = self._rows(
             "SELECT min(next_at) FROM incident_notifications WHERE status = 'pending'"
-        ).fetchone()
+        )
         return None if row[0] is None else float(row[0])
 
     def notification_result(

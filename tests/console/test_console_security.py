@@ -21,6 +21,9 @@ WRITES = [
     ("/rules/pm10-gate/save", {"threshold": "120", "window": "15m"}, "operator"),
     ("/rules/versions/1/rollback", {"base": "x"}, "operator"),
     ("/users", {"username": "eve", "role": "admin", "password": "x" * 12}, "admin"),
+    ("/incidents/1/acknowledge", {"version": "1"}, "inspector"),
+    ("/incidents/1/note", {"version": "1", "text": "x"}, "inspector"),
+    ("/incidents/1/resolve", {"version": "1"}, "inspector"),
 ]
 RANK = {"viewer": 1, "inspector": 2, "operator": 3, "admin": 4}
 USER_OF = {"viewer": "vera", "inspector": "ines", "operator": "otto", "admin": "ada"}

@@ -53,3 +53,20 @@ def test_two_writers_the_second_is_refused(tmp_path: Path) -> None:
     assert stored is not None and stored.status == "acknowledged" and stored.acked_by == "first"
     first.close()
     second.close()
+
+
+def test_the_console_database_and_ours_share_one_migration_record(tmp_path: Path) -> None:
+    from rules.console.store import Store
+    from rules.incidents.store import MIGRATIONS, migrate
+
+    console = Store(tmp_path / "console.db")
+    assert console.migrate("incidents", MIGRATIONS) == len(MIGRATIONS)
+    ours = IncidentStore(tmp_path / "console.db")  # finds the tables, migrates nothing
+    assert migrate(ours.conn) == 0
+    ours.close()
+    console.close()
+    fresh = IncidentStore(tmp_path / "alone.db")
+    console = Store(tmp_path / "alone.db")
+    assert console.migrate("incidents", MIGRATIONS) == 0
+    console.close()
+    fresh.close()
