@@ -366,20 +366,32 @@ class StreamParser:
         return out
 
     def _discover(self) -> None:
-        """Queue the candidates ``##dddd`` in bytes not looked at yet."""
+        """Queue the candidates ``##dddd`` in bytes not looked at yet.
+
+        A candidate whose CRLF offset has arrived with no CRLF there is refused at
+        once (the common case in garbage); the others wait in order."""
         buf, base = self._buf, self._base
         end = base + len(buf)
         scan = self._scan
         self.work += end - scan
+        no_crlf = too_long = 0
         for m in _CANDIDATE.finditer(buf, scan - base):
             start = base + m.start()
             length = int(m.group(1))
             scan = start + 6
             if length > self._max:
-                self._note(f"length {length} exceeds {self._max}")
+                too_long += 1
                 continue
-            self._pending.append((start, start + 6 + length + 4))
+            cr = start + 6 + length + 4
+            if cr + 2 <= end and buf[cr - base : cr - base + 2] != TAIL:
+                no_crlf += 1
+                continue
+            self._pending.append((start, cr))
         self._scan = max(scan, end - 5)  # a header cut at the end is looked at again
+        if too_long:
+            self._note(f"{too_long} length field(s) over {self._max}")
+        if no_crlf:
+            self._note(f"{no_crlf} candidate(s) with no CRLF where their length says")
 
     def _non_printable(self, frm: int, end: int) -> int | None:
         """Stream offset of the first non-printable byte at or after ``frm``, if any.
