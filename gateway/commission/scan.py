@@ -39,7 +39,7 @@ READ_FUNCTIONS = {3: "holding", 4: "input"}
 COMMON_BAUDS = (2400, 4800, 9600, 19200, 38400, 115200)
 COMMON_PARITIES = ("N", "E")
 GATEWAY_NOBODY = {10, 11}  # exceptions a TCP gateway gives for a silent unit behind it
-DEFAULT_IDS = "1-247"
+DEFAULT_IDS = "1-247,255"  # 255: the factory id of some PM sensors (profile generic-pm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--port", help="serial port of the RS485 adapter, e.g. /dev/ttyUSB0")
     where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus TCP gateway or device")
     where.add_argument("--rtu-tcp", metavar="HOST:PORT", help="serial device server (RTU framing)")
-    parser.add_argument("--ids", default=DEFAULT_IDS, help="slave ids, e.g. 1-10,255 (1-247)")
+    parser.add_argument("--ids", default=DEFAULT_IDS, help="slave ids, e.g. 1-10,20 (1-247,255)")
     parser.add_argument("--baud", type=int, default=9600, help="baud rate (9600)")
     parser.add_argument("--parity", choices=["N", "E", "O"], default="N", help="parity (N)")
     parser.add_argument(

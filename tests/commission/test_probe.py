@@ -117,12 +117,14 @@ async def test_probe_reads_a_uart_sensor(tmp_path: Path) -> None:
     sim.start()
     site = tmp_path / "site.yaml"
     site.write_text(
-        f"site: s1\ndevices:\n  - {{id: sds, driver: sds011, port: {path}, mode: query}}\n"
+        f"site: s1\ndevices:\n  - {{id: sds, driver: sds011, port: {path}, mode: query,\n"
+        "      calibration: {pm10: {points: [[50, 45], [150, 125]]}}}\n"
     )
     try:
         rc, out, err = await _probe(site, "sds", "--json")
     finally:
         await sim.stop()
     assert rc == 0, err
-    rows = {r["name"]: r["value"] for r in json.loads(out)["rows"]}
-    assert rows == {"pm25": 35.2, "pm10": 71.9}
+    rows = {r["name"]: (r["value"], r["calibrated"]) for r in json.loads(out)["rows"]}
+    # the sensor's own values, and pm10 as the agent will publish it: 0.8 x 71.9 + 5
+    assert rows == {"pm25": (35.2, None), "pm10": (71.9, 62.52)}

@@ -92,6 +92,23 @@ async def test_scan_finds_the_slaves_behind_a_tcp_gateway() -> None:
     assert set(server.functions_heard) == {4} and sum(server.functions_heard.values()) == 10
 
 
+async def test_scan_finds_the_slaves_behind_a_serial_device_server() -> None:
+    server = TcpServer(_units(), framing="rtu")  # RTU frames over TCP: silence for nobody
+    port = await server.start()
+    try:
+        report, _ = await _scan(
+            "--rtu-tcp", f"127.0.0.1:{port}", "--ids", "1-6", "--timeout", "0.1"
+        )
+    finally:
+        await server.stop()
+    assert _found(report) == {
+        1: ("tcp", "exception"),
+        3: ("tcp", "registers"),
+        5: ("tcp", "exception"),
+    }
+    assert report["target"] == f"rtu-tcp:127.0.0.1:{port}" and set(server.functions_heard) == {3}
+
+
 async def test_scan_stops_at_its_budget_and_says_what_it_left() -> None:
     server = RtuPtyServer(_units())
     path = await server.start()
@@ -103,8 +120,8 @@ async def test_scan_stops_at_its_budget_and_says_what_it_left() -> None:
     finally:
         await server.stop()
     assert report["out_of_time"] and report["elapsed_s"] <= 1.0
-    assert 5 <= report["tried"] < report["planned"] == 2 * 247
-    assert report["untried"][-1] == "19200 8N1: ids 1-247"
+    assert 5 <= report["tried"] < report["planned"] == 2 * 248
+    assert report["untried"][-1] == "19200 8N1: ids 1-247,255"
     assert took < 10  # process start included
     assert {a["unit"] for a in report["answers"]} <= {1, 3, 5}
 
