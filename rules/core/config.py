@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from gateway.configfile import Duration, MqttSettings, StrictModel, load
+from gateway.configfile import Duration, MqttSettings, Secret, StrictModel, load
 from rules.core.limits import DEFAULT_LIMITS, Bounds, LimitsSection, limit_table
 from rules.core.model import Id, Rule
 from rules.sink.settings import InfluxSettings
@@ -85,14 +85,45 @@ class WebhookNotifier(StrictModel):
     min_interval: Duration = 60.0
 
 
+ROBOT_HOSTS = {"dingtalk": "dingtalk.com", "wecom": "weixin.qq.com"}
+
+
 class RobotNotifier(StrictModel):
-    """WeCom/DingTalk-style text robot: ``{"msgtype":"text","text":{"content":...}}``."""
+    """WeCom/DingTalk-style text robot: ``{"msgtype":"text","text":{"content":...}}``.
+
+    ``vendor`` (``dingtalk`` / ``wecom``; taken from the URL's host when it is
+    one of theirs) is needed for what the two do differently: ``secret``
+    (DingTalk's signing, 加签: an HMAC-SHA256 signature of the time on every
+    request) and @mentions (``at_mobiles``, ``at_all``).
+    """
 
     type: Literal["robot"]
     url: Annotated[str, Field(pattern=r"^https?://")]
     timeout: Duration = 10.0
     min_interval: Duration = 60.0
     keyword: str = ""  # prefixed to the text (DingTalk "custom keyword" security)
+    vendor: Literal["dingtalk", "wecom"] | None = None
+    secret: Secret | None = None  # DingTalk signing secret ("SEC..."): {env: NAME} or {file: PATH}
+    at_mobiles: list[Annotated[str, Field(pattern=r"^\+?[0-9-]{5,20}$")]] = Field(
+        default_factory=list, max_length=50
+    )
+    at_all: bool = False
+
+    @model_validator(mode="after")
+    def _vendor(self) -> RobotNotifier:
+        if self.vendor is None:
+            host = self.url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+            for vendor, domain in ROBOT_HOSTS.items():
+                if host == domain or host.endswith("." + domain):
+                    object.__setattr__(self, "vendor", vendor)
+        if self.vendor is None and (self.secret is not None or self.at_mobiles or self.at_all):
+            raise ValueError(
+                "secret, at_mobiles and at_all need vendor: dingtalk or wecom "
+                "(not recognisable from the URL)"
+            )
+        if self.secret is not None and self.vendor != "dingtalk":
+            raise ValueError("secret (request signing) is DingTalk's; WeCom robots have none")
+        return self
 
 
 def _notifier_type(value: Any) -> str:

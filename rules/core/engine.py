@@ -25,8 +25,11 @@ same engine over history.
 - Arbitration: an actuator is on while any active rule or an ON override
   holds it. Renewals from several rules are merged (one LeaseOn per
   ``lease_s/3``); when the last holder lets go an explicit SwitchOff is sent.
-- Notifications: at most one per notifier's ``min_interval``; the ones in
-  between are dropped and counted (``notify_suppressed``), not queued.
+- Notifications: at most one per notifier's ``min_interval`` for each (site,
+  rule) (:mod:`rules.core.notifylimit`); the ones in between are held back
+  (``notify_suppressed``) and folded into the next one ("3 more since
+  10:02"), or sent by ``tick`` when the interval has run out
+  (``notify_flushed``): never lost.
 - ``set_override(site, actuator, "on"|"off"|"auto", until, who, now)``: an
   override wins over rules until ``until``. ON leases (and renews) the
   actuator itself; OFF switches it off and blocks rules; ``auto`` hands back.
@@ -75,6 +78,7 @@ from rules.core.evaluator import (
 )
 from rules.core.limits import NO_BOUNDS, verdict
 from rules.core.model import Rule
+from rules.core.notifylimit import NotifyLimiter
 from rules.core.window import DeviceTrack, Series
 
 __all__ = [
@@ -254,7 +258,8 @@ class Engine:
         self._states: dict[InstanceKey, RuleState] = {}
         self._actuators: dict[tuple[str, str], _Actuator] = {}
         self._overrides: dict[tuple[str, str], Override] = {}
-        self._notify_last: dict[str, float] = {}
+        self._notify = NotifyLimiter(self._notify_interval)
+        self._notify_due = math.inf  # when held-back notifications are next due (tick)
         self._cmd_seq = 0
         self._warmup_until = -math.inf
         # earliest lease end of any holder (a lower bound): the tick's actuator pass is
@@ -515,6 +520,8 @@ class Engine:
                 out.extend(self._evaluate_instance(key, inst, now))
             self.tick_unquiet = list(self._instances)
             out.extend(self._tick_actuators(now))
+            if now >= self._notify_due:
+                out.extend(self._flush_notify(now))
             return out
         states = self._states
         last_values = self.last_values
@@ -546,7 +553,20 @@ class Engine:
             if acts:
                 out.extend(acts)
         out.extend(self._tick_actuators(now))
+        if now >= self._notify_due:
+            out.extend(self._flush_notify(now))
         return out
+
+    def _notify_interval(self, notifier: str) -> float | None:
+        spec = self.rules_file.notifiers.get(notifier)
+        return None if spec is None else spec.min_interval
+
+    def _flush_notify(self, now: float) -> list[Action]:
+        """Held-back notifications whose interval ran out, folded (see notifylimit)."""
+        flushed: list[Action] = list(self._notify.due(now))
+        self._counts["notify_flushed"] += len(flushed)
+        self._notify_due = self._notify.next_due() or math.inf
+        return flushed
 
     def _tick_actuators(self, now: float) -> list[Action]:
         out: list[Action] = []
@@ -721,13 +741,12 @@ class Engine:
                     a.on = False
                     out.append(action)
             elif isinstance(action, Notify):
-                spec = self.rules_file.notifiers.get(action.notifier)
-                last = self._notify_last.get(action.notifier)
-                if spec is not None and last is not None and now - last < spec.min_interval:
+                sent = self._notify.offer(action, now)
+                if sent is None:
                     self._counts["notify_suppressed"] += 1
-                    continue
-                self._notify_last[action.notifier] = now
-                out.append(action)
+                    self._notify_due = min(self._notify_due, self._notify.next_due() or math.inf)
+                else:
+                    out.append(sent)
             else:
                 out.append(action)
         return out
@@ -878,7 +897,7 @@ class Engine:
                 f"{site}/{act}": {"mode": o.mode, "until": o.until, "who": o.who, "since": o.since}
                 for (site, act), o in self._overrides.items()
             },
-            "notify_last": dict(self._notify_last),
+            "notify": self._notify.to_json(),
             "cmd_seq": self._cmd_seq,
             "counters": dict(self.counters),
         }
@@ -921,9 +940,8 @@ class Engine:
                         str(entry.get("who", "")),
                         float(entry.get("since", now)),
                     )
-            eng._notify_last = {
-                str(k): float(v) for k, v in dict(snapshot.get("notify_last", {})).items()
-            }
+            eng._notify.restore(dict(snapshot.get("notify", {})))
+            eng._notify_due = eng._notify.next_due() or math.inf
             eng._cmd_seq = int(snapshot.get("cmd_seq", 0))
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"unreadable snapshot: {exc}") from None

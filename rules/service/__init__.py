@@ -931,8 +931,11 @@ class RulesService:
                 fields[k] = int(v)
         for k in ("non_finite", "below_limit", "over_limit"):
             fields[f"engine_{k}"] = int(ec[k])
-        for k in ("sent", "failed", "suppressed", "dropped_full"):
+        for k in ("sent", "failed", "retried", "dropped_full"):
             fields[f"notify_{k}"] = int(self.notifier.counters[k])
+        # held back by the per-(site, rule) limit and folded into a later message: not lost
+        fields["notify_suppressed"] = int(ec["notify_suppressed"])
+        fields["notify_flushed"] = int(ec["notify_flushed"])
         counters = getattr(getattr(self.sink, "counters", None), "as_dict", None)
         if callable(counters):
             for k, v in counters().items():

@@ -8,30 +8,48 @@ Two kinds of target, configured under ``notifiers:`` in ``rules.yaml``
 - ``robot``: a WeCom / DingTalk group robot, ``{"msgtype": "text", "text":
   {"content": "<keyword> <text>"}}``. These answer HTTP 200 even when they
   refuse a message and say so in the body (``{"errcode": 45009, "errmsg":
-  ...}``); a non-zero ``errcode`` counts as a failure.
+  ...}``); a non-zero ``errcode`` counts as a failure, retried when it says
+  "too fast" (DingTalk 130101, WeCom 45009). DingTalk robots with signing
+  (``secret``) get ``timestamp`` and ``sign`` on the URL of every attempt:
+  ``sign = urlencode(base64(HMAC-SHA256(key=secret, msg=timestamp + "\\n" + secret)))``,
+  ``timestamp`` in ms (DingTalk refuses one more than an hour off). @mentions:
+  DingTalk ``at: {atMobiles, isAtAll}`` with ``@<mobile>`` in the text (else
+  the mention is not shown), WeCom ``text.mentioned_mobile_list`` (``@all``
+  for everyone).
+
+Rate limits are not kept here: the engine applies each notifier's
+``min_interval`` per (site, rule) and folds what it holds back into the next
+message (:mod:`rules.core.notifylimit`), so everything submitted is meant to
+be sent.
 
 How it stays out of the engine's way: :meth:`Notifier.submit` is synchronous
-and O(1). It applies the per-target rate limit (``min_interval``; suppressed
-messages are counted, not queued) and puts the message on that target's
-bounded queue; a full queue drops the message and counts it. One worker task
-per target drains its queue and POSTs in a thread (``urllib``), with the
-target's ``timeout``; timeouts, connection errors, HTTP 5xx and 429 are
-retried with exponential backoff and jitter (``retries`` times), other HTTP
-errors are not. A slow or dead target therefore delays only its own queue.
+and O(1): it puts the message on that target's bounded queue (a full queue,
+:data:`QUEUE_SIZE` messages waiting for one target, drops it, counted and
+logged). One worker task per target drains its queue and POSTs in a thread
+(``urllib``), with the target's ``timeout``; timeouts, connection errors,
+HTTP 5xx and 429 and the robots' "too fast" are retried with exponential
+backoff and jitter (``retries`` times, each counted: ``retried``), other
+HTTP errors are not (``failed``). A slow or dead target therefore delays
+only its own queue.
 
-The request bodies (:func:`build_request`) and the rate limiter
-(:class:`RateLimit`) are pure and clock-injected.
+The surface other parts use (the incidents dispatcher too): :class:`Message`,
+:func:`build_request`, :func:`post`, :func:`judge_response`, :class:`Outcome`
+(pure apart from :func:`post`), and :class:`Notifier`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -43,11 +61,15 @@ log = logging.getLogger(__name__)
 
 NotifierSpec = WebhookNotifier | RobotNotifier
 
-QUEUE_SIZE = 32  # per target; at most one message per min_interval gets through anyway
+# per target: the engine lets one message per (site, rule) and min_interval through, so
+# this holds an alarm of every rule of a few hundred sites at once
+QUEUE_SIZE = 1024
 RETRIES = 3
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
 USER_AGENT = "dustgate-rules"
+# robots' "sending too fast" answers (HTTP 200): DingTalk 130101, WeCom 45009
+ROBOT_TOO_FAST = frozenset({130101, 45009})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +91,35 @@ class Request:
     body: bytes
 
 
-def build_request(spec: NotifierSpec, msg: Message) -> Request:
-    """The HTTP request for ``msg`` to ``spec``. Pure."""
+def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
+    """DingTalk's robot signature (加签) of ``timestamp_ms``, URL-encoded. Pure."""
+    to_sign = f"{timestamp_ms}\n{secret}".encode()
+    digest = hmac.new(secret.encode(), to_sign, hashlib.sha256).digest()
+    return urllib.parse.quote_plus(base64.b64encode(digest))
+
+
+def build_request(spec: NotifierSpec, msg: Message, now_ms: int | None = None) -> Request:
+    """The HTTP request for ``msg`` to ``spec``. Pure but for a DingTalk robot's
+    signature, which needs the time it is sent at: ``now_ms`` (default: the wall clock)."""
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT}
+    url = spec.url
     if isinstance(spec, RobotNotifier):
         content = f"[{msg.severity}] {msg.site}: {msg.text}"
         if spec.keyword:
             content = f"{spec.keyword} {content}"
-        payload: dict[str, object] = {"msgtype": "text", "text": {"content": content}}
+        text: dict[str, object] = {"content": content}
+        payload: dict[str, object] = {"msgtype": "text", "text": text}
+        if spec.vendor == "dingtalk":
+            if spec.at_mobiles:
+                text["content"] = content + "".join(f" @{m}" for m in spec.at_mobiles)
+            if spec.at_mobiles or spec.at_all:
+                payload["at"] = {"atMobiles": list(spec.at_mobiles), "isAtAll": spec.at_all}
+            if spec.secret is not None:
+                ts = int(time.time() * 1000) if now_ms is None else now_ms
+                sign = dingtalk_sign(spec.secret.get_secret_value(), ts)
+                url = f"{url}{'&' if '?' in url else '?'}timestamp={ts}&sign={sign}"
+        elif spec.vendor == "wecom" and (spec.at_mobiles or spec.at_all):
+            text["mentioned_mobile_list"] = [*spec.at_mobiles, *(["@all"] if spec.at_all else [])]
     else:
         headers.update(spec.headers)
         payload = {
@@ -87,23 +130,7 @@ def build_request(spec: NotifierSpec, msg: Message) -> Request:
             "ts": msg.ts_ms,
         }
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    return Request(spec.url, headers, body)
-
-
-class RateLimit:
-    """At most one message per ``min_interval`` seconds per target. Pure (clock injected)."""
-
-    __slots__ = ("_last", "min_interval")
-
-    def __init__(self, min_interval: float) -> None:
-        self.min_interval = min_interval
-        self._last: float | None = None
-
-    def allow(self, now: float) -> bool:
-        if self._last is not None and now - self._last < self.min_interval:
-            return False
-        self._last = now
-        return True
+    return Request(url, headers, body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +155,8 @@ def judge_response(spec: NotifierSpec, status: int, body: bytes) -> Outcome:
             return Outcome(True)  # not the robot's usual JSON: the HTTP status said ok
         code = answer.get("errcode", 0) if isinstance(answer, dict) else 0
         if code not in (0, None):
-            return Outcome(False, why=f"robot errcode {code}: {answer.get('errmsg', '')}"[:300])
+            why = f"robot errcode {code}: {answer.get('errmsg', '')}"[:300]
+            return Outcome(False, retry=code in ROBOT_TOO_FAST, why=why)
     return Outcome(True)
 
 
@@ -148,7 +176,6 @@ class _Target:
     def __init__(self, name: str, spec: NotifierSpec, queue_size: int) -> None:
         self.name = name
         self.spec = spec
-        self.limit = RateLimit(spec.min_interval)
         self.queue: asyncio.Queue[Message] = asyncio.Queue(queue_size)
         self.task: asyncio.Task[None] | None = None
 
@@ -157,8 +184,9 @@ class Notifier:
     """Per-target bounded queues and workers; see the module docstring.
 
     ``counters``: ``submitted``, ``sent``, ``failed`` (gave up), ``retried``
-    (attempts that will be repeated), ``suppressed`` (rate limit),
-    ``dropped_full`` (queue full), ``unknown_target``.
+    (attempts that will be repeated), ``http_errors``, ``dropped_full``
+    (queue full), ``unknown_target``. ``wall`` is the clock DingTalk
+    signatures are made with (every attempt is signed anew).
     """
 
     def __init__(
@@ -169,7 +197,7 @@ class Notifier:
         retries: int = RETRIES,
         backoff_base: float = BACKOFF_BASE_S,
         backoff_max: float = BACKOFF_MAX_S,
-        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         sender: Callable[[Request, float], tuple[int, bytes]] = post,
     ) -> None:
@@ -177,7 +205,7 @@ class Notifier:
         self._queue_size = queue_size
         self._retries = retries
         self._backoff = (backoff_base, backoff_max)
-        self._clock = clock
+        self._wall = wall
         self._rand = rand
         self._send = sender
         self._targets: dict[str, _Target] = {}
@@ -185,7 +213,7 @@ class Notifier:
         self.update(specs)
 
     def update(self, specs: Mapping[str, NotifierSpec]) -> None:
-        """Adopt a reloaded ``notifiers:`` section; unchanged targets keep queue and limit."""
+        """Adopt a reloaded ``notifiers:`` section; unchanged targets keep their queue."""
         for name in list(self._targets):
             if name not in specs or specs[name] != self._targets[name].spec:
                 old = self._targets.pop(name)
@@ -204,15 +232,11 @@ class Notifier:
                 t.task = asyncio.create_task(self._worker(t), name=f"notify-{t.name}")
 
     def submit(self, msg: Message) -> bool:
-        """Queue ``msg`` unless rate-limited or the queue is full. Never blocks."""
+        """Queue ``msg`` unless the queue is full. Never blocks."""
         t = self._targets.get(msg.notifier)
         if t is None:
             self.counters["unknown_target"] += 1
             log.warning("notify: no notifier named %r (message dropped)", msg.notifier)
-            return False
-        if not t.limit.allow(self._clock()):
-            self.counters["suppressed"] += 1
-            log.debug("notify %s: suppressed by min_interval %gs", t.name, t.limit.min_interval)
             return False
         try:
             t.queue.put_nowait(msg)
@@ -262,9 +286,9 @@ class Notifier:
                 t.queue.task_done()
 
     async def _deliver(self, t: _Target, msg: Message) -> None:
-        req = build_request(t.spec, msg)
         base, cap = self._backoff
         for attempt in range(self._retries + 1):
+            req = build_request(t.spec, msg, int(self._wall() * 1000))
             try:
                 status, body = await asyncio.to_thread(self._send, req, t.spec.timeout)
                 outcome = judge_response(t.spec, status, body)

@@ -11,6 +11,7 @@ from rulehelpers import events, kinds, rules_file
 from gateway.protocol import Telemetry
 from rules.core.engine import Engine, LeaseOn, Notify, SwitchOff
 from rules.core.evaluator import Action
+from rules.core.notifylimit import hhmm
 
 BASE = """
 sites: [site-01, county]
@@ -214,15 +215,29 @@ def test_combine_any_tolerates_one_dead_monitor_but_mean_does_not() -> None:
     assert eng2.state("pm10", "site-01").phase == "active"
 
 
-def test_notifications_are_rate_limited_per_notifier() -> None:
+def test_notifications_are_rate_limited_per_site_and_rule_and_folded() -> None:
     text = BASE.replace("for: 30s", "for: 0s").replace("cooldown: 2m", "cooldown: 0s")
+    text += SECOND_RULE.replace("actions: {lease: [cannon-1]}", "notify: [office]")
     eng = Engine(rules_file(text))
-    sent = []
+    sent: list[Notify] = []
     for i, v in enumerate([200, 50, 200, 50, 200]):
         sent += [a for a in feed(eng, 1000.0 + i, pm10=float(v)) if isinstance(a, Notify)]
-        eng.tick(1000.0 + i)
-    assert len(sent) == 1  # min_interval 10 min
-    assert eng.counters["notify_suppressed"] >= 2
+        sent += [a for a in eng.tick(1000.0 + i) if isinstance(a, Notify)]
+    # another rule on the same robot has its own turn
+    sent += [a for a in feed(eng, 1010.0, tsp=900.0) if isinstance(a, Notify)]
+    assert [(n.rule, n.text) for n in sent] == [
+        ("pm10", "pm10: on, last(pm10, 60s) > 150 = 200.0"),
+        ("tsp", "tsp: on, last(tsp, 60s) > 800 = 900.0"),
+    ]
+    assert eng.counters["notify_suppressed"] == 4  # off, on, off, on: held, not dropped
+    snap = json.loads(json.dumps(eng.snapshot()))
+    eng = Engine.restore(eng.rules_file, snap, 1100.0)  # a restart keeps them
+    assert [a for a in eng.tick(1599.0) if isinstance(a, Notify)] == []
+    [flushed] = [a for a in eng.tick(1600.0) if isinstance(a, Notify)]  # min_interval 10 min
+    # the last word (the rule went off, stale: no data since) with the four held before it
+    assert flushed.rule == "pm10" and flushed.text.startswith("pm10: off (stale)")
+    assert flushed.text.endswith(f"(4 more since {hhmm(1001.0)})")
+    assert eng.counters["notify_flushed"] == 1
 
 
 def test_restart_in_the_middle_of_for_resumes_the_timer() -> None:

@@ -4,17 +4,22 @@ real HTTP server on 127.0.0.1 (http.server in a thread)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
+import base64
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from webhooks import Hook
 
 from rules.core.config import RobotNotifier, WebhookNotifier
-from rules.service.notify import Message, Notifier, RateLimit, build_request, judge_response
+from rules.service.notify import Message, Notifier, build_request, judge_response
 
 
 def msg(notifier: str = "ops", text: str = "pm10-gate: on, mean(pm10) = 180.0") -> Message:
@@ -63,21 +68,61 @@ def test_robot_body_has_keyword_and_text_in_utf8() -> None:
     assert "PM10 超标" in content and "site-01" in content
 
 
-def test_rate_limit_allows_one_per_interval() -> None:
-    rl = RateLimit(60.0)
-    assert rl.allow(1000.0)
-    assert not rl.allow(1059.9)
-    assert rl.allow(1060.0)
-    assert not rl.allow(1070.0)
+SECRET = "SECabc123"  # the shape of a DingTalk robot secret
 
 
-@given(st.lists(st.floats(0, 1000, allow_nan=False), max_size=50), st.floats(0.1, 100))
-def test_rate_limit_property(times: list[float], interval: float) -> None:
-    rl = RateLimit(interval)
-    allowed = [t for t in sorted(times) if rl.allow(t)]
-    assert all(b - a >= interval for a, b in itertools.pairwise(allowed))
-    if times:
-        assert allowed[0] == min(times)
+def signature(timestamp_ms: int, secret: str) -> str:
+    """DingTalk's documented check, written out independently: HMAC-SHA256 with the secret
+    as key over "timestamp\\nsecret", base64 (the receiver gets it URL-decoded)."""
+    mac = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+
+@given(st.integers(1_600_000_000_000, 2_000_000_000_000), st.from_regex(r"SEC[0-9a-f]{8,64}"))
+def test_dingtalk_signature_verifies(ts: int, secret: str) -> None:
+    spec = robot("https://oapi.dingtalk.com/robot/send?access_token=t", secret=secret)
+    req = build_request(spec, msg(), now_ms=ts)
+    query = parse_qs(urlsplit(req.url).query)
+    assert query["access_token"] == ["t"]
+    assert query["timestamp"] == [str(ts)]
+    assert query["sign"] == [signature(ts, secret)]
+
+
+def test_robot_vendor_secret_and_mentions_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DG_ROBOT_SECRET", SECRET)
+    spec = robot("https://oapi.dingtalk.com/robot/send?access_token=t",
+                 secret={"env": "DG_ROBOT_SECRET"})  # fmt: skip
+    assert spec.vendor == "dingtalk" and spec.secret is not None
+    assert spec.secret.get_secret_value() == SECRET and SECRET not in repr(spec)
+    assert robot("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k").vendor == "wecom"
+    assert robot("http://127.0.0.1:1/r").vendor is None
+    for bad, why in [
+        ({"url": "http://127.0.0.1:1/r", "secret": SECRET}, "need vendor"),
+        ({"url": "http://127.0.0.1:1/r", "at_all": True}, "need vendor"),
+        ({"url": "http://127.0.0.1:1/r", "vendor": "wecom", "secret": SECRET}, "DingTalk"),
+        ({"url": "http://127.0.0.1:1/r", "vendor": "dingtalk", "secret": {"env": "NOPE_X"}},
+         "NOPE_X is not set"),
+        ({"url": "http://127.0.0.1:1/r", "vendor": "dingtalk", "at_mobiles": ["call me"]},
+         "at_mobiles"),
+    ]:  # fmt: skip
+        with pytest.raises(ValidationError, match=why):
+            robot(**bad)
+
+
+def test_mentions_dingtalk_and_wecom() -> None:
+    ding = robot("http://x/r", vendor="dingtalk", at_mobiles=["13800000000"], at_all=False)
+    body = json.loads(build_request(ding, msg(text="PM10 超标")).body)
+    assert body["at"] == {"atMobiles": ["13800000000"], "isAtAll": False}
+    assert body["text"]["content"].endswith("PM10 超标 @13800000000")  # else not highlighted
+    everyone = json.loads(build_request(robot("http://x/r", vendor="dingtalk", at_all=True),
+                                        msg()).body)  # fmt: skip
+    assert everyone["at"] == {"atMobiles": [], "isAtAll": True}
+    wecom = robot("http://x/r", vendor="wecom", at_mobiles=["13800000000"], at_all=True)
+    body = json.loads(build_request(wecom, msg()).body)
+    assert body["text"]["mentioned_mobile_list"] == ["13800000000", "@all"]
+    assert "at" not in body
+    plain = json.loads(build_request(robot("http://x/r"), msg()).body)
+    assert set(plain) == {"msgtype", "text"} and set(plain["text"]) == {"content"}
 
 
 def test_judge_response() -> None:
@@ -89,8 +134,12 @@ def test_judge_response() -> None:
     bad = judge_response(w, 400, b"bad payload")
     assert not bad.ok and not bad.retry and "400" in bad.why
     assert judge_response(r, 200, b'{"errcode":0,"errmsg":"ok"}').ok
-    refused = judge_response(r, 200, b'{"errcode":45009,"errmsg":"api freq out of limit"}')
-    assert not refused.ok and "45009" in refused.why
+    refused = judge_response(r, 200, b'{"errcode":310000,"errmsg":"sign not match"}')
+    assert not refused.ok and not refused.retry and "310000" in refused.why
+    for too_fast in (b'{"errcode":45009,"errmsg":"api freq out of limit"}',
+                     b'{"errcode":130101,"errmsg":"send too fast"}'):  # fmt: skip
+        slow_down = judge_response(r, 200, too_fast)
+        assert not slow_down.ok and slow_down.retry
 
 
 # --------------------------------------------------------- against a real server
@@ -114,18 +163,35 @@ async def test_webhook_and_robot_delivered(hook: Hook) -> None:
     assert any(h.get("X-Token") == "abc" for h in hook.headers)
 
 
-async def test_rate_limit_suppresses_and_counts(hook: Hook) -> None:
-    n = Notifier({"ops": webhook(hook.url, min_interval=60)})
+async def test_the_notifier_itself_never_suppresses(hook: Hook) -> None:
+    """Rate limits are the engine's, per (site, rule); whatever is submitted is sent."""
+    n = Notifier({"ops": webhook(hook.url, min_interval=3600)})
     await n.start()
     try:
-        results = [n.submit(msg(text=f"message {i}")) for i in range(3)]
-        await wait_for(lambda: n.counters["sent"] == 1)
-        assert await n.drain(5)
+        assert all(n.submit(msg(text=f"message {i}")) for i in range(3))
+        await wait_for(lambda: n.counters["sent"] == 3)
     finally:
         await n.close()
-    assert results == [True, False, False]
-    assert n.counters["suppressed"] == 2
-    assert [b["text"] for b in hook.received] == ["message 0"]
+    assert [b["text"] for b in hook.received] == ["message 0", "message 1", "message 2"]
+
+
+async def test_signed_robot_signs_every_attempt_anew(hook: Hook) -> None:
+    hook.script = [(200, b'{"errcode":130101,"errmsg":"send too fast"}')]
+    clock = iter([1_780_000_000.0, 1_780_000_002.5])
+    spec = robot(hook.url, vendor="dingtalk", secret=SECRET, at_all=True)
+    n = Notifier({"r": spec}, backoff_base=0.01, wall=lambda: next(clock))
+    await n.start()
+    try:
+        n.submit(msg("r"))
+        await wait_for(lambda: n.counters["sent"] == 1)
+    finally:
+        await n.close()
+    assert n.counters["retried"] == 1  # "too fast" is retried, and counted
+    stamps = [parse_qs(urlsplit(path).query) for path in hook.paths]
+    assert [q["timestamp"] for q in stamps] == [["1780000000000"], ["1780000002500"]]
+    for q in stamps:
+        assert q["sign"] == [signature(int(q["timestamp"][0]), SECRET)]
+    assert hook.received[-1]["at"] == {"atMobiles": [], "isAtAll": True}
 
 
 async def test_server_error_is_retried_then_delivered(hook: Hook) -> None:
