@@ -255,7 +255,7 @@ class SiteConfig(StrictModel):
         """Where this site's profile references are looked up."""
         from drivers.profiles import ProfileSearch
 
-        return ProfileSearch.for_site(self.profile_paths, self._base)
+        return ProfileSearch.for_site(self.profile_paths, self._base, read_profile_yaml)
 
     def bus(self, bus_id: str) -> SerialBus | TcpBus:
         for b in self.buses:
@@ -338,7 +338,23 @@ def _search_of(data: dict[str, Any], base: Path) -> ProfileSearch:
 
     paths = data.get("profile_paths")
     own = [Path(p) for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
-    return ProfileSearch.for_site(own, base)
+    return ProfileSearch.for_site(own, base, read_profile_yaml)
+
+
+def read_profile_yaml(path: Path) -> Any:
+    """A profile file through the one safe YAML loader (site profiles are written by
+    people: the same limits as site.yaml); any problem is a ProfileError."""
+    from drivers.profiles import ProfileError
+    from gateway.yamlsafe import ConfigError as YamlError
+    from gateway.yamlsafe import read_yaml
+
+    try:
+        doc = read_yaml(path)
+    except YamlError as exc:
+        raise ProfileError(str(exc)) from None
+    if doc.issues:
+        raise ProfileError("; ".join(str(i) for i in doc.issues))
+    return doc.data
 
 
 def _check_profile(

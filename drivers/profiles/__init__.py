@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -118,13 +118,22 @@ class ProfileSearch:
 
     dirs: tuple[Path, ...] = (SYSTEM_PROFILE_DIR, PROFILE_DIR)
     base: Path = Path(".")
+    # how a profile file becomes data: the caller's hardened YAML loader (the agent's
+    # gateway.yamlsafe: a site's own profiles are files a person wrote), raising
+    # ProfileError; None: PyYAML's safe_load
+    loader: Callable[[Path], Any] | None = None
 
     @classmethod
-    def for_site(cls, profile_paths: Sequence[Path], base: Path) -> ProfileSearch:
+    def for_site(
+        cls,
+        profile_paths: Sequence[Path],
+        base: Path,
+        loader: Callable[[Path], Any] | None = None,
+    ) -> ProfileSearch:
         """A site's own folders (relative to ``base``, its site.yaml's folder) ahead of
         ``/etc/dustgate/profiles`` and the shipped profiles."""
         own = tuple(p if p.is_absolute() else base / p for p in profile_paths)
-        return cls((*own, SYSTEM_PROFILE_DIR, PROFILE_DIR), base)
+        return cls((*own, SYSTEM_PROFILE_DIR, PROFILE_DIR), base, loader)
 
     def names(self) -> list[str]:
         """Every profile name the search finds."""
@@ -198,7 +207,7 @@ def _read(
         stat = path.stat()
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read: {exc.strerror}") from None
-    data = dict(_load(path, stat.st_mtime_ns, stat.st_size))
+    data = dict(_load(path, stat.st_mtime_ns, stat.st_size, search.loader))
     parent = data.pop("extends", None)
     if parent is not None:
         parent = str(parent)
@@ -215,10 +224,15 @@ def _stem(ref: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _load(path: Path, _mtime_ns: int, _size: int) -> dict[str, Any]:
+def _load(
+    path: Path, _mtime_ns: int, _size: int, loader: Callable[[Path], Any] | None
+) -> dict[str, Any]:
     """One profile file's YAML (cached while the file is unchanged)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loader is not None:
+            data = loader(path)
+        else:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:

@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from gateway.calibration import CalibrationError, Factors, Fit, fit
 from gateway.config import SiteConfig, device_metrics, load_site_config
 from gateway.configfile import ConfigError
+from gateway.yamlsafe import read_yaml
 
 LOG_NAME = "calibration-log.jsonl"
 HEADER = """\
@@ -119,7 +118,7 @@ def read_file_entries(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """The calibration file's ``devices`` mapping as plain data ({} if absent)."""
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml(path).data or {}  # ConfigError: reported with its line
     devices = data.get("devices") if isinstance(data, dict) else None
     return {str(k): dict(v or {}) for k, v in (devices or {}).items()}
 

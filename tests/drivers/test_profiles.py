@@ -201,3 +201,27 @@ def test_profile_mistakes_are_reported_at_the_device(
     assert f"{own / 'bad.yaml'}" in lines[f"{site_file}:8:33"]
     assert "fields.pm10.address" in lines[f"{site_file}:8:33"]
     assert "unknown profile '../../etc/passwd'" in lines[f"{site_file}:9:33"]
+
+
+def test_a_site_profile_is_read_by_the_safe_loader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = tmp_path / "site" / "profiles"
+    own.mkdir(parents=True)
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    (own / "laughs.yaml").write_text(laughs)
+    (own / "tagged.yaml").write_text("slave_id: !!python/object:os.system 1\n")
+    site_file = _site(
+        tmp_path,
+        "  - {id: a, bus: bus1, profile: laughs}\n  - {id: b, bus: bus1, profile: tagged}\n",
+        extra="profile_paths: [profiles]\n",
+    )
+    assert main(["check", str(site_file)]) == 1
+    err = capsys.readouterr().err
+    lines = {line.split(": ", 1)[0]: line for line in err.splitlines()}
+    assert f"{own / 'laughs.yaml'}:" in lines[f"{site_file}:6:33"]
+    assert "alias" in lines[f"{site_file}:6:33"]
+    assert f"{own / 'tagged.yaml'}:1:" in lines[f"{site_file}:7:33"]
