@@ -491,6 +491,65 @@ def test_make_users_refuses_bad_site_ids(tmp_path: Path, bad: str) -> None:
     assert not (tmp_path / "passwd").exists()  # validated before anything is written
 
 
+def acl_users(text: str) -> list[str]:
+    """The service accounts of an ACL: every ``user NAME`` line, as mosquitto reads it."""
+    out = []
+    for line in text.splitlines():
+        words = line.strip().split(None, 1)
+        if len(words) == 2 and words[0] == "user":
+            out.append(words[1].strip())
+    return out
+
+
+def run_make_users(passwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DUSTGATE_RULES_PASSWORD"}
+    return subprocess.run(
+        ["bash", str(MOSQ_DIR / "make-users.sh"), *args[:-1], str(passwd), args[-1]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_every_user_of_the_acl_is_refused_as_a_site_id(tmp_path: Path) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not found (Debian package: mosquitto)")
+    users = acl_users((MOSQ_DIR / "acl").read_text())
+    assert {"dustgate-rules", "dustgate-operator", "dustgate-console"} <= set(users)
+    for user in users:
+        proc = run_make_users(tmp_path / "passwd", user)
+        assert proc.returncode == 1, (user, proc.stderr)
+        assert f"'user {user}'" in proc.stderr
+        assert not (tmp_path / "passwd").exists()
+
+
+def test_a_service_user_added_to_the_acl_is_reserved_at_once(tmp_path: Path) -> None:
+    """No hand-kept list: a `user` line added to the broker's ACL (beside the
+    password file) or to an ACL given with --acl reserves that name."""
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not found (Debian package: mosquitto)")
+    broker = tmp_path / "broker"
+    broker.mkdir()
+    shipped = (MOSQ_DIR / "acl").read_text()
+    (broker / "acl").write_text(shipped + "\nuser   dustgate-auditor  \ntopic read dustgate/v1/#\n")
+    assert "dustgate-auditor" in acl_users((broker / "acl").read_text())
+    proc = run_make_users(broker / "passwd", "dustgate-auditor")
+    assert proc.returncode == 1 and "'user dustgate-auditor'" in proc.stderr, proc.stderr
+    other = tmp_path / "other.acl"
+    other.write_text("user north-archive\ntopic read dustgate/v1/#\n")
+    proc = run_make_users(tmp_path / "passwd", "--acl", str(other), "north-archive")
+    assert proc.returncode == 1 and "'user north-archive'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "passwd").exists() and not (broker / "passwd").exists()
+    proc = run_make_users(broker / "passwd", "north-yard:pw")  # a site is still welcome
+    assert proc.returncode == 0, proc.stderr
+    assert [ln.split(":")[0] for ln in (broker / "passwd").read_text().splitlines()] == [
+        "north-yard",
+        "dustgate-rules",
+    ]
+
+
 # --------------------------------------------------------------------------- TLS
 
 
