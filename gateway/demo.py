@@ -7,8 +7,10 @@ driven by a small plume model), then the agent and the rule engine as their
 own processes, exactly as they run on a site. About 20 s in, an earthwork
 dust event starts at the gate; the view shows PM10 rising past the rule's
 threshold, the cannons switching on, PM10 falling and the cannons switching
-off. With ``--duration`` it ends by itself and exits non-zero if the loop
-did not close (CI runs it that way).
+off. The district console (``dustgate console``) runs beside them on
+loopback; its URL and demo logins are printed, so the same spike can be
+watched in a browser. With ``--duration`` it ends by itself and exits
+non-zero if the loop did not close (CI runs it that way).
 """
 
 from __future__ import annotations
@@ -109,6 +111,41 @@ def demo_site(mqtt_port: int, endpoints: dict[str, object], outbox: Path) -> dic
         act["limits"] = {"max_on": "5m", "min_off": "10s", "broker_grace": "30s"}
         act["hardware_timer"] = "30s"
     return site
+
+
+DEMO_USERS = (("operator", "demo-operator", "operator"), ("viewer", "demo-viewer", "viewer"))
+"""(user, password, role) of the demo console: demo only, loopback only."""
+
+
+def demo_console(workdir: Path, mqtt_port: int, influx_url: str, rules: Path) -> tuple[Path, str]:
+    """console.yaml for the demo (loopback, a free port) and its users, made with
+    ``dustgate console adduser`` as an operator would; returns (file, URL)."""
+    from gateway.localservices import free_port
+
+    port = free_port()
+    cfg = workdir / "console.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "console": {"listen": "127.0.0.1", "port": port, "stale_after": "30s"},
+                "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+                "influx": {"url": influx_url, "database": DB},
+                "rules_file": str(rules),
+                "store": str(workdir / "console.db"),
+            },
+            sort_keys=False,
+        )
+    )
+    for user, password, role in DEMO_USERS:
+        subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "console", "adduser", "--config", str(cfg),
+             user, "--role", role],
+            env={**os.environ, "DUSTGATE_CONSOLE_PASSWORD": password},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+    return cfg, f"http://127.0.0.1:{port}/"
 
 
 @dataclass
@@ -258,7 +295,8 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
                 demo_rules(mq.port, influx.url, workdir / "rules-state"), sort_keys=False
             )
         )
-        for name, cfg in (("agent", site_yaml), ("rules", rules_yaml)):
+        console_yaml, console_url = demo_console(workdir, mq.port, influx.url, rules_yaml)
+        for name, cfg in (("agent", site_yaml), ("rules", rules_yaml), ("console", console_yaml)):
             log = (workdir / f"{name}.log").open("wb")
             procs.append(
                 subprocess.Popen(
@@ -269,6 +307,11 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
                     start_new_session=True,
                 )
             )
+        logins = " or ".join(f"{u} / {pw}" for u, pw, _ in DEMO_USERS)
+        print(
+            f"console: {console_url}  (sign in as {logins}; log: {workdir}/console.log)",
+            flush=True,
+        )
         print(
             f"mosquitto on 127.0.0.1:{mq.port}, influxd on {influx.url}; "
             f"agent and rule engine started (logs: {workdir}/agent.log, rules.log)",
@@ -323,6 +366,7 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
             "use deploy/grafana/ provisioning (datasource + dashboards)."
         )
         ok = view.closed and counts["telemetry"] > 0 and counts["actuator"] > 0
+        print(f"\nconsole: {console_url}  (operator / demo-operator)")
         print(
             "\nloop closed: dust rose, the cannons sprayed, PM10 fell, the cannons stopped."
             if ok

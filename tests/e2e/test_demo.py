@@ -7,6 +7,7 @@ processes, devices simulated at the wire (Modbus RTU and UART on ptys).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, out[-4000:] + logs
     assert "loop closed" in out
+    assert re.search(
+        r"console: http://127\.0\.0\.1:\d+/ +\(sign in as operator / demo-operator", out
+    )
     assert "[x] spray started" in out and "[x] spray stopped" in out
     # the closing summary reports what the database holds, counted by query
     summary = next(line for line in out.splitlines() if line.startswith("InfluxDB:"))
