@@ -208,12 +208,16 @@ class _Found:
     stuck: dict[str, float] = field(default_factory=dict)
 
 
-def _stuck(cols: list[str], rows: list[list[Any]], stuck_after_s: float) -> dict[str, float]:
+def stuck_metrics(cols: list[str], rows: list[list[Any]], stuck_after_s: float) -> dict[str, float]:
     """Metric -> unchanged for (s), from one device's ``min(*), max(*)`` buckets."""
     stuck: dict[str, float] = {}
     for i, col in enumerate(cols):
         metric = col[len("min_") :]
-        if not col.startswith("min_") or metric in _NOT_METRICS | STEADY_METRICS:
+        if (
+            not col.startswith("min_")
+            or metric in _NOT_METRICS | STEADY_METRICS
+            or metric.endswith("_raw")  # a calibrated metric's raw value: the metric says it
+        ):
             continue
         j = cols.index(f"max_{metric}")
         run = longest_unchanged([(r[0], r[i], r[j]) for r in rows])
@@ -258,7 +262,7 @@ def _query_day(
         f"AND \"status\"::tag != '{_COMM_ERROR}' "
         f'GROUP BY time({BUCKET_MS // 60_000}m), "site", "device"'
     ):
-        f.stuck = _stuck(s["columns"], s["values"], stuck_after_s)
+        f.stuck = stuck_metrics(s["columns"], s["values"], stuck_after_s)
     return found
 
 

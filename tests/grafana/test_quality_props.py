@@ -15,6 +15,7 @@ from rules.history.quality import (
     device_day,
     longest_gap,
     longest_unchanged,
+    stuck_metrics,
 )
 from rules.sink.points import reading_quality
 
@@ -103,3 +104,13 @@ def test_a_hole_or_a_change_ends_a_run() -> None:
     assert longest_unchanged([(0, 5.0, 5.0), (2 * b, 5.0, 5.0)]) == b  # a bucket missing
     assert longest_unchanged([(0, 5.0, 5.0), (b, 6.0, 6.0)]) == b
     assert longest_unchanged([(0, 5.0, 6.0)]) == 0
+
+
+def test_stuck_metrics_from_the_bucket_columns() -> None:
+    b = BUCKET_MS
+    cols = ["time", "min_pm10", "min_pm10_raw", "min_rain", "min_seq", "max_pm10",
+            "max_pm10_raw", "max_rain", "max_seq"]  # fmt: skip
+    rows = [[k * b, 35.0, 17.5, 0.0, k, 35.0, 17.5, 0.0, k + 1] for k in range(12)]
+    # an hour unchanged; the raw twin of a calibrated metric, rain and seq are no metrics here
+    assert stuck_metrics(cols, rows, 1800) == {"pm10": 12 * b / 1000}
+    assert stuck_metrics(cols, rows, 12 * b / 1000 + 1) == {}
