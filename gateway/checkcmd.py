@@ -54,6 +54,11 @@ def _check(path: Path) -> tuple[str, list[ConfigIssue], list[str], list[str]]:
             sources = [
                 f"{ident}: profile {ref} from {file}" for ident, ref, file in profile_sources(site)
             ]
+            sources += [
+                f"{ident}: {metric} calibrated, value = raw x {f.scale:.6g} {f.offset:+.6g}"
+                f" ({where})"
+                for ident, metric, f, where in site.calibration_sources()
+            ]
         elif kind == "console":
             from rules.console.config import load_console_file
 

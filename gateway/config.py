@@ -241,6 +241,15 @@ class SiteConfig(StrictModel):
     calibration_file: Path = Path("calibration.yaml")
 
     _base: Path = PrivateAttr(default_factory=Path.cwd)
+    _calibrated_in: dict[tuple[str, str], Path] = PrivateAttr(default_factory=dict)
+
+    def calibration_sources(self) -> list[tuple[str, str, Factors, Path | None]]:
+        """(device, metric, factors, file they are written in) of every calibration."""
+        return [
+            (d.id, m, c.factors(), self._calibrated_in.get((d.id, m)))
+            for d in self.devices
+            for m, c in d.calibration.items()
+        ]
 
     @property
     def base_dir(self) -> Path:
@@ -423,6 +432,8 @@ def load_site_config(
         context=context,
     )
     site._base = base
+    for dev in site.devices:
+        site._calibrated_in.update(((dev.id, m), Path(path)) for m in dev.calibration)
     cal_path = site.calibration_path()
     if cal_path.is_file():
         cal = load(
@@ -432,7 +443,9 @@ def load_site_config(
             context=context,
         )
         for dev in site.devices:
-            dev.calibration.update(cal.devices.get(dev.id, {}))
+            from_file = cal.devices.get(dev.id, {})
+            dev.calibration.update(from_file)
+            site._calibrated_in.update(((dev.id, m), cal_path) for m in from_file)
     return site
 
 

@@ -89,6 +89,10 @@ def test_calibrate_writes_the_factors_and_logs_who_when_what(
     assert rc == 0, err
     rc, out, _ = _run(capsys, "check", str(site))
     assert rc == 0 and "ok (site config)" in out
+    cal_file = site.parent / "calibration.yaml"
+    assert f"sds: pm10 calibrated, value = raw x 0.88 +2.2 ({cal_file})" in out
+    assert f"gate: noise calibrated, value = raw x 1 -1.5 ({cal_file})" in out
+    assert f"pms: pm25 calibrated, value = raw x 0.8 +1.5 ({site})" in out
     rc, _, _ = _run(
         capsys,
         "calibrate",
