@@ -6,8 +6,12 @@ the console as `dustgate console`. An operator signs in, sees the site,
 lowers the threshold, the preview over last week's stored data shows more
 triggers than before, saves; the engine reloads (its event is seen on the
 page); a dust spike turns the site red and the cannons show ON with their
-lease. Screenshots of the board, the rule page and the site page go to
-tests/output/ for a person to look at.
+lease. The spike also opens an incident: the site's card shows it within 5 s
+of the rule going on, a webhook receiver started by the test gets the
+notification with the incident's link, an inspector acknowledges and resolves
+it in the browser and the ranking shows the times. Screenshots of the board,
+the rule page, the site page and the incident go to tests/output/ for a person
+to look at.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from gateway.localservices import Influxd, Mosquitto, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))
 from consolehelpers import week_lines
+from webhooks import Hook
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +94,7 @@ async def _wait_http(
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[dict[str, object]]:
+async def stack(tmp_path: Path, hook: Hook) -> AsyncIterator[dict[str, object]]:
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (Makefile DEBS)")
     from drivers.sim.site import FakeSite
@@ -126,10 +131,18 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, object]]:
             f"mqtt: {{host: 127.0.0.1, port: {mq.port}}}\n"
             f"influx: {{url: '{influx.url}', database: dustgate}}\n"
             "rules_file: rules.yaml\nstore: console.db\n"
+            "incidents:\n"
+            f"  notifiers: {{hook: {{type: webhook, url: '{hook.url}'}}}}\n"
+            f"  sites: {{{SITE}: {{contacts: [{{name: Li Wei, role: site manager, notify: hook}}]}}}}\n"
         )
         env = {**os.environ, "DUSTGATE_CONSOLE_PASSWORD": PASSWORD}
         added = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "console", "adduser", "--config", str(console_yaml), "otto", "--role", "operator"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        added = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "console", "adduser", "--config", str(console_yaml), "ines", "--role", "inspector"],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
@@ -147,7 +160,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, object]]:
         mq.stop()
 
 
-async def test_operator_lowers_a_threshold_and_sees_the_spray(stack: dict[str, object]) -> None:
+async def test_operator_lowers_a_threshold_and_sees_the_spray(
+    stack: dict[str, object], hook: Hook
+) -> None:
     from playwright.async_api import async_playwright
 
     url = str(stack["url"])
@@ -164,7 +179,17 @@ async def test_operator_lowers_a_threshold_and_sees_the_spray(stack: dict[str, o
                 if st.state == "on":
                     cannon_on_at.setdefault(str(m.topic).split("/")[-2], time.monotonic())
 
+    rule_on_at: list[float] = []
+
+    async def watch_events() -> None:
+        async with aiomqtt.Client("127.0.0.1", mq.port) as client:
+            await client.subscribe(p.subscription("events", SITE), qos=1)
+            async for m in client.messages:
+                if p.decode(p.Event, bytes(m.payload)).kind == "on":  # type: ignore[arg-type]
+                    rule_on_at.append(time.monotonic())
+
     watcher = asyncio.create_task(watch_states())
+    events_watcher = asyncio.create_task(watch_events())
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
@@ -228,15 +253,54 @@ async def test_operator_lowers_a_threshold_and_sees_the_spray(stack: dict[str, o
             assert "ON" in first and "lease" in first, first
             await page.wait_for_selector("#counts .st-spraying", timeout=5_000)
             await page.screenshot(path=str(OUT / "console-board-spraying.png"), full_page=True)
+            # the spike opened an incident: on the card within 5 s of the rule going on
+            await page.wait_for_selector(f"{card} a.badge.incident", timeout=10_000)
+            t_badge = time.monotonic()
+            assert rule_on_at, "an incident without the rule going on"
+            incident_lag = t_badge - rule_on_at[0]
+            assert incident_lag < 5.0, f"incident shown {incident_lag:.1f}s after the rule went on"
             await page.goto(url + f"/site/{SITE}?hours=1")
             await page.wait_for_selector("svg.chart", timeout=10_000)
             await page.wait_for_selector("#events li", timeout=10_000)
             await page.screenshot(path=str(OUT / "console-site.png"), full_page=True)
+
+            # the site's contact got the notification with the incident's link
+            deadline = time.monotonic() + 10
+            while not hook.received and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            (note,) = hook.received
+            assert f"{SITE}" in note["text"] and "/incidents/1" in note["text"], note
+
+            # an inspector acknowledges and resolves it; the ranking shows the times
+            inspector = await (await browser.new_context()).new_page()
+            await inspector.goto(url + "/login")
+            await inspector.fill("input[name=username]", "ines")
+            await inspector.fill("input[name=password]", PASSWORD)
+            await inspector.click("button[type=submit]")
+            await inspector.wait_for_url(url + "/")
+            await inspector.click(f"{card} a.badge.incident")
+            await inspector.click("tr.inc a[href='/incidents/1']")
+            await inspector.click("#acknowledge")
+            await inspector.wait_for_selector("#incident[data-status=acknowledged]")
+            await inspector.fill("#note-text", "<b>water truck</b> sent")
+            await inspector.click("#add-note")
+            await inspector.wait_for_selector("span.note >> text=<b>water truck</b> sent")
+            await inspector.fill("#resolve-text", "road washed, cannons on")
+            await inspector.click("#resolve")
+            await inspector.wait_for_selector("#incident[data-status=resolved]")
+            await inspector.screenshot(path=str(OUT / "console-incident.png"), full_page=True)
+            await inspector.goto(url + "/incidents/ranking")
+            row = inspector.locator(f"#ranking tr[data-site={SITE}]")
+            assert (await row.locator("td").nth(1).inner_text()) == "1"
+            assert "min" in await row.locator("td.ack-median").inner_text()
+            assert "–" not in await row.locator("td.resolve-median").inner_text()
+            await inspector.screenshot(path=str(OUT / "console-ranking.png"), full_page=True)
             print(
-                f"preview triggers {before} -> {after}; spray shown {t_page - t_spike:.1f}s after the spike, {lag:.2f}s after the cannon's state"
+                f"preview triggers {before} -> {after}; spray shown {t_page - t_spike:.1f}s after the spike, {lag:.2f}s after the cannon's state; incident shown {incident_lag:.2f}s after the rule went on"
             )
         finally:
             await browser.close()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await watcher
+            for task in (watcher, events_watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
