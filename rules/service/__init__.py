@@ -372,6 +372,9 @@ class RulesService:
         # telemetry topic -> (site, device, the engine's ingest for that device or None);
         # cleared when the rules are reloaded (the engine's device bindings change)
         self._topic_cache: dict[str, tuple[str, str, DeviceIngest | None]] = {}
+        # (site, device) -> read interval from the gateways' status, stored with readings
+        # that do not carry their own (gateways from before telemetry had interval_s)
+        self._intervals: dict[tuple[str, str], float] = {}
         self._warned: dict[str, tuple[float, int]] = {}
         self._old_subscriptions: list[str] = []
         t = time.time() if now is None else now
@@ -652,7 +655,8 @@ class RulesService:
             marks = outside(msg.values, self._engine.limits)  # implausible: stored flagged
             if marks:
                 stored = self._flagged(msg, marks)
-            sink.add(telemetry_line(site, device, stored))
+            iv = None if msg.interval_s is not None else self._intervals.get((site, device))
+            sink.add(telemetry_line(site, device, stored, interval_s=iv))
         flags = msg.flags
         status = "ok" if msg.status is _OK else msg.status.value
         flag_map = {k: v.value for k, v in flags.items()} if flags else None
@@ -688,6 +692,11 @@ class RulesService:
                 log.warning("gateway %s of site %s is offline", t.name, t.site)
             if sink is not None:
                 sink.add(gateway_line(t.site, t.name, gs))
+            if len(self._intervals) >= TOPIC_CACHE_MAX:  # bounded whatever ids come in
+                self._intervals.clear()
+            for dev, health in gs.devices.items():
+                if health.poll_interval_s and health.poll_interval_s > 0:
+                    self._intervals[(t.site, dev)] = health.poll_interval_s
         elif t.kind == "events":
             ev = p.decode(p.Event, payload)
             self.counters["events_in"] += 1

@@ -734,3 +734,25 @@ async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
     assert all(ev for _, ev in seen[first_live:])
     assert first_live == 400 - 64
     assert svc.engine.counters["readings"] == 400
+
+
+def test_readings_without_their_interval_are_stored_with_the_status_one(tmp_path: Path) -> None:
+    """A gateway from before telemetry carried interval_s: completeness still counts its
+    readings, at the interval its retained status publishes."""
+    svc, sink = make_service(tmp_path)
+    status = p.GatewayStatus(
+        state="online",
+        ts=round(T0 * 1000),
+        devices={
+            "gate": p.DeviceHealth(state="online", poll_interval_s=10),
+            "odd": p.DeviceHealth(state="online", poll_interval_s=0),
+        },
+    )
+    svc.on_message(TOPIC, telemetry(80, T0, 1), T0)  # before any status: nothing to say
+    svc.on_message(p.status_topic("site-01", "gw1"), p.encode(status), T0)
+    svc.on_message(TOPIC, telemetry(80, T0 + 1, 2), T0 + 1)
+    svc.on_message(TOPIC, telemetry(80, T0 + 2, 3, interval_s=5), T0 + 2)  # its own wins
+    odd = p.telemetry_topic("site-01", "odd")
+    svc.on_message(odd, telemetry(80, T0 + 3, 1), T0 + 3)
+    stored = [(pt.tags["device"], pt.fields.get("interval_s")) for pt in sink.points("telemetry")]
+    assert stored == [("gate", None), ("gate", 10.0), ("gate", 5.0), ("odd", None)]
