@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from drivers.modbus_client import ModbusClient
 from drivers.profiles import resolve_profile
-from drivers.sim.modbus_server import RtuPtyServer, TcpServer
+from drivers.sim.modbus_server import Faults, RtuPtyServer, TcpServer
 from drivers.sim.units import ProfileUnit
-from gateway.commission.scan import Line, format_ids, parse_ids, run_scan
+from gateway.commission.scan import Line, format_ids, parse_ids, render, run_scan
 
 
 def _units() -> list[ProfileUnit]:
@@ -151,3 +151,25 @@ def test_id_ranges_round_trip(ids: set[int]) -> None:
 def test_bad_id_ranges_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_ids(bad)
+
+
+async def test_a_garbled_answer_is_reported_as_someone_there() -> None:
+    server = RtuPtyServer(_units())
+    path = await server.start()
+    server.faults = Faults("bad_crc", count=1)  # the first answer is corrupted on the line
+    try:
+        report = await run_scan(
+            f"rtu:{path}",
+            lambda line: ModbusClient.rtu(path, baudrate=line.baudrate if line else 9600),
+            [Line(9600)],
+            [1, 2, 3],
+            timeout=0.1,
+            budget=5,
+        )
+    finally:
+        await server.stop()
+    kinds = {a.unit: a.kind for a in report.answers}
+    assert kinds == {1: "garbled", 3: "registers"}
+    assert [a.unit for a in report.devices] == [3]
+    assert "CrcError" in report.answers[0].detail
+    assert "garbled answers: a device is there" in render(report)

@@ -151,7 +151,8 @@ def test_a_site_profile_in_its_own_folder_wins_over_the_shipped_one(
         tmp_path,
         "  - {id: gate, bus: bus1, profile: dust-station}\n"
         "  - {id: north, bus: bus1, profile: my-station}\n"
-        "  - {id: south, bus: bus1, profile: profiles/my-station.yaml, slave_id: 8}\n",
+        "  - {id: south, bus: bus1, profile: profiles/my-station.yaml, slave_id: 8}\n"
+        f"  - {{id: east, bus: bus1, profile: {own / 'my-station.yaml'}, slave_id: 9}}\n",
         extra="profile_paths: [profiles]\n",
     )
     site = load_site_config(site_file)
@@ -163,6 +164,7 @@ def test_a_site_profile_in_its_own_folder_wins_over_the_shipped_one(
     specs = {d.id: modbus_spec(d, search) for d in site.devices if isinstance(d, ModbusDevice)}
     assert specs["north"].slave_id == 7 and specs["north"].field("tsp").scale == 0.1
     assert specs["south"].slave_id == 8 and specs["south"].name == "my-station"
+    assert specs["east"].slave_id == 9 and specs["east"].field("tsp").address == 3
     # dustgate check says where each came from
     assert main(["check", str(site_file)]) == 0
     out = capsys.readouterr().out
