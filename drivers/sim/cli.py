@@ -205,7 +205,12 @@ async def _start_server(
     units: list[SimUnit], tcp: int | None, rtu_over_tcp: int | None, use_pymodbus: bool
 ) -> tuple[Any, str]:
     if tcp is not None and use_pymodbus:
-        from drivers.sim.pymodbus_tcp import PymodbusTcpServer
+        try:
+            from drivers.sim.pymodbus_tcp import PymodbusTcpServer
+        except ImportError as exc:
+            raise SystemExit(
+                f"--pymodbus needs pymodbus ({exc}): pip install 'dustgate[sim]'"
+            ) from None
 
         server: Any = PymodbusTcpServer(units, tcp)
         return server, f"Modbus TCP (pymodbus) 127.0.0.1:{await server.start()}"
