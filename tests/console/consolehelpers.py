@@ -94,3 +94,51 @@ def week_lines(site: str, device: str, end: float, step_s: int = 60, days: int =
         assert line is not None
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+class Served:
+    """The console app served by uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        from gateway.localservices import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+            timeout_graceful_shutdown=1,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("console did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def http_login(client: Any, user: str, password: str = PASSWORD) -> str:
+    """Sign an httpx client in; returns the session's CSRF token."""
+    page = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', page.text)
+    assert token is not None
+    r = client.post(
+        "/login",
+        data={"username": user, "password": password, "login_token": token.group(1), "next": "/"},
+        follow_redirects=True,
+    )
+    m = re.search(r'data-csrf="([^"]+)"', r.text)
+    assert m is not None, r.text[:300]
+    return m.group(1)
