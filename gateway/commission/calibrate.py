@@ -335,7 +335,7 @@ def main(argv: Sequence[str]) -> int:
         return render_log(log_path, args.device, sys.stdout)
     if not args.device or not args.metric:
         parser.error("give DEVICE and METRIC (or --log)")
-    if not args.reset and (not args.reference or not args.by):
+    if not args.by or (not args.reset and not args.reference):
         parser.error("--reference and --by are required: the log says who calibrated against what")
     dev = next((d for d in site.devices if d.id == args.device), None)
     if dev is None:

@@ -138,6 +138,9 @@ def test_calibrate_refuses_what_it_cannot_do_well(
     with pytest.raises(SystemExit):
         main(["calibrate", "--config", str(site), "sds", "pm10", "--scale", "2", "-y"])
     assert "--reference and --by are required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--config", str(site), "sds", "pm10", "--reset", "-y"])
+    assert "--by are required" in capsys.readouterr().err
     assert not (site.parent / "calibration-log.jsonl").exists()
 
 
