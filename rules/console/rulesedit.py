@@ -24,6 +24,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from gateway.configfile import ConfigError, parse_duration
+from gateway.yamlsafe import parse_yaml
 from rules.core.config import RulesFile, load_rules_file
 from rules.service import write_atomic
 
@@ -149,6 +150,13 @@ def _yaml(indent: tuple[int, int] | None = None) -> YAML:
 
 
 def _load(text: str) -> Any:
+    """The round-trip parse, of text the one safe loader accepted first: ruamel
+    itself recurses per nesting level, expands nothing lazily and raises its own
+    errors (NUL, bad tags), so hostile text is refused here with its line."""
+    try:
+        parse_yaml(text, "rules.yaml")
+    except ConfigError as exc:
+        raise EditError(str(exc)) from None
     return _yaml().load(text)
 
 

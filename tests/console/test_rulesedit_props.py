@@ -171,3 +171,37 @@ def test_form_errors_are_per_field() -> None:
     assert set(errors) == {"threshold", "clear", "for", "window", "run_for"}
     assert "expected a number" in errors["threshold"] and errors["window"] == "required"
     assert values == {"cooldown": None, "active_hours": None}  # empty optional fields: removed
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("extra", "at", "message"),
+    [
+        ("x: " + "[" * 2000 + "]" * 2000 + "\n", 0, "nested more than 64 levels deep"),
+        ("x: a\x00b\n", 0, "character NUL (U+0000) is not allowed"),
+        (
+            "".join(
+                f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}" if i else "a"] * 10) + "]\n"
+                for i in range(12)
+            ),
+            4,  # l4 is the alias that crosses the budget
+            "expands the document past 100000 nodes",
+        ),
+    ],
+    ids=["deep", "nul", "laughs"],
+)
+def test_hostile_rules_text_is_an_edit_error_with_its_line(
+    extra: str, at: int, message: str
+) -> None:
+    """The round-trip parser only sees text the safe loader accepted: deep nesting
+    was a RecursionError after seconds, a NUL a ReaderError traceback."""
+    text = EXAMPLE + extra
+    line = EXAMPLE.count("\n") + 1 + at
+    for call in (
+        lambda: rulesedit.current_values(text, RULE_IDS[0]),
+        lambda: rulesedit.apply_edit(text, RULE_IDS[0], {"threshold": 99}),
+    ):
+        with pytest.raises(
+            rulesedit.EditError, match=rf"^rules.yaml:{line}:\d+: .*{re.escape(message)}"
+        ):
+            call()
