@@ -441,7 +441,9 @@ def district_dashboard() -> dict[str, Any]:
         description="One row per site, dirtiest first: the weekly ranking city bureaus run. "
         "Only valid data counts: readings with status ok, metrics without a flag. PM10 means "
         f"with no valid reading read '{NO_VALID_DATA}'. Exceedance minutes: 1-minute site "
-        "means of PM10 above $pm10_limit. Spray minutes: minutes with any fog cannon on. "
+        "means of PM10 above $pm10_limit; exceedance hours: hourly site means above it, "
+        "an hourly mean counting only from a device with 45 minutes of valid PM10 in the "
+        "hour (GB 3095-2012). Spray minutes: minutes with any fog cannon on. "
         "Completeness: the time valid readings stand for (each carries its device's read "
         "interval) over the range, averaged over the site's devices; red under "
         f"{DEFAULT_MIN_COMPLETENESS:g} %: such a site is not ranked by `dustgate report`, "
@@ -451,7 +453,10 @@ def district_dashboard() -> dict[str, Any]:
             {
                 "id": "organize",
                 "options": {
-                    "excludeByName": {"Time": True, **{f"Time {i}": True for i in range(1, 6)}},
+                    "excludeByName": {
+                        "Time": True,
+                        **{f"Time {i}": True for i in range(1, len(queries) + 1)},
+                    },
                     "indexByName": {
                         "site": 0,
                         **{a: i + 1 for i, (a, _) in enumerate(DISTRICT_COLUMNS.values())},

@@ -8,7 +8,8 @@
 device and day (:mod:`rules.history.quality`).
 
 Only valid data counts (see ``rules.sink.points``): flagged readings and
-metrics are left out of the means and the exceedance minutes, and data
+metrics are left out of the means and the exceedance minutes and hours (an
+hourly mean needs 45 minutes of valid data, GB 3095-2012), and data
 completeness is the time valid readings stand for (each reading's
 ``interval_s``, the device's own read interval) over the range.  A site
 with no valid PM10, or under ``--min-completeness``, is listed after the
@@ -51,6 +52,7 @@ def valid_metric(metric: str) -> str:
 
 
 VALID_PM10 = valid_metric("pm10")
+MIN_HOUR_S = 45 * 60  # valid data a device needs in an hour for its hourly mean to count
 
 DISTRICT_QUERIES: dict[str, str] = {
     # A: mean of valid PM10 over the range (the ranking key)
@@ -65,6 +67,15 @@ DISTRICT_QUERIES: dict[str, str] = {
     'SELECT mean("pm10") AS "pm10_1m" FROM "telemetry" '
     f'WHERE {SITE_FILTER} AND {VALID_PM10} GROUP BY time(1m), "site") '
     'WHERE "pm10_1m" > $pm10_limit AND $timeFilter GROUP BY "site"',
+    # F: hours whose site mean of valid PM10 is above the limit; an hourly mean
+    # counts only from a device with valid PM10 for 45 of its 60 minutes (GB 3095-2012
+    # table 4), the site's hour is the mean of those devices' hours
+    "F": 'SELECT count("site_1h") AS "exceedance_h" FROM ('
+    'SELECT mean("pm10_1h") AS "site_1h" FROM ('
+    'SELECT mean("pm10") AS "pm10_1h", sum("interval_s") AS "valid_s" FROM "telemetry" '
+    f'WHERE {SITE_FILTER} AND {VALID_PM10} GROUP BY time(1h), "site", "device") '
+    f'WHERE "valid_s" >= {MIN_HOUR_S} AND $timeFilter GROUP BY time(1h), "site") '
+    'WHERE "site_1h" > $pm10_limit AND $timeFilter GROUP BY "site"',
     # D: minutes with a fog cannon on (summed over the site's actuators)
     "D": 'SELECT sum("on_1m") AS "spray_min" FROM ('
     'SELECT max("on") AS "on_1m" FROM "actuator" '
@@ -89,12 +100,14 @@ DISTRICT_COLUMNS: dict[str, tuple[str, str]] = {
     "A": ("pm10_week", "PM10 mean, range (ug/m3)"),
     "B": ("pm10_today", "PM10 mean, today (ug/m3)"),
     "C": ("exceedance_min", "Exceedance minutes"),
+    "F": ("exceedance_h", "Exceedance hours"),
     "D": ("spray_min", "Spray minutes"),
 }
 
 # count()/sum() return no row for a site with nothing to count: that is a zero
 # (exceedance minutes only where there is valid PM10 to exceed with).
-ZERO_IF_MISSING = ("exceedance_min", "spray_min")
+ZERO_IF_MISSING = ("exceedance_min", "exceedance_h", "spray_min")
+NEED_VALID_PM10 = ("exceedance_min", "exceedance_h")
 
 DEFAULT_PM10_LIMIT = 150  # GB 3095-2012 grade II 24 h; the example rule's ON threshold
 # Below this share of valid data a site is listed, marked, and not ranked.  GB
@@ -241,7 +254,7 @@ def rows_from_results(results: Mapping[str, dict[str, object]]) -> list[SiteRow]
     for vals in by_site.values():
         for alias in ZERO_IF_MISSING:
             if vals.get(alias) is None and (
-                alias != "exceedance_min" or vals.get("pm10_week") is not None
+                alias not in NEED_VALID_PM10 or vals.get("pm10_week") is not None
             ):
                 vals[alias] = 0
     return [SiteRow(site, vals) for site, vals in by_site.items()]

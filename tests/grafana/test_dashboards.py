@@ -52,18 +52,24 @@ N_MIN = (END_MS - START_MS) // MIN  # 3600 minutes
 
 TUE10 = START_MS + 34 * 3600_000
 MON12 = START_MS + 12 * 3600_000
+MON05 = START_MS + 5 * 3600_000
 
 
 def pm10(site: str, device: str, t_ms: int) -> float | None:
     """The data, as a function: None = a failed poll that minute (comm_error)."""
     minute = (t_ms - START_MS) // MIN
+    wed_min = (t_ms - int(WED.timestamp() * 1000)) // MIN
     if site == "site-a" and device == "gate":
-        wed_min = (t_ms - int(WED.timestamp() * 1000)) // MIN
         return 260.0 if 0 <= wed_min < 30 else 100.0 + (minute % 5)
     if site == "site-a" and device == "north":
+        if 0 <= wed_min < 30:
+            return 260.0  # with gate: 30 minutes and the hour Wed 00:00 over the limit
         return 5000.0 if TUE10 <= t_ms < TUE10 + 30 * MIN else 80.0
     if site == "site-b" and device == "gate":
-        return 50.0 + (minute % 3) if minute % 2 == 0 else None  # half the polls fail
+        if minute % 2:
+            return None  # half the polls fail
+        # an hour over the limit, but with 30 minutes of data: no valid hourly mean
+        return 400.0 if MON05 <= t_ms < MON05 + 60 * MIN else 50.0 + (minute % 3)
     raise AssertionError(device)
 
 
@@ -337,7 +343,8 @@ def test_site_panels_exact_values(loaded_influxd: Influxd):
     q = dict((w, q) for w, q in all_queries())
     pm = run(loaded_influxd, expand(q["site.json PM10 A"]))
     assert _at(pm, "device", "gate", wed(0)) == 260.0
-    assert _at(pm, "device", "north", wed(0)) == 80.0
+    assert _at(pm, "device", "north", wed(0)) == 260.0
+    assert _at(pm, "device", "north", wed(40)) == 80.0
     # flagged data are not drawn as concentrations: a fault hides every metric, a flag on
     # PM10 hides PM10 only
     assert _at(pm, "device", "north", TUE10 + 5 * MIN) is None
@@ -392,6 +399,19 @@ def test_gateway_panels_exact_values(loaded_influxd: Influxd):
     assert _at(waiting, "gateway", "gw1", START_MS + 30 * MIN) == 11  # 10 + 1
 
 
+def exceedance_hours(site: str, rows: list[tuple[str, int, float]]) -> int:
+    """Hours whose site mean of the devices' valid hourly means is over 150, a device's
+    hour counting only with 45 minutes of valid PM10 (one reading a minute here)."""
+    per_device: dict[tuple[int, str], list[float]] = {}
+    for d, t, v in rows:
+        per_device.setdefault((t // 3600_000, d), []).append(v)
+    hours: dict[int, list[float]] = {}
+    for (h, _), vs in per_device.items():
+        if len(vs) >= 45:
+            hours.setdefault(h, []).append(sum(vs) / len(vs))
+    return sum(1 for ms in hours.values() if sum(ms) / len(ms) > 150)
+
+
 def expected_district() -> dict[str, dict[str, float]]:
     """The ranking computed in plain Python from the generator functions: valid data only."""
     out: dict[str, dict[str, float]] = {}
@@ -416,6 +436,7 @@ def expected_district() -> dict[str, dict[str, float]]:
             "exceedance_min": sum(1 for vs in minute_means.values() if sum(vs) / len(vs) > 150),
             "completeness_pct": sum(n * 100 * 60 * 1000 / (END_MS - START_MS) for n in valid)
             / len(valid),
+            "exceedance_h": exceedance_hours(site, rows),
         }
     out["site-a"]["spray_min"] = 30
     out["site-b"]["spray_min"] = 10
@@ -427,6 +448,10 @@ def test_district_ranking_values(loaded_influxd: Influxd):
     # the synthetic data do what we meant: 30 minutes over the limit on Wednesday; the
     # over-range spell (3000 at gate) and the frozen spell (5000 at north) do not count
     assert want["site-a"]["exceedance_min"] == 30
+    assert want["site-a"]["exceedance_h"] == 1  # Wed 00:00
+    # site-b: an hour at 400, but every other poll failed: 30 minutes over the limit and
+    # no valid hourly mean, so no exceedance hour
+    assert (want["site-b"]["exceedance_min"], want["site-b"]["exceedance_h"]) == (30, 0)
     assert want["site-a"]["completeness_pct"] == pytest.approx(100 * (1 - 20 / N_MIN))
     answers = {
         ref: loaded_influxd.query(expand(q, site=".*"), db=DB)
@@ -437,7 +462,7 @@ def test_district_ranking_values(loaded_influxd: Influxd):
     for site, values in want.items():
         for alias, value in values.items():
             assert rows[site].get(alias) == pytest.approx(value), (site, alias)
-    assert rows["site-b"].get("exceedance_min") == 0  # count() gives no row; the report says 0
+    assert rows["site-b"].get("exceedance_h") == 0  # count() gives no row; the report says 0
 
 
 @pytest.mark.parametrize("min_completeness", [None, "40"])

@@ -73,6 +73,7 @@ def test_ranking_counts_only_valid_data(influxd_hour: Influxd, tmp_path: Path) -
     assert set(rows) == set(SITES)
     healthy = rows["healthy"]
     assert healthy.rank == 1 and healthy.note == ""
+    assert (healthy.get("exceedance_min"), healthy.get("exceedance_h")) == (0, 0)
     assert healthy.get("completeness_pct") == pytest.approx(100 * (N - 2) / N)
     valid_pm10 = [120.0 + k % 11 for k in range(N) if k not in HEALTHY_FAILED]
     assert healthy.get("pm10_week") == pytest.approx(sum(valid_pm10) / len(valid_pm10))
@@ -80,6 +81,7 @@ def test_ranking_counts_only_valid_data(influxd_hour: Influxd, tmp_path: Path) -
         assert rows[site].get("completeness_pct") == 0, site
         assert rows[site].get("pm10_week") is None, site  # not 35: the frozen value
         assert rows[site].get("exceedance_min") is None, site  # unknown, not zero
+        assert rows[site].get("exceedance_h") is None, site
         assert (rows[site].rank, rows[site].note) == (None, report.NO_VALID_DATA), site
 
 
