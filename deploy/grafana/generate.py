@@ -30,9 +30,8 @@ from rules.history.report import (
     DISTRICT_COLUMNS,
     DISTRICT_QUERIES,
     NO_VALID_DATA,
-    VALID_READING,
-    valid_metric,
 )
+from rules.sink.points import VALID_READING, valid_metric
 
 DS = {"type": "influxdb", "uid": "dustgate-influxdb"}
 HERE = Path(__file__).resolve().parent

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from .report import VALID_READING, ReportError, influx_query, regex_value
+from rules.sink.points import VALID_READING
+
+from .report import ReportError, influx_query, regex_value
 
 BUCKET_MS = 5 * 60_000
 DEFAULT_STUCK_AFTER_S = 30 * 60.0

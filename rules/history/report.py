@@ -38,19 +38,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 
+from rules.sink.points import VALID_READING, valid_metric
+
 SITE_FILTER = '"site" =~ /^$site$/ AND $timeFilter'
-# What is valid (rules.sink.points stores status, quality and flags as tags):
-# a reading whose quality is ok; a metric of a reading whose status is ok and
-# which carries no flag of its own.  ``::tag`` because older points have
-# fields of these names.
-VALID_READING = "\"quality\"::tag = 'ok'"
-
-
-def valid_metric(metric: str) -> str:
-    """The InfluxQL condition selecting the valid values of one metric."""
-    return f"\"status\"::tag = 'ok' AND \"{metric}_flag\"::tag = ''"
-
-
+# What is valid: rules.sink.points (the schema) says, as InfluxQL conditions.
 VALID_PM10 = valid_metric("pm10")
 MIN_HOUR_S = 45 * 60  # valid data a device needs in an hour for its hourly mean to count
 

@@ -79,6 +79,15 @@ def metric_field(metric: str) -> str:
     return metric
 
 
+# InfluxQL conditions selecting valid data in this schema (``::tag``: see above)
+VALID_READING = "\"quality\"::tag = 'ok'"
+
+
+def valid_metric(metric: str) -> str:
+    """The InfluxQL condition selecting the valid values of one metric."""
+    return f"\"status\"::tag = 'ok' AND \"{metric}_flag\"::tag = ''"
+
+
 def reading_quality(status: Status, flags: Mapping[str, Status] | None) -> Status:
     """``ok`` if the reading and every metric of it are ``ok``, else the worst cause."""
     worst = status
