@@ -31,6 +31,7 @@ from rules.history.report import (
     DISTRICT_QUERIES,
     NO_VALID_DATA,
 )
+from rules.incidents.ranking import INCIDENT_COLUMNS, INCIDENT_QUERIES
 from rules.sink.points import VALID_READING, valid_metric
 
 DS = {"type": "influxdb", "uid": "dustgate-influxdb"}
@@ -155,6 +156,22 @@ DEVICE_VAR = query_var(
 PM10_LIMIT_VAR = custom_var(
     "pm10_limit", "PM10 exceedance limit (ug/m3)", ["80", "100", "150", "250"], str(PM10_LIMIT)
 )
+
+
+INCIDENT_ANNOTATIONS: dict[str, Any] = {
+    "name": "Incidents",
+    "enable": True,
+    "iconColor": "red",
+    "datasource": DS,
+    "target": {
+        "refId": "Inc",
+        "fromAnnotations": True,
+        "rawQuery": True,
+        "query": f'SELECT "text", "kind", "cause", "site" FROM "incident" WHERE {SITE_ONLY}',
+        "textColumn": "text",
+        "tagsColumn": "kind,cause,site",
+    },
+}
 
 
 def dashboard(
@@ -419,7 +436,7 @@ def site_dashboard() -> dict[str, Any]:
         "dustgate: site",
         panels,
         [SITE_VAR, DEVICE_VAR],
-        annotations=[events],
+        annotations=[events, INCIDENT_ANNOTATIONS],
         description="Dust, noise, wind, fog cannons and rule events of one site.",
     )
 
@@ -497,13 +514,45 @@ def district_dashboard() -> dict[str, Any]:
             ],
         },
     ]
+    inc_rename = {alias: header for alias, header in INCIDENT_COLUMNS.values()}
+    incidents = panel(
+        2,
+        "Incidents per site: found -> fixed",
+        "table",
+        (0, 14, 24, 10),
+        [target(ref, q, fmt="table") for ref, q in INCIDENT_QUERIES.items()],
+        description="From the incident measurement (rules.incidents): incidents opened, "
+        "those that went overdue (unresolved 30 minutes after opening), median and p90 "
+        "minutes from opening to acknowledgement and to resolution, and hours the "
+        "over-the-limit causes held (cleared stretches). Same queries as `dustgate report`; "
+        "the console's ranking page shows the same figures from its own store.",
+        transformations=[
+            {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, **{f"Time {i}": True for i in range(1, 8)}},
+                    "indexByName": {
+                        "site": 0,
+                        **{a: i + 1 for i, (a, _) in enumerate(INCIDENT_COLUMNS.values())},
+                    },
+                    "renameByName": inc_rename,
+                },
+            },
+            {"id": "sortBy", "options": {"sort": [{"field": inc_rename["overdue"], "desc": True}]}},
+        ],
+        extra_defaults={"decimals": 1},
+        options={"showHeader": True, "cellHeight": "sm"},
+    )
     return dashboard(
         "dustgate-district",
         "dustgate: district ranking",
-        [ranking],
+        [ranking, incidents],
         [SITE_VAR, PM10_LIMIT_VAR],
         time_from="now/w",
-        description="Weekly site ranking: PM10, exceedances, spraying, data completeness.",
+        annotations=[INCIDENT_ANNOTATIONS],
+        description="Weekly site ranking: PM10, exceedances, spraying, data completeness, "
+        "incidents and how fast they were fixed.",
     )
 
 

@@ -20,6 +20,9 @@ Default range: this week, Monday 00:00 local time, to now.  The InfluxQL is
 (``deploy/grafana/dashboards/district.json``) is generated from -- with
 Grafana's macros expanded by :func:`expand_macros`, so the report and the
 dashboard cannot drift apart (a test checks the JSON against these constants).
+The incidents' figures per site (incidents, overdue, median/p90 minutes to
+acknowledge and to resolve, hours over the limit) follow, from
+:data:`rules.incidents.ranking.INCIDENT_QUERIES`, the dashboard's second table.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 
+from rules.incidents.ranking import INCIDENT_COLUMNS, INCIDENT_QUERIES, INCIDENT_ZERO_IF_MISSING
 from rules.sink.points import VALID_READING, valid_metric
 
 SITE_FILTER = '"site" =~ /^$site$/ AND $timeFilter'
@@ -97,8 +101,10 @@ DISTRICT_COLUMNS: dict[str, tuple[str, str]] = {
 
 # count()/sum() return no row for a site with nothing to count: that is a zero
 # (exceedance minutes only where there is valid PM10 to exceed with).
-ZERO_IF_MISSING = ("exceedance_min", "exceedance_h", "spray_min")
+ZERO_IF_MISSING = ("exceedance_min", "exceedance_h", "spray_min", *INCIDENT_ZERO_IF_MISSING)
 NEED_VALID_PM10 = ("exceedance_min", "exceedance_h")
+# the incidents' figures follow (rules.incidents.ranking: the `incident` measurement)
+COLUMNS: dict[str, tuple[str, str]] = {**DISTRICT_COLUMNS, **INCIDENT_COLUMNS}
 
 DEFAULT_PM10_LIMIT = 150  # GB 3095-2012 grade II 24 h; the example rule's ON threshold
 # Below this share of valid data a site is listed, marked, and not ranked.  GB
@@ -232,7 +238,7 @@ def rows_from_results(results: Mapping[str, dict[str, object]]) -> list[SiteRow]
     """Join the per-query answers (refId -> /query JSON) into one row per site."""
     by_site: dict[str, dict[str, float | None]] = {}
     for ref, answer in results.items():
-        alias = DISTRICT_COLUMNS[ref][0]
+        alias = COLUMNS[ref][0]
         for result in answer.get("results", []):  # type: ignore[attr-defined]
             if "error" in result:
                 raise ReportError(f"query {ref}: {result['error']}")
@@ -296,7 +302,7 @@ def run_report(
     }
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     answers = {}
-    for ref, query in DISTRICT_QUERIES.items():
+    for ref, query in {**DISTRICT_QUERIES, **INCIDENT_QUERIES}.items():
         q = expand_macros(
             query, start_ms=start_ms, end_ms=end_ms, variables=variables, tz=end.tzinfo
         )
@@ -310,7 +316,7 @@ def _fmt(v: float | None) -> str:
 
 def _cells(r: SiteRow) -> list[str]:
     cells = []
-    for alias, _ in DISTRICT_COLUMNS.values():
+    for alias, _ in COLUMNS.values():
         v = r.get(alias)
         if v is None and alias in ("pm10_week", "pm10_today"):
             cells.append(NO_VALID_DATA)  # never an empty cell that reads as "nothing measured"
@@ -322,7 +328,7 @@ def _cells(r: SiteRow) -> list[str]:
 
 
 def format_table(rows: list[SiteRow]) -> str:
-    headers = ["#", "site", *(h for _, h in DISTRICT_COLUMNS.values()), "not ranked: why"]
+    headers = ["#", "site", *(h for _, h in COLUMNS.values()), "not ranked: why"]
     body = [["-" if r.rank is None else str(r.rank), r.site, *_cells(r), r.note] for r in rows]
     widths = [max(len(row[c]) for row in [headers, *body]) for c in range(len(headers))]
     lines = [
@@ -339,16 +345,13 @@ def format_table(rows: list[SiteRow]) -> str:
 def format_csv(rows: list[SiteRow]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["rank", "site", *(a for a, _ in DISTRICT_COLUMNS.values()), "note"])
+    w.writerow(["rank", "site", *(a for a, _ in COLUMNS.values()), "note"])
     for r in rows:
         w.writerow(
             [
                 "" if r.rank is None else r.rank,
                 r.site,
-                *(
-                    "" if r.get(a) is None else f"{r.get(a):.3f}"
-                    for a, _ in DISTRICT_COLUMNS.values()
-                ),
+                *("" if r.get(a) is None else f"{r.get(a):.3f}" for a, _ in COLUMNS.values()),
                 r.note,
             ]
         )

@@ -8,7 +8,9 @@ measurement     tags                       fields
                 cleared, reraised,         acknowledged point; resolving an incident nobody
                 overdue, resolved)         acknowledged writes both steps), ``resolve_s``
                                            (float: opened -> resolved), ``over_s`` (float,
-                                           on cleared: how long the cause held this time),
+                                           on the step that closed a stretch of an
+                                           over-the-limit cause: cleared, or resolved
+                                           while it held: how long it held),
                                            ``overdue`` (int 1, on overdue)
 ==============  =========================  ===============================================
 
@@ -39,7 +41,7 @@ def incident_line(ch: Changed, over_s: float | None = None) -> str | None:
         fields["ack_s"] = float(inc.acked_at - inc.opened_at)
     if ch.kind == "resolved" and inc.resolved_at is not None:
         fields["resolve_s"] = float(inc.resolved_at - inc.opened_at)
-    if ch.kind == "cleared" and over_s is not None:
+    if ch.kind in ("cleared", "resolved") and over_s is not None:
         fields["over_s"] = float(max(0.0, over_s))
     if ch.kind == "overdue":
         fields["overdue"] = 1

@@ -22,6 +22,39 @@ from rules.incidents.machine import Incident
 
 OVER_LIMIT_CAUSES = frozenset({"rule_active", "unsprayed"})
 
+_IN_RANGE = '"site" =~ /^$site$/ AND $timeFilter'
+INCIDENT_QUERIES: dict[str, str] = {
+    # the same figures from the `incident` measurement (rules.incidents.points), for
+    # `dustgate report` and the Grafana district dashboard; Grafana macros as there.
+    # Points count in the range they were written in (an acknowledgement late on
+    # Sunday night counts in that week), where the console counts by opening time.
+    "I1": 'SELECT count("id") AS "incidents" FROM "incident" '
+    f'WHERE "kind"::tag = \'opened\' AND {_IN_RANGE} GROUP BY "site"',
+    "I2": 'SELECT count("overdue") AS "overdue" FROM "incident" '
+    f'WHERE "kind"::tag = \'overdue\' AND {_IN_RANGE} GROUP BY "site"',
+    "I3": 'SELECT median("ack_s") / 60 AS "ack_median_min" FROM "incident" '
+    f'WHERE {_IN_RANGE} GROUP BY "site"',
+    "I4": 'SELECT percentile("ack_s", 90) / 60 AS "ack_p90_min" FROM "incident" '
+    f'WHERE {_IN_RANGE} GROUP BY "site"',
+    "I5": 'SELECT median("resolve_s") / 60 AS "resolve_median_min" FROM "incident" '
+    f'WHERE {_IN_RANGE} GROUP BY "site"',
+    "I6": 'SELECT percentile("resolve_s", 90) / 60 AS "resolve_p90_min" FROM "incident" '
+    f'WHERE {_IN_RANGE} GROUP BY "site"',
+    # cleared stretches of the over-the-limit causes (one still on is not counted yet)
+    "I7": 'SELECT sum("over_s") / 3600 AS "over_h" FROM "incident" '
+    f'WHERE "cause"::tag =~ /^(rule_active|unsprayed)$/ AND {_IN_RANGE} GROUP BY "site"',
+}
+INCIDENT_COLUMNS: dict[str, tuple[str, str]] = {
+    "I1": ("incidents", "Incidents"),
+    "I2": ("overdue", "Overdue"),
+    "I3": ("ack_median_min", "To acknowledge, median (min)"),
+    "I4": ("ack_p90_min", "To acknowledge, p90 (min)"),
+    "I5": ("resolve_median_min", "To resolve, median (min)"),
+    "I6": ("resolve_p90_min", "To resolve, p90 (min)"),
+    "I7": ("over_h", "Hours over the limit (incidents)"),
+}
+INCIDENT_ZERO_IF_MISSING = ("incidents", "overdue", "over_h")
+
 
 def median(values: Sequence[float]) -> float | None:
     if not values:
@@ -113,3 +146,13 @@ def spans_of(inc: Incident, log: Iterable[tuple[float, str]]) -> list[OverSpan]:
     if on is not None:
         out.append(OverSpan(inc.site, on, None))
     return out
+
+
+def over_closed(inc: Incident, log: Iterable[tuple[float, str]], at: float) -> float | None:
+    """Seconds of the over-the-limit stretch that the step at ``at`` closed (its clearing,
+    or its resolution while the cause still held), else None: what the step's point
+    carries as ``over_s``, so InfluxDB sums what the console sums."""
+    for span in spans_of(inc, log):
+        if span.end == at:
+            return span.end - span.start
+    return None

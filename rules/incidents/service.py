@@ -43,7 +43,7 @@ from rules.core.config import RulesFile
 from rules.incidents.dispatch import Dispatcher, Sender, notifications_for
 from rules.incidents.machine import Book, Changed, Conflict, Effect, Incident, Notify, Signal
 from rules.incidents.points import incident_line
-from rules.incidents.ranking import SiteIncidents, figures, spans_of
+from rules.incidents.ranking import SiteIncidents, figures, over_closed, spans_of
 from rules.incidents.settings import IncidentsSettings
 from rules.incidents.signals import Deriver
 from rules.incidents.store import IncidentStore, StaleWrite
@@ -193,14 +193,12 @@ class IncidentService:
                 ch.incident.cause,
             )
             if self.sink is not None:
-                over = self._over_s(ch) if ch.kind == "cleared" else None
+                over = self._over_s(ch) if ch.kind in ("cleared", "resolved") else None
                 self.sink.add(incident_line(ch, over))
 
     def _over_s(self, ch: Changed) -> float | None:
         log_rows = [(r.at, r.kind) for r in self.store.log(ch.incident.id)]
-        spans = spans_of(ch.incident, log_rows)
-        closed = [s for s in spans if s.end is not None]
-        return closed[-1].end - closed[-1].start if closed else None  # type: ignore[operator]
+        return over_closed(ch.incident, log_rows, ch.incident.updated_at)
 
     def unresolved_by_site(self) -> dict[str, tuple[int, int]]:
         """site -> (unresolved incidents, of which overdue), from memory."""

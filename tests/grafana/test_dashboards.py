@@ -29,6 +29,15 @@ from gateway.protocol import (
 )
 from rules.history import report
 from rules.history.report import DISTRICT_COLUMNS, DISTRICT_QUERIES, expand_macros
+from rules.incidents.machine import Book, CausePolicy, Changed, Effect, Signal
+from rules.incidents.points import incident_line
+from rules.incidents.ranking import (
+    INCIDENT_COLUMNS,
+    INCIDENT_QUERIES,
+    figures,
+    over_closed,
+    spans_of,
+)
 from rules.sink import points
 from rules.sink.settings import InfluxSettings
 from rules.sink.writer import InfluxSink, SinkCounters
@@ -129,6 +138,48 @@ ACTUATIONS = [
 ]
 
 
+def incident_steps() -> list[tuple[Changed, float | None]]:
+    """Incidents as the incident machine makes them, each step with the ``over_s`` of
+    its cleared point: site-a's Wednesday spike (00:05-00:35; acknowledged after 10
+    min, overdue at 30, resolved at 40), site-b's Tuesday one (10:00-10:10;
+    acknowledged after 2 min, resolved at 6)."""
+    book = Book({"rule_active": CausePolicy(0, 1800)})
+    out: list[tuple[Changed, float | None]] = []
+
+    def take(effects: list[Effect]) -> None:
+        for e in effects:
+            if isinstance(e, Changed):
+                log = [
+                    (c.incident.updated_at, c.kind)
+                    for c, _ in out
+                    if c.incident.id == e.incident.id
+                ]
+                log.append((e.incident.updated_at, e.kind))
+                out.append((e, over_closed(e.incident, log, e.incident.updated_at)))
+
+    for site, start, ack, clear, done in (
+        ("site-b", TUE10 / 1000, 120, 600, 360),
+        ("site-a", wed(5) / 1000, 600, 1800, 2400),
+    ):
+        take(
+            book.signal(Signal(site, "rule_active", "pm10-gate", True, start, "PM10 > 150"), start)
+        )
+        inc = book.open_incident(site, "rule_active")
+        assert inc is not None
+        steps = sorted([(ack, "ack"), (clear, "clear"), (1800, "tick"), (done, "resolve")])
+        for dt, what in steps:
+            now = start + dt
+            if what == "ack":
+                take(book.acknowledge(inc.id, "ines", book.incidents[inc.id].version, now))
+            elif what == "clear":
+                take(book.signal(Signal(site, "rule_active", "pm10-gate", False, now), now))
+            elif what == "tick":
+                take(book.tick(now))
+            elif inc.id in book.incidents:
+                take(book.resolve(inc.id, "ines", book.incidents[inc.id].version, now))
+    return out
+
+
 async def load(url: str, state: Path) -> None:
     s = InfluxSettings(url=url, database=DB, flush_interval=0.1)
     async with InfluxSink(s, state) as sink:
@@ -203,6 +254,8 @@ async def load(url: str, state: Path) -> None:
                     SinkCounters(dead_lettered=k // 1000).as_dict(),
                 )
             )
+        for ch, over in incident_steps():
+            sink.add(incident_line(ch, over))
         assert await sink.flush(60)
         assert sink.counters.dead_lettered == 0
 
@@ -301,8 +354,9 @@ def test_provisioning_files():
 
 def test_district_dashboard_uses_the_report_queries():
     d = json.loads((GRAFANA / "dashboards/district.json").read_text())
-    [table] = d["panels"]
+    table, incidents = d["panels"]
     assert {t["refId"]: t["query"] for t in table["targets"]} == DISTRICT_QUERIES
+    assert {t["refId"]: t["query"] for t in incidents["targets"]} == INCIDENT_QUERIES
 
 
 def test_site_dashboard_thresholds_are_the_documented_limits():
@@ -505,3 +559,30 @@ def test_report_unreachable_database_is_a_clean_error(capsys: pytest.CaptureFixt
 
     assert report.main(["--url", f"http://127.0.0.1:{free_port()}"]) == 1
     assert "dustgate report:" in capsys.readouterr().err
+
+
+def test_incident_figures_in_influxdb_agree_with_the_console(loaded_influxd: Influxd):
+    """The report's and Grafana's incident figures (InfluxQL over the incident points)
+    equal the console's (rules.incidents.ranking over the incidents themselves)."""
+    steps = incident_steps()
+    final = {ch.incident.id: ch.incident for ch, _ in steps}
+    spans = [
+        span
+        for inc in final.values()
+        for span in spans_of(
+            inc, [(ch.incident.updated_at, ch.kind) for ch, _ in steps if ch.incident.id == inc.id]
+        )
+    ]
+    want = {f.site: f for f in figures(final.values(), spans, START_MS / 1000, END_MS / 1000)}
+    assert want["site-a"].overdue == 1 and want["site-a"].resolve_median_min == 40
+    answers = {
+        ref: loaded_influxd.query(expand(q, site=".*"), db=DB)
+        for ref, q in INCIDENT_QUERIES.items()
+    }
+    rows = {r.site: r for r in report.rows_from_results(answers)}
+    assert set(rows) == {"site-a", "site-b"}
+    for site, fig in want.items():
+        for alias, _ in INCIDENT_COLUMNS.values():
+            assert rows[site].get(alias) == pytest.approx(getattr(fig, alias)), (site, alias)
+    table = report.format_table(list(rows.values()))
+    assert "To resolve, median (min)" in table.splitlines()[0]
