@@ -29,35 +29,68 @@ def worst_flag(a: str, b: str) -> str:
     return a if _FLAG_RANK.get(a, 99) >= _FLAG_RANK.get(b, 99) else b
 
 
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to a sum kept exactly as non-overlapping partials (Shewchuk, as
+    ``math.fsum`` does): the average then does not depend on the arrival order."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+def _exact_sum(partials: list[float]) -> float:
+    try:
+        return math.fsum(partials)
+    except (OverflowError, ValueError):  # past the float range: say so, never raise
+        return sum(partials)
+
+
+def _partials(total: float | list[float]) -> list[float]:
+    """A snapshot's sum: partials, or one float from a snapshot written before them."""
+    return [float(t) for t in total] if isinstance(total, list) else [float(total)]
+
+
 @dataclass(slots=True)
 class _Acc:
     count: int = 0
-    total: float = 0.0
+    total: list[float] = field(default_factory=list)  # exact sum as partials
     low: float = math.inf
     high: float = -math.inf
     all_count: int = 0
-    all_total: float = 0.0
+    all_total: list[float] = field(default_factory=list)
     all_low: float = math.inf
     all_high: float = -math.inf
     flag: str = "N"
 
+    def __post_init__(self) -> None:
+        self.total, self.all_total = _partials(self.total), _partials(self.all_total)
+
     def add(self, value: float, flag: str) -> None:
         self.flag = worst_flag(self.flag, flag) if self.all_count else flag
         self.all_count += 1
-        self.all_total += value
+        _add_exact(self.all_total, value)
         self.all_low = min(self.all_low, value)
         self.all_high = max(self.all_high, value)
         if flag in VALID_FLAGS:
             self.count += 1
-            self.total += value
+            _add_exact(self.total, value)
             self.low = min(self.low, value)
             self.high = max(self.high, value)
 
     def stats(self) -> Stats:
         if self.count:
-            return Stats(self.low, self.total / self.count, self.high, self.flag, self.count)
+            avg = _exact_sum(self.total) / self.count
+            return Stats(self.low, avg, self.high, self.flag, self.count)
         # nothing valid: show what was measured, under its invalid flag
-        return Stats(self.all_low, self.all_total / self.all_count, self.all_high, self.flag, 0)
+        avg = _exact_sum(self.all_total) / self.all_count
+        return Stats(self.all_low, avg, self.all_high, self.flag, 0)
 
 
 @dataclass(slots=True)
@@ -124,11 +157,11 @@ class PeriodAggregator:
 def _acc_fields(a: _Acc) -> list[Any]:
     return [
         a.count,
-        a.total,
+        list(a.total),
         a.low,
         a.high,
         a.all_count,
-        a.all_total,
+        list(a.all_total),
         a.all_low,
         a.all_high,
         a.flag,
