@@ -39,7 +39,7 @@ typecheck: venv
 	$(VENV)/bin/mypy gateway drivers rules
 
 check-examples: venv
-	$(VENV)/bin/dustgate check examples/site.yaml examples/rules.yaml examples/console.yaml
+	$(VENV)/bin/dustgate check examples/site.yaml examples/rules.yaml examples/console.yaml examples/incidents.yaml
 
 test: deps venv lint typecheck check-examples
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""``dustgate check``: validate site.yaml, rules.yaml and console.yaml files."""
+"""``dustgate check``: validate site.yaml, rules.yaml, console.yaml and incidents.yaml files."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from gateway.configfile import ConfigError, ConfigIssue, load_yaml
 
 
 def detect_kind(path: Path) -> str:
-    """'site', 'rules' or 'console', from the top-level keys (rules files have ``rules:``,
-    console files ``console:`` or ``rules_file:``)."""
+    """'site', 'rules', 'console' or 'incidents', from the top-level keys (rules files have
+    ``rules:``, console files ``console:`` or ``rules_file:``, incident files ``incidents:``
+    without ``console:``)."""
     data, _ = load_yaml(path)
     if isinstance(data, dict) and "site" in data:
         return "site"
+    if isinstance(data, dict) and "incidents" in data and "console" not in data:
+        return "incidents"
     if isinstance(data, dict) and ("console" in data or "rules_file" in data):
         return "console"
     if isinstance(data, dict) and ("rules" in data or "influx" in data):
@@ -27,7 +30,7 @@ def detect_kind(path: Path) -> str:
                 "",
                 "cannot tell the kind of file: a site.yaml has a "
                 "top-level 'site:' key, a rules.yaml a 'rules:' key, "
-                "a console.yaml a 'console:' key",
+                "a console.yaml a 'console:' key, an incidents.yaml an 'incidents:' key",
             )
         ]
     )
@@ -63,6 +66,14 @@ def _check(path: Path) -> tuple[str, list[ConfigIssue], list[str], list[str]]:
             from rules.console.config import load_console_file
 
             load_console_file(path, context=context)
+        elif kind == "incidents":
+            from rules.incidents.settings import load_incidents_file
+
+            f = load_incidents_file(path, context=context)
+            if f.rules_file is not None:
+                from rules.core.config import load_rules_file
+
+                load_rules_file(f.rules_file, context=context)
         else:
             from rules.core.config import load_rules_file
 

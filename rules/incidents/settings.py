@@ -27,7 +27,7 @@ notifier does not apply here: every incident notification is sent.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -38,6 +38,7 @@ from rules.incidents.machine import CAUSES, DEFAULT_POLICIES, CausePolicy
 from rules.sink.settings import InfluxSettings
 
 NotifierName = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")]
+CauseName = Literal["rule_active", "unsprayed", "gateway_offline", "data_incomplete"]
 
 
 class Contact(StrictModel):
@@ -80,15 +81,12 @@ class IncidentsSettings(StrictModel):
     base_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8080"
     notifiers: dict[NotifierName, Notifier] = Field(default_factory=dict)
     sites: dict[Id, SiteContacts] = Field(default_factory=dict)
-    causes: dict[str, CauseSettings] = Field(default_factory=dict)
+    causes: dict[CauseName, CauseSettings] = Field(default_factory=dict)
     completeness: Completeness = Field(default_factory=Completeness)
     delivery: Delivery = Field(default_factory=Delivery)
 
     @model_validator(mode="after")
     def _references(self) -> IncidentsSettings:
-        bad = [c for c in self.causes if c not in CAUSES]
-        if bad:
-            raise ValueError(f"unknown cause {bad[0]!r}: expected one of {', '.join(CAUSES)}")
         for site, sc in self.sites.items():
             for c in sc.contacts:
                 if c.notify not in self.notifiers:
@@ -124,9 +122,11 @@ class IncidentsFile(StrictModel):
     incidents: IncidentsSettings = Field(default_factory=IncidentsSettings)
 
 
-def load_incidents_file(path: Path | str) -> IncidentsFile:
+def load_incidents_file(
+    path: Path | str, text: str | None = None, context: dict[str, Any] | None = None
+) -> IncidentsFile:
     """Read and validate; relative paths start at the file's folder."""
-    f = load(IncidentsFile, path)
+    f = load(IncidentsFile, path, text=text, context=context)
     base = Path(path).resolve().parent
     updates: dict[str, Any] = {}
     if not f.incidents.db.is_absolute():
@@ -134,3 +134,7 @@ def load_incidents_file(path: Path | str) -> IncidentsFile:
     if f.rules_file is not None and not f.rules_file.is_absolute():
         updates["rules_file"] = base / f.rules_file
     return f.model_copy(update=updates)
+
+
+if get_args(CauseName) != CAUSES:  # one list of causes
+    raise ImportError("rules.incidents.settings.CauseName differs from machine.CAUSES")
