@@ -73,7 +73,12 @@ def service_of(ctx: Ctx) -> IncidentService:
         log.warning("incidents: rules file not read (%s); every rule taken as leasing", exc)
         rules = None
     svc = IncidentService(
-        settings, IncidentStore(ctx.config.store), rules=rules, clock=ctx.clock, sink=None
+        settings,
+        IncidentStore(ctx.config.store),
+        rules=rules,
+        rules_path=ctx.config.rules_file,
+        clock=ctx.clock,
+        sink=None,
     )
     ctx.extra[KEY] = svc
 

@@ -39,7 +39,7 @@ from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.configfile import ConfigError, MqttSettings
 from gateway.mqttclient import make_client
-from rules.core.config import RulesFile
+from rules.core.config import RulesFile, load_rules_file
 from rules.incidents.dispatch import Dispatcher, Sender, notifications_for
 from rules.incidents.machine import Book, Changed, Conflict, Effect, Incident, Notify, Signal
 from rules.incidents.points import incident_line
@@ -68,12 +68,14 @@ class IncidentService:
         store: IncidentStore,
         *,
         rules: RulesFile | None = None,
+        rules_path: Path | None = None,
         clock: Callable[[], float] = time.time,
         sender: Sender = post,
         sink: LineSink | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
+        self.rules_path = rules_path
         self.store = store
         self.clock = clock
         self.sink = sink
@@ -93,7 +95,10 @@ class IncidentService:
             t = p.parse_topic(topic)
             now = self.clock()
             if t.kind == "events":
-                sigs = self.deriver.event(t.site, p.decode(p.Event, payload))
+                ev = p.decode(p.Event, payload)
+                if ev.kind == "reload":
+                    self._reload_rules()
+                sigs = self.deriver.event(t.site, ev)
             elif t.kind == "status" and t.name is not None:
                 if not payload:
                     return  # a cleared retained status
@@ -109,6 +114,16 @@ class IncidentService:
             return
         self.counters["messages"] += 1
         self.signals(sigs)
+
+    def _reload_rules(self) -> None:
+        """The engine reloaded its rules: read them again (which rule leases what)."""
+        if self.rules_path is None:
+            return
+        try:
+            self.deriver.set_rules(load_rules_file(self.rules_path))
+        except (OSError, ConfigError) as exc:
+            self.counters["rules_unreadable"] += 1
+            log.warning("incidents: rules file %s not read again: %s", self.rules_path, exc)
 
     def signals(self, sigs: list[Signal]) -> None:
         for sig in sigs:
@@ -303,7 +318,6 @@ class IncidentService:
 
 
 async def _serve(cfg_path: Path) -> int:
-    from rules.core.config import load_rules_file
     from rules.incidents.settings import load_incidents_file
 
     cfg = load_incidents_file(cfg_path)
@@ -315,7 +329,9 @@ async def _serve(cfg_path: Path) -> int:
 
         sink = InfluxSink(cfg.influx, cfg.incidents.db.parent / "incident-sink")
         await sink.start()
-    service = IncidentService(cfg.incidents, store, rules=rules, sink=sink)
+    service = IncidentService(
+        cfg.incidents, store, rules=rules, rules_path=cfg.rules_file, sink=sink
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

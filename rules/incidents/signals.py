@@ -17,6 +17,8 @@ event              signals (source = the rule id)
 ``stale``          ``unsprayed`` off (the engine cannot see the dust)
 ``override``       re-judges ``unsprayed`` of the site's active rules leasing
                    that actuator (``off`` stops their spray, ``auto``/``on`` not)
+``reload``         both off for the rules it names changed or removed (they
+                   start over idle, without an ``off`` event)
 =================  ===========================================================
 
 Without the rules file the ``unsprayed`` judgement takes every rule as leasing
@@ -107,6 +109,17 @@ class Deriver:
                 if s == site and (rule is None or ev.actuator in rule.actions.lease):
                     sprays = self._sprays(site, rule_id)
                     out.append(Signal(site, "unsprayed", rule_id, not sprays, ts, ev.text))
+            return out
+        if ev.kind == "reload":
+            # a changed or removed rule starts over idle without an event of its own
+            out = []
+            for what in ("changed", "removed"):
+                ids = data.get(what)
+                for item in ids if isinstance(ids, list) else []:
+                    rule_id = str(item)
+                    self._active.pop((site, rule_id), None)
+                    out.append(Signal(site, "rule_active", rule_id, False, ts, ev.text))
+                    out.append(Signal(site, "unsprayed", rule_id, False, ts, ev.text))
             return out
         if r is None:
             return []

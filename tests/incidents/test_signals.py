@@ -85,6 +85,19 @@ def test_an_override_off_stops_the_spray_of_an_active_rule() -> None:
     assert [(s.cause, s.on) for s in d.event("site-01", auto)] == [("unsprayed", False)]
 
 
+def test_a_reload_ends_the_changed_and_removed_rules() -> None:
+    d = Deriver(RF)
+    d.event("site-01", ev("on", value=180.0))
+    reload = Event(ts=5_000, kind="reload", text="2 rules, 1 changed",
+                   data={"added": [], "changed": ["pm10-gate"], "removed": ["noise"]})  # fmt: skip
+    assert sig(d, reload) == [
+        ("rule_active", "pm10-gate", False),
+        ("unsprayed", "pm10-gate", False),
+        ("rule_active", "noise", False),
+        ("unsprayed", "noise", False),
+    ]
+
+
 def test_other_events_say_nothing() -> None:
     d = Deriver(RF)
     assert sig(d, ev("reload", rule=None)) == []
