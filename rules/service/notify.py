@@ -28,7 +28,7 @@ and O(1): it puts the message on that target's bounded queue (a full queue,
 logged). One worker task per target drains its queue and POSTs in a thread
 (``urllib``), with the target's ``timeout``; timeouts, connection errors,
 HTTP 5xx and 429 and the robots' "too fast" are retried with exponential
-backoff and jitter (``retries`` times, each counted: ``retried``), other
+backoff and jitter (:data:`RETRIES` times, each counted: ``retried``), other
 HTTP errors are not (``failed``). A slow or dead target therefore delays
 only its own queue.
 
@@ -64,7 +64,9 @@ NotifierSpec = WebhookNotifier | RobotNotifier
 # per target: the engine lets one message per (site, rule) and min_interval through, so
 # this holds an alarm of every rule of a few hundred sites at once
 QUEUE_SIZE = 1024
-RETRIES = 3
+# doubling from 1 s up to 30 s, jittered into [d/2, d]: about 1.5 minutes of tries, so a
+# robot or a link that is away for a minute does not cost an alarm
+RETRIES = 8
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
 USER_AGENT = "dustgate-rules"

@@ -292,3 +292,18 @@ async def test_unknown_target_and_update(hook: Hook) -> None:
         await wait_for(lambda: n.counters["sent"] == 1)
     finally:
         await n.close()
+
+
+async def test_a_target_away_for_a_while_still_gets_the_alarm(hook: Hook) -> None:
+    """Six failures in a row (a robot away for about a minute at the real backoff) and
+    the message still arrives with the default number of tries; each try is counted."""
+    hook.script = [(503, b"down")] * 3 + [(200, b'{"errcode":130101,"errmsg":"too fast"}')] * 3
+    n = Notifier({"r": robot(hook.url, min_interval=0)}, backoff_base=0.001, backoff_max=0.01)
+    await n.start()
+    try:
+        n.submit(msg("r"))
+        await wait_for(lambda: n.counters["sent"] + n.counters["failed"] == 1)
+    finally:
+        await n.close()
+    assert (n.counters["sent"], n.counters["retried"], n.counters["failed"]) == (1, 6, 0)
+    assert len(hook.received) == 7
