@@ -22,9 +22,11 @@ from drivers.relay import RelayMismatch, RelayOutput
 from gateway import protocol as p
 from gateway.actuation import LeaseMachine, to_ack, to_state_payload
 from gateway.config import Actuator
+from gateway.logthrottle import ThrottledLog
 from gateway.scheduler import BusScheduler
 
 log = logging.getLogger(__name__)
+peer_log = ThrottledLog(log)  # what a broker peer can make us log: one line per kind a minute
 
 Post = Callable[[str, bytes, int, bool], None]  # queue a message; never blocks
 VERIFY_S = 5.0  # read the relay back this often even when nothing is written
@@ -73,7 +75,14 @@ class ActuatorController:
         _, decision = self.machine.on_command(cmd, self._mono(), self._wall())
         if not decision.accepted:
             self.refused += 1
-            log.info("%s: refused %s %s: %s", self.id, cmd.action, cmd.id, decision.reason)
+            peer_log.info(
+                f"{self.id}:refused",
+                "%s: refused %s %s: %s",
+                self.id,
+                cmd.action,
+                cmd.id,
+                decision.reason,
+            )
         ack = to_ack(decision, cmd, p.now_ms(time.time()))
         self._post(p.ack_topic(self.site, self.id), p.encode(ack), 1, False)
         await self.apply()

@@ -53,6 +53,7 @@ from gateway.devices import (
     uart_poll,
     uart_reader,
 )
+from gateway.logthrottle import ThrottledLog
 from gateway.outbox import Outbox
 from gateway.quality import StuckTracker, assess
 from gateway.scheduler import BusScheduler
@@ -60,6 +61,7 @@ from gateway.session import AgentSession
 from gateway.uplinks.hj212_link import Hj212Uplink
 
 log = logging.getLogger("dustgate.agent")
+peer_log = ThrottledLog(log)  # what a broker peer can make us log: one line per kind a minute
 
 TICK_S = 0.5
 
@@ -279,14 +281,19 @@ class Agent:
             t = p.parse_topic(topic)
         except p.ProtocolError as exc:
             self.counters["commands_refused"] += 1
-            log.warning("ignored message on %s: %s", topic, exc)
+            peer_log.warning("bad-topic", "ignored message on %s: %s", topic, exc)
             return
         if t.kind != "cmd" or t.name is None:
             return
         ctl = self.actuators.get(t.name)
         if t.site != self.site.site or ctl is None:
             self.counters["commands_refused"] += 1
-            log.warning("refused command on %s: not an actuator of site %s", topic, self.site.site)
+            peer_log.warning(
+                "foreign-command",
+                "refused command on %s: not an actuator of site %s",
+                topic,
+                self.site.site,
+            )
             return
         try:
             cmd = p.decode(p.Command, payload)

@@ -116,3 +116,20 @@ def test_commands_for_another_site_never_reach_us(
     time.sleep(1.2)  # one status period
     assert refused(watcher.status()) == 0
     assert agent.running
+
+
+def test_a_command_flood_is_counted_and_logged_once_a_minute(
+    rig: tuple[Watcher, Servers, AgentProcess],
+) -> None:
+    """A peer must not be able to flood the agent's log (an SD card): 40 commands
+    for an actuator we do not have give one line, and each is still counted;
+    malformed ones for ours are acked and counted, not logged."""
+    watcher, _, agent = rig
+    for i in range(40):
+        watcher.publish(*command("no-such-cannon", f"ghost-{i}", "on", 5))
+        watcher.publish(*command(ACT, f"long-{i}", "on", 10**6))  # lease_s past a day
+    wait_until(lambda: refused(watcher.status()) == 80, 10, "80 refused commands counted")
+    assert agent.running
+    log = agent.log()
+    assert log.count("refused command on") == 1, log[-3000:]
+    assert "long-" not in log
