@@ -26,6 +26,7 @@ import contextlib
 import functools
 import logging
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -103,7 +104,11 @@ class Dispatcher:
         """Until cancelled: start a send for every due row not already being sent."""
         try:
             while True:
-                self.start_due()
+                try:
+                    self.start_due()
+                except sqlite3.Error as exc:  # a busy or failing disk: try again later
+                    self.counters["store_errors"] += 1
+                    log.warning("incident notifications: store: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll):
                         await self._wake.wait()
@@ -124,8 +129,12 @@ class Dispatcher:
             started += 1
         return started
 
-    def _done(self, row_id: int, _task: asyncio.Task[None]) -> None:
+    def _done(self, row_id: int, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(row_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # the outcome could not be recorded: the row stays due and is sent again
+            self.counters["store_errors"] += 1
+            log.warning("incident notification %d: %s", row_id, task.exception())
 
     async def idle(self, timeout: float) -> bool:
         """Wait until nothing is being sent and nothing is due now (tests, shutdown)."""

@@ -26,6 +26,7 @@ import functools
 import logging
 import random
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -182,6 +183,12 @@ class IncidentService:
                 self.book = self.store.load_book(self.settings.policies())
                 if not retry or attempt == 2:
                     raise
+            except sqlite3.Error:
+                # the disk did not take the step: forget it in memory too (the store
+                # stays the truth); the caller hears of it, the input is counted lost
+                self.counters["store_errors"] += 1
+                self.book = self.store.load_book(self.settings.policies())
+                raise
         return []
 
     def _commit(self, effects: list[Effect]) -> None:

@@ -70,3 +70,23 @@ def test_the_console_database_and_ours_share_one_migration_record(tmp_path: Path
     assert console.migrate("incidents", MIGRATIONS) == 0
     console.close()
     fresh.close()
+
+
+def test_a_step_the_disk_refuses_is_forgotten_in_memory_too(tmp_path: Path) -> None:
+    from sqlite3 import OperationalError
+
+    from rules.incidents.service import IncidentService
+    from rules.incidents.settings import IncidentsSettings
+
+    store = IncidentStore(tmp_path / "i.db")
+    svc = IncidentService(IncidentsSettings(), store, clock=lambda: 100.0)
+    spike = Signal("s", "rule_active", "r", True, 99.0, "pm10 300")
+    store.conn.execute("PRAGMA query_only = ON")  # the disk refuses writes
+    with pytest.raises(OperationalError):
+        svc.signals([spike])
+    assert svc.book.incidents == {} and svc.counters["store_errors"] == 1
+    store.conn.execute("PRAGMA query_only = OFF")
+    svc.signals([spike])  # the engine's next word is taken as new
+    (inc,) = store.incidents()
+    assert inc.opened_at == 100.0 and svc.book.open_incident("s", "rule_active") == inc
+    store.close()
