@@ -4,7 +4,6 @@ Also: ``dustgate report`` on the same data (it shares the district dashboard's q
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import importlib.util
 import json
@@ -14,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import influxload
 import pytest
 import yaml
 
@@ -262,12 +262,8 @@ async def load(url: str, state: Path) -> None:
 
 @pytest.fixture(scope="module")
 def loaded_influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
-    ix = Influxd(tmp_path_factory.mktemp("influxd")).start()
-    try:
-        asyncio.run(load(ix.url, tmp_path_factory.mktemp("sinkstate")))
+    with influxload.loaded_influxd(tmp_path_factory, load) as ix:
         yield ix
-    finally:
-        ix.stop()
 
 
 VARS: dict[str, Any] = {

@@ -9,12 +9,12 @@ through the sink into a real influxd, then ``dustgate report`` on it.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import influxload
 import pytest
 
 from gateway.localservices import Influxd
@@ -60,12 +60,8 @@ async def load(url: str, state: Path) -> None:
 
 @pytest.fixture(scope="module")
 def influxd_hour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
-    ix = Influxd(tmp_path_factory.mktemp("influxd")).start()
-    try:
-        asyncio.run(load(ix.url, tmp_path_factory.mktemp("sinkstate")))
+    with influxload.loaded_influxd(tmp_path_factory, load) as ix:
         yield ix
-    finally:
-        ix.stop()
 
 
 def test_ranking_counts_only_valid_data(influxd_hour: Influxd, tmp_path: Path) -> None:
