@@ -32,8 +32,9 @@ not marked cleared in that case, and a person resolves it as always.
 Gateways: the retained ``status`` (``offline`` also by the broker's last
 will) is the ``gateway_offline`` signal, source = the gateway id.
 
-Data completeness: every ``ok`` reading of a device is counted; once a device
-has been known for a whole window, :meth:`Deriver.tick` signals
+Data completeness: every ``ok`` reading of a device is counted in the minute
+it was read (a counter per minute: memory does not grow with the rate); once
+a minute, for devices known for a whole window, :meth:`Deriver.tick` signals
 ``data_incomplete`` (source = the device id) when fewer than ``below_pct`` %
 of the expected readings arrived in the last window, and again when it
 recovers. Expected = window / the device's read interval (the reading's
@@ -43,7 +44,6 @@ configured interval.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from gateway.protocol import Event, GatewayStatus, Telemetry
@@ -58,7 +58,7 @@ from rules.incidents.settings import Completeness
 class _Device:
     first_seen: float
     interval: float | None = None
-    readings: deque[float] = field(default_factory=deque)
+    per_minute: dict[int, int] = field(default_factory=dict)  # epoch minute -> ok readings
     incomplete: bool | None = None  # last signalled
 
 
@@ -74,6 +74,7 @@ class Deriver:
         self._active: dict[tuple[str, str], float] = {}  # (site, rule) -> since
         self._overridden_off: set[tuple[str, str]] = set()  # (site, actuator)
         self._devices: dict[tuple[str, str], _Device] = {}
+        self._judged_minute: int | None = None
 
     def set_rules(self, rules: RulesFile | None) -> None:
         self._rules = {r.id: r for r in rules.rules} if rules is not None else {}
@@ -169,24 +170,32 @@ class Deriver:
         if msg.interval_s:
             d.interval = msg.interval_s
         if msg.status == "ok" and msg.values:
-            d.readings.append(msg.ts / 1000)
+            minute = msg.ts // 60_000  # counted in the minute it was read (backlog too)
+            d.per_minute[minute] = d.per_minute.get(minute, 0) + 1
 
     def tick(self, now: float) -> list[Signal]:
+        """Judge completeness once a minute, over the last whole minutes of the window."""
+        minute = int(now // 60)
+        if minute == self._judged_minute:
+            return []
+        self._judged_minute = minute
         c = self.completeness
+        whole = max(1, int(c.window // 60))
+        first = minute - whole  # the window: minutes first .. minute - 1
         out = []
         for (site, dev), d in sorted(self._devices.items()):
-            horizon = now - c.window
-            while d.readings and d.readings[0] <= horizon:
-                d.readings.popleft()
-            if now - d.first_seen < c.window:
+            for old in [m for m in d.per_minute if m < first]:
+                del d.per_minute[old]
+            if now - d.first_seen < c.window + 60:
                 continue  # not known for a whole window yet
-            expected = c.window / (d.interval or c.interval)
-            pct = min(100.0, 100.0 * len(d.readings) / expected) if expected > 0 else 100.0
+            got = sum(n for m, n in d.per_minute.items() if m < minute)
+            expected = whole * 60 / (d.interval or c.interval)
+            pct = min(100.0, 100.0 * got / expected) if expected > 0 else 100.0
             incomplete = pct < c.below_pct
             if incomplete != d.incomplete:
-                first, d.incomplete = d.incomplete is None, incomplete
-                if first and not incomplete:
+                was_judged, d.incomplete = d.incomplete is not None, incomplete
+                if not was_judged and not incomplete:
                     continue  # complete from the start: nothing to say
-                text = f"{dev}: {pct:.0f} % of the expected readings in the last {c.window:g} s"
+                text = f"{dev}: {pct:.0f} % of the expected readings in the last {whole} min"
                 out.append(Signal(site, "data_incomplete", dev, incomplete, now, text))
         return out

@@ -113,26 +113,36 @@ def test_gateway_status_and_last_will() -> None:
     assert s.on
 
 
-def test_completeness_after_a_whole_window() -> None:
-    d = Deriver(None, Completeness(below_pct=80, window=100, interval=10))
-    health = DeviceHealth(state="online", poll_interval_s=10)
+def reading(t: int, ok: bool = True) -> Telemetry:
+    if ok:
+        return Telemetry(ts=t * 1000, seq=t, values={"pm10": 1.0})
+    return Telemetry(ts=t * 1000, seq=t, values={}, status=Status.COMM_ERROR)
+
+
+def test_completeness_per_minute_after_a_whole_window() -> None:
+    d = Deriver(None, Completeness(below_pct=80, window=600, interval=60))  # 10 readings
+    health = DeviceHealth(state="online", poll_interval_s=60)
     d.status("site-01", "gw", GatewayStatus(state="online", ts=0, devices={"m": health}))
-    for t in range(0, 100, 10):
-        d.telemetry("site-01", "m", Telemetry(ts=t * 1000, seq=t, values={"pm10": 1}), t)
-    assert d.tick(99) == []  # not known for a whole window yet
-    assert d.tick(100) == []  # 10 of 10: complete, and that was never signalled otherwise
-    (s,) = d.tick(125)  # readings at 0..20 left the window: 7 of 10
+    for t in range(0, 660, 60):
+        d.telemetry("site-01", "m", reading(t), t)
+    assert d.tick(600) == []  # not known for a whole window yet
+    assert d.tick(660) == []  # 10 of 10 in minutes 1..10: complete, nothing to say
+    assert d.tick(700) == []  # judged once a minute
+    # the device falls silent: minutes 11.. stay empty
+    assert d.tick(720) == []  # 9 of 10: 90 %
+    (s,) = d.tick(840)  # minutes 4..13: 7 of 10
     assert (s.cause, s.source, s.on) == ("data_incomplete", "m", True)
-    assert d.tick(126) == []  # said once
-    for t in range(100, 200, 10):
-        d.telemetry("site-01", "m", Telemetry(ts=t * 1000, seq=t, values={"pm10": 1}), t)
-    (s,) = d.tick(190)  # 100..190 inside
+    assert "70 %" in s.detail
+    for t in range(840, 1500, 60):
+        d.telemetry("site-01", "m", reading(t), t)
+    (s,) = d.tick(1500)  # minutes 15..24 all there again
     assert not s.on
 
 
-def test_bad_readings_do_not_count() -> None:
-    d = Deriver(None, Completeness(below_pct=50, window=10, interval=1))
-    for t in range(10):
-        d.telemetry("s", "m", Telemetry(ts=t * 1000, seq=t, values={}, status=Status.COMM_ERROR), t)
-    (s,) = d.tick(10)
-    assert s.on and "0 %" in s.detail
+def test_bad_readings_do_not_count_and_memory_is_per_minute() -> None:
+    d = Deriver(None, Completeness(below_pct=50, window=120, interval=1))
+    for t in range(0, 180):
+        d.telemetry("s", "m", reading(t, ok=t % 4 == 0), t)  # a quarter ok, 1 Hz
+    (s,) = d.tick(180)
+    assert s.on and "25 %" in s.detail
+    assert len(d._devices[("s", "m")].per_minute) <= 3
