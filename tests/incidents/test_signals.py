@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.protocol import DeviceHealth, Event, GatewayStatus, Status, Telemetry
 from rules.core.config import load_rules_file
+from rules.incidents.machine import Book
 from rules.incidents.settings import Completeness
 from rules.incidents.signals import Deriver
 
@@ -146,3 +150,43 @@ def test_bad_readings_do_not_count_and_memory_is_per_minute() -> None:
     (s,) = d.tick(180)
     assert s.on and "25 %" in s.detail
     assert len(d._devices[("s", "m")].per_minute) <= 3
+
+
+_kinds = st.sampled_from(["on", "off", "interlock", "pending", "stale", "override", "reload"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_kinds, st.sampled_from(["pm10-gate", "noise"]), st.booleans(), st.booleans()),
+        max_size=40,
+    )
+)
+def test_rule_active_follows_the_last_word_of_each_rule(
+    steps: list[tuple[str, str, bool, bool]],
+) -> None:
+    """Whatever the engine says in whatever order (events in time order, with repeats),
+    the machine's rule_active source of a rule is on exactly when that rule's last
+    on/off/reload word was "on", and at most one incident is unresolved."""
+    d = Deriver(RF)
+    book = Book()
+    expect: dict[str, bool] = {}
+    for i, (kind, rule, high, mode_off) in enumerate(steps):
+        ts = 1_000 * (i + 1)
+        if kind == "override":
+            e = Event(ts=ts, kind="override", text="o", actuator="cannon-1",
+                      data={"mode": "off" if mode_off else "auto", "who": "op"})  # fmt: skip
+        elif kind == "reload":
+            e = Event(ts=ts, kind="reload", text="r", data={"changed": [rule], "removed": []})
+            expect[rule] = False
+        else:
+            e = ev(kind, ts, rule, value=180.0 if high else 90.0, reason="cleared")
+            if kind in ("on", "off"):
+                expect[rule] = kind == "on"
+        for s in d.event("site-01", e):
+            book.signal(s, ts / 1000)
+    track = book.tracks.get(("site-01", "rule_active"))
+    got = {name: on for name, on, _ in track.sources} if track else {}
+    assert got == expect
+    assert len(book.incidents) <= 2  # rule_active and unsprayed at most
+    assert (track is not None and track.on) == any(expect.values())
