@@ -108,3 +108,51 @@ async def test_dead_unit_behind_a_gateway_across_restarts(tmp_path: Path) -> Non
     p95 = off[int(0.95 * (len(off) - 1))]
     assert p95 <= 0.10, f"live interval error p95 {p95:.2f}; worst {off[-3:]}"
     assert BackoffStore(store_path).resume(str(DEAD)) is not None  # still dead: kept on disk
+
+
+async def test_the_agent_keeps_a_dead_units_backoff_across_a_restart(tmp_path: Path) -> None:
+    """The agent itself: its buses report backoff changes to device-backoff.json beside the
+    outbox, and a new agent on the same files starts the dead unit in backoff."""
+    from gateway.agent import Agent
+    from gateway.config import SiteConfig
+
+    server = TcpServer([ProfileUnit(_spec(1), lambda: {"noise": 55.0})], absent="silent")
+    port = await server.start()
+    devices = [
+        {"id": f"n{u}", "bus": "gw", "profile": "noise", "slave_id": u, "interval": 0.2,
+         "overrides": {"timeout": 0.1, "retries": 1}}
+        for u in (1, DEAD)
+    ]  # fmt: skip
+    site = SiteConfig.model_validate(
+        {
+            "site": "s",
+            "buses": [
+                {"id": "gw", "type": "tcp", "host": "127.0.0.1", "port": port, "backoff_max": 0.4}
+            ],
+            "devices": devices,
+            "outbox": {"path": str(tmp_path / "outbox.db")},
+        }
+    )
+    try:
+        first = Agent(site, base_dir=tmp_path)
+        bus = first.buses["gw"]
+        task = asyncio.create_task(bus.run())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while bus.devices[f"n{DEAD}"].failures < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        first.outbox.close()
+        saved = BackoffStore(tmp_path / "device-backoff.json").resume(f"n{DEAD}")
+        assert saved is not None and saved[0] >= 2
+        assert BackoffStore(tmp_path / "device-backoff.json").resume("n1") is None
+
+        again = Agent(site, base_dir=tmp_path)
+        slot = again.buses["gw"].devices[f"n{DEAD}"]
+        assert slot.failures == saved[0] and slot.state != "starting"
+        assert again.buses["gw"].devices["n1"].failures == 0
+        again.outbox.close()
+    finally:
+        await server.stop()

@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import paho.mqtt.client as paho  # noqa: E402
 import yaml  # noqa: E402
@@ -162,66 +163,19 @@ async def serve_tcp(n: int) -> None:
 
 async def serve_timed_rtu(n: int) -> None:
     """RTU slaves on a pty with 9600-baud 8N1 frame timing; prints answered counts each 0.5 s."""
-    import tty
+    from timed_rtu import TimedRtuLine
 
-    from drivers import modbus_pdu as pdu
-    from drivers.errors import FrameError
     from drivers.profiles import resolve_profile
-    from drivers.sim.units import ProfileUnit, handle_request
+    from drivers.sim.units import ProfileUnit
 
     spec = resolve_profile("dust-station")
     units = {i: ProfileUnit(spec, station_source(), unit_id=i) for i in range(1, n + 1)}
+    line = TimedRtuLine(units, BAUD)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    os.set_blocking(master, False)
-    state = {"answered": 0, "violations": 0, "first": 0.0, "line_free": 0.0}
-    buf = bytearray()
-
-    def on_readable() -> None:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            return
-        now = loop.time()
-        if not buf:
-            state["first"] = now  # first byte of a new request on the line
-        buf.extend(data)
-        while buf:
-            try:
-                length = pdu.rtu_request_length(buf)
-            except FrameError:
-                buf.clear()
-                return
-            if length is None or len(buf) < length:
-                return
-            frame = bytes(buf[:length])
-            del buf[:length]
-            start = state["first"]
-            if start < state["line_free"]:  # talked over the line: the frame is garbled
-                state["violations"] += 1
-                continue
-            unit = units.get(frame[0])
-            if unit is None:
-                continue
-            reply = pdu.build_rtu(unit.unit_id, handle_request(unit, frame[1:-2], now))
-            done = start + len(frame) * CHAR_S + T35_S + len(reply) * CHAR_S
-            state["line_free"] = done + T35_S
-            loop.call_at(done, write, reply)
-
-    def write(reply: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(master, reply)
-        state["answered"] += 1
-
-    loop.add_reader(master, on_readable)
-    print(json.dumps({"path": os.ttyname(slave)}), flush=True)
+    print(json.dumps({"path": line.path}), flush=True)
     while True:
         await asyncio.sleep(0.5)
-        print(
-            json.dumps({"t": loop.time(), "n": state["answered"], "v": state["violations"]}),
-            flush=True,
-        )
+        print(json.dumps({"t": loop.time(), "n": line.answered, "v": line.violations}), flush=True)
 
 
 async def bare_loop(ports: list[int], mqtt_port: int) -> None:

@@ -130,22 +130,16 @@ class PymodbusClient(ModbusClient):
         retries: int = 1,
         pause_after: float = 0.0,
     ) -> bytes:
+        if self.tuned:  # our retry loop, per-request timeout and pauses around _once
+            return await super().transact(
+                unit, request, timeout=timeout, retries=retries, pause_after=pause_after
+            )
         if not 0 <= unit <= 255:
             raise DriverError(f"unit id {unit} outside 0..255")
-        async with self._lock:
-            if not self.tuned:
-                return await self._once(unit, request, None)
-            attempt = 0
-            while True:
-                try:
-                    return await self._once(unit, request, timeout)
-                except (DeviceTimeout, FrameError):
-                    if attempt >= retries:
-                        raise
-                    attempt += 1
-                finally:
-                    now = asyncio.get_running_loop().time()
-                    self._next_send = max(self._next_send, now + pause_after)
+        async with self._lock:  # pymodbus retries by itself, with its own timeout
+            reply = await self._once(unit, request, None)
+            pdu.check_exception(reply, request[0])
+            return reply
 
     async def _once(self, unit: int, request: bytes, timeout: float | None) -> bytes:  # type: ignore[override]
         client = self.client
@@ -172,11 +166,9 @@ class PymodbusClient(ModbusClient):
             raise self._classify(unit, timeout) from None
         except ConnectionException as exc:
             raise LinkDown(f"{self.name}: {exc}") from None
-        body = bytes([reply.function_code]) + reply.encode()
         if reply.function_code & 0x80:
-            body = bytes([reply.function_code, reply.exception_code])
-        pdu.check_exception(body, request[0])
-        return body
+            return bytes([reply.function_code, reply.exception_code])
+        return bytes([reply.function_code]) + reply.encode()
 
     def _classify(self, unit: int, timeout: float | None) -> DriverError:
         """What the bytes pymodbus dropped during the attempt were (it reports a timeout)."""
