@@ -156,6 +156,12 @@ DEVICE_VAR = query_var(
 PM10_LIMIT_VAR = custom_var(
     "pm10_limit", "PM10 exceedance limit (ug/m3)", ["80", "100", "150", "250"], str(PM10_LIMIT)
 )
+MIN_COMPLETENESS_VAR = custom_var(
+    "min_completeness",
+    "Ranked from completeness (%)",
+    ["50", "75", "90"],
+    f"{DEFAULT_MIN_COMPLETENESS:g}",
+)
 
 
 INCIDENT_ANNOTATIONS: dict[str, Any] = {
@@ -461,9 +467,11 @@ def district_dashboard() -> dict[str, Any]:
         "an hourly mean counting only from a device with 45 minutes of valid PM10 in the "
         "hour (GB 3095-2012). Spray minutes: minutes with any fog cannon on. "
         "Completeness: the time valid readings stand for (each carries its device's read "
-        "interval) over the range, averaged over the site's devices; red under "
-        f"{DEFAULT_MIN_COMPLETENESS:g} %: such a site is not ranked by `dustgate report`, "
-        "whatever its PM10. Same queries as `dustgate report`.",
+        "interval) over the range, averaged over the site's devices, red under "
+        f"{DEFAULT_MIN_COMPLETENESS:g} %. Ranked: no for a site under $min_completeness % "
+        "or without valid PM10: its PM10 is not a ranking, whatever its place in this table "
+        "(`dustgate report` lists it after the ranked sites). Same queries as "
+        "`dustgate report`.",
         transformations=[
             {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
             {
@@ -500,6 +508,37 @@ def district_dashboard() -> dict[str, Any]:
             }
             for alias in ("pm10_week", "pm10_today")
         ),
+        {
+            "matcher": {"id": "byName", "options": rename["ranked"]},
+            "properties": [
+                {"id": "decimals", "value": 0},
+                {
+                    "id": "mappings",
+                    "value": [
+                        {
+                            "type": "special",
+                            "options": {
+                                "match": "null",
+                                "result": {"text": "no", "color": "red", "index": 0},
+                            },
+                        },
+                        {
+                            "type": "value",
+                            "options": {"0": {"text": "no", "color": "red", "index": 1}},
+                        },
+                        {
+                            "type": "range",
+                            "options": {
+                                "from": 1,
+                                "to": None,
+                                "result": {"text": "yes", "color": "green", "index": 2},
+                            },
+                        },
+                    ],
+                },
+                {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            ],
+        },
         {
             "matcher": {"id": "byName", "options": rename["completeness_pct"]},
             "properties": [
@@ -548,7 +587,7 @@ def district_dashboard() -> dict[str, Any]:
         "dustgate-district",
         "dustgate: district ranking",
         [ranking, incidents],
-        [SITE_VAR, PM10_LIMIT_VAR],
+        [SITE_VAR, PM10_LIMIT_VAR, MIN_COMPLETENESS_VAR],
         time_from="now/w",
         annotations=[INCIDENT_ANNOTATIONS],
         description="Weekly site ranking: PM10, exceedances, spraying, data completeness, "

@@ -31,6 +31,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -48,6 +49,16 @@ SITE_FILTER = '"site" =~ /^$site$/ AND $timeFilter'
 # What is valid: rules.sink.points (the schema) says, as InfluxQL conditions.
 VALID_PM10 = valid_metric("pm10")
 MIN_HOUR_S = 45 * 60  # valid data a device needs in an hour for its hourly mean to count
+
+# per device: the time its valid readings stand for, and a 0 row with a device count
+# for every device that sent anything (so a device with only invalid readings counts 0)
+COVER = (
+    '(SELECT sum("interval_s") AS "valid_s" FROM "telemetry" '
+    f'WHERE {SITE_FILTER} AND {VALID_READING} GROUP BY "site", "device"), '
+    '(SELECT count("seq") AS "devices", count("seq") * 0 AS "valid_s" FROM "telemetry" '
+    f'WHERE {SITE_FILTER} GROUP BY "site", "device")'
+)
+COMPLETENESS = 'sum("valid_s") * 100000 / (count("devices") * (${__to} - ${__from}))'
 
 DISTRICT_QUERIES: dict[str, str] = {
     # A: mean of valid PM10 over the range (the ranking key)
@@ -79,12 +90,14 @@ DISTRICT_QUERIES: dict[str, str] = {
     # E: data completeness: the time valid readings stand for (their interval_s)
     # over the range, averaged over the site's devices; a device that sent only
     # invalid readings counts 0 (the second subquery gives each device a 0 row)
-    "E": 'SELECT sum("valid_s") * 100000 / (count("devices") * (${__to} - ${__from})) '
-    'AS "completeness_pct" FROM '
-    '(SELECT sum("interval_s") AS "valid_s" FROM "telemetry" '
-    f'WHERE {SITE_FILTER} AND {VALID_READING} GROUP BY "site", "device"), '
-    '(SELECT count("seq") AS "devices", count("seq") * 0 AS "valid_s" FROM "telemetry" '
-    f'WHERE {SITE_FILTER} GROUP BY "site", "device") '
+    "E": f'SELECT {COMPLETENESS} AS "completeness_pct" FROM {COVER} '
+    'WHERE $timeFilter GROUP BY "site"',
+    # G: ranked or not (>= 1 / 0): completeness at least $min_completeness and some
+    # valid PM10 (floor() of completeness over the limit, times the valid PM10 rows:
+    # InfluxQL has no comparison in SELECT); `dustgate report` ranks by the same rule
+    "G": f'SELECT floor({COMPLETENESS} / $min_completeness) * count("pm10_n") AS "ranked" '
+    f'FROM {COVER}, (SELECT count("pm10") AS "pm10_n" FROM "telemetry" '
+    f'WHERE {SITE_FILTER} AND {VALID_PM10} GROUP BY "site") '
     'WHERE $timeFilter GROUP BY "site"',
 }
 
@@ -92,12 +105,14 @@ DISTRICT_COLUMNS: dict[str, tuple[str, str]] = {
     # refId: (column alias in the query, header shown), in the order shown:
     # completeness beside the site, read before any figure it qualifies
     "E": ("completeness_pct", "Data completeness (%)"),
+    "G": ("ranked", "Ranked"),
     "A": ("pm10_week", "PM10 mean, range (ug/m3)"),
     "B": ("pm10_today", "PM10 mean, today (ug/m3)"),
     "C": ("exceedance_min", "Exceedance minutes"),
     "F": ("exceedance_h", "Exceedance hours"),
     "D": ("spray_min", "Spray minutes"),
 }
+RANKED = "ranked"  # the dashboard's marker; the report says it with its rank and note
 
 # count()/sum() return no row for a site with nothing to count: that is a zero
 # (exceedance minutes only where there is valid PM10 to exceed with).
@@ -105,6 +120,8 @@ ZERO_IF_MISSING = ("exceedance_min", "exceedance_h", "spray_min", *INCIDENT_ZERO
 NEED_VALID_PM10 = ("exceedance_min", "exceedance_h")
 # the incidents' figures follow (rules.incidents.ranking: the `incident` measurement)
 COLUMNS: dict[str, tuple[str, str]] = {**DISTRICT_COLUMNS, **INCIDENT_COLUMNS}
+# what the report prints: its own rank and note say what the dashboard's marker says
+SHOWN: list[tuple[str, str]] = [c for c in COLUMNS.values() if c[0] != RANKED]
 
 DEFAULT_PM10_LIMIT = 150  # GB 3095-2012 grade II 24 h; the example rule's ON threshold
 # Below this share of valid data a site is listed, marked, and not ranked.  GB
@@ -299,6 +316,7 @@ def run_report(
     variables: dict[str, str | Sequence[str]] = {
         "site": list(sites) if sites else ".*",
         "pm10_limit": f"{pm10_limit:g}",
+        "min_completeness": f"{min_completeness:g}",
     }
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     answers = {}
@@ -316,7 +334,7 @@ def _fmt(v: float | None) -> str:
 
 def _cells(r: SiteRow) -> list[str]:
     cells = []
-    for alias, _ in COLUMNS.values():
+    for alias, _ in SHOWN:
         v = r.get(alias)
         if v is None and alias in ("pm10_week", "pm10_today"):
             cells.append(NO_VALID_DATA)  # never an empty cell that reads as "nothing measured"
@@ -328,7 +346,7 @@ def _cells(r: SiteRow) -> list[str]:
 
 
 def format_table(rows: list[SiteRow]) -> str:
-    headers = ["#", "site", *(h for _, h in COLUMNS.values()), "not ranked: why"]
+    headers = ["#", "site", *(h for _, h in SHOWN), "not ranked: why"]
     body = [["-" if r.rank is None else str(r.rank), r.site, *_cells(r), r.note] for r in rows]
     widths = [max(len(row[c]) for row in [headers, *body]) for c in range(len(headers))]
     lines = [
@@ -345,13 +363,13 @@ def format_table(rows: list[SiteRow]) -> str:
 def format_csv(rows: list[SiteRow]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["rank", "site", *(a for a, _ in COLUMNS.values()), "note"])
+    w.writerow(["rank", "site", *(a for a, _ in SHOWN), "note"])
     for r in rows:
         w.writerow(
             [
                 "" if r.rank is None else r.rank,
                 r.site,
-                *("" if r.get(a) is None else f"{r.get(a):.3f}" for a, _ in COLUMNS.values()),
+                *("" if r.get(a) is None else f"{r.get(a):.3f}" for a, _ in SHOWN),
                 r.note,
             ]
         )
@@ -383,7 +401,7 @@ def main(argv: list[str], now: datetime | None = None) -> int:
     p.add_argument("--pm10-limit", type=float, default=DEFAULT_PM10_LIMIT)
     p.add_argument(
         "--min-completeness",
-        type=float,
+        type=_percent,
         default=DEFAULT_MIN_COMPLETENESS,
         metavar="PCT",
         help="sites with less valid data are listed but not ranked (default %(default)g)",
@@ -436,6 +454,18 @@ def main(argv: list[str], now: datetime | None = None) -> int:
             with open(args.csv, "w", encoding="utf-8", newline="") as f:
                 f.write(text)
     return 0
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage above 0, at most 100, got {text!r}"
+        )
+    return value
 
 
 def _duration(text: str) -> float:

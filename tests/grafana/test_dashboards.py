@@ -270,6 +270,7 @@ VARS: dict[str, Any] = {
     "site": ["site-a"],
     "device": ".*",
     "pm10_limit": "150",
+    "min_completeness": "75",
 }
 
 
@@ -515,6 +516,17 @@ def test_district_ranking_values(loaded_influxd: Influxd):
     assert rows["site-b"].get("exceedance_h") == 0  # count() gives no row; the report says 0
 
 
+@pytest.mark.parametrize("limit", [75.0, 40.0])
+def test_dashboard_marks_as_ranked_what_the_report_ranks(loaded_influxd: Influxd, limit: float):
+    answers = {
+        ref: loaded_influxd.query(expand(q, site=".*", min_completeness=f"{limit:g}"), db=DB)
+        for ref, q in DISTRICT_QUERIES.items()
+    }
+    rows = report.rank(report.rows_from_results(answers), limit)
+    marks = {r.site: ((r.get(report.RANKED) or 0) >= 1, r.rank is not None) for r in rows}
+    assert marks == {"site-a": (True, True), "site-b": (limit < 50, limit < 50)}
+
+
 @pytest.mark.parametrize("min_completeness", [None, "40"])
 def test_report_cli_on_known_data(
     loaded_influxd: Influxd,
@@ -546,6 +558,9 @@ def test_report_cli_on_known_data(
         assert "completeness under 75 %" in printed.splitlines()[-1]
     for r in table:
         for alias, _ in DISTRICT_COLUMNS.values():
+            if alias == report.RANKED:
+                assert alias not in r  # said by the rank and the note
+                continue
             expected = want[r["site"]][alias]
             assert float(r[alias]) == pytest.approx(expected, abs=1e-3), (r["site"], alias)
 

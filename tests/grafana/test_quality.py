@@ -79,6 +79,8 @@ def test_ranking_counts_only_valid_data(influxd_hour: Influxd, tmp_path: Path) -
         assert rows[site].get("exceedance_min") is None, site  # unknown, not zero
         assert rows[site].get("exceedance_h") is None, site
         assert (rows[site].rank, rows[site].note) == (None, report.NO_VALID_DATA), site
+        assert not rows[site].get(report.RANKED), site  # 0 or none: the dashboard says "no"
+    assert (healthy.get(report.RANKED) or 0) >= 1
 
 
 def test_report_cli_lists_the_frozen_site_after_the_ranking(

@@ -3,10 +3,11 @@ the others follow, marked, never ranked as clean."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.history.report import NO_VALID_DATA, SiteRow, format_table, rank
+from rules.history.report import NO_VALID_DATA, SiteRow, format_table, main, rank
 
 pct = st.none() | st.floats(0, 100.5)
 pm10 = st.none() | st.floats(0, 2000)
@@ -55,3 +56,11 @@ def test_no_valid_data_is_said_not_left_blank():
     last = format_table(out).splitlines()[-1]
     assert last.split()[:3] == ["-", "frozen", "0.0"]  # completeness beside the site
     assert last.count(NO_VALID_DATA) == 3  # both PM10 means, and why it is not ranked
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "101", "nan", "most"])
+def test_min_completeness_must_be_a_percentage(bad: str, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        main(["--min-completeness", bad])
+    assert exc.value.code == 2
+    assert "--min-completeness: expected a percentage" in capsys.readouterr().err
