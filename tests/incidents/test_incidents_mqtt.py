@@ -95,7 +95,9 @@ async def incidents(
 
 
 @contextlib.asynccontextmanager
-async def engine(tmp_path: Path, port: int) -> AsyncIterator[RulesService]:
+async def engine(
+    tmp_path: Path, port: int, unless: list[dict[str, Any]] | None = None
+) -> AsyncIterator[RulesService]:
     cfg = {
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min": 0.2, "reconnect_max": 1},
         "state_dir": str(tmp_path / "state"),
@@ -105,7 +107,7 @@ async def engine(tmp_path: Path, port: int) -> AsyncIterator[RulesService]:
         "rules": [
             {"id": "pm10-gate", "site": SITE, "metric": "pm10", "devices": ["gate"],
              "aggregate": "last", "window": 5, "above": 150, "clear": 100,
-             "actions": {"lease": ["cannon-1"], "lease_s": 3}},
+             "actions": {"lease": ["cannon-1"], "lease_s": 3}, "unless": unless or []},
         ],
     }  # fmt: skip
     path = tmp_path / "rules.yaml"
@@ -224,3 +226,23 @@ async def test_gateway_offline_retained_opens_one_incident_across_restarts(
             what="cleared",
         )
     await until(lambda: len(hook.received) == 1, what="one notification")
+
+
+async def test_over_the_limit_under_frost_opens_an_unsprayed_incident(
+    tmp_path: Path, mosquitto: Mosquitto, hook: Hook
+) -> None:
+    """The real engine blocks the spray for frost; its interlock event opens the
+    'over the limit, nothing spraying' incident (and no rule_active one)."""
+    port = mosquitto.port
+    frost = [{"name": "frost", "metric": "temp", "devices": ["gate"], "window": 5,
+              "aggregate": "last", "below": 3, "clear": 4}]  # fmt: skip
+    s = settings(hook, unsprayed={"open_after": 0})
+    async with engine(tmp_path, port, frost), incidents(s, tmp_path / "i.db", port, Clock()) as svc:
+        reading = p.Telemetry(ts=p.now_ms(time.time()), seq=1, values={"pm10": 300.0, "temp": -2.0})
+        await publish(port, p.telemetry_topic(SITE, "gate"), p.encode(reading))
+        await until(lambda: svc.book.open_incident(SITE, "unsprayed") is not None, 5)
+        inc = svc.book.open_incident(SITE, "unsprayed")
+        assert inc is not None and "frost" in inc.detail
+        assert svc.book.open_incident(SITE, "rule_active") is None
+        await until(lambda: len(hook.received) == 1, what="the notification")
+        assert "nothing is spraying" in texts(hook)[0]
