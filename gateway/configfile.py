@@ -96,6 +96,10 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 """Seconds; written in YAML as ``30s``, ``5m``, ``1h`` or a number."""
 
 
+MAX_SECRET_BYTES = 64 * 1024
+"""A secret file is a password or a token: more is a wrong path (a device, a log)."""
+
+
 def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
     """A secret inline, or ``{env: NAME}``, or ``{file: PATH}`` (read, stripped).
 
@@ -112,9 +116,16 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
         elif set(value) == {"file"}:
             p = Path(str(value["file"])).expanduser()
             try:
-                return p.read_text().strip()
+                with open(p, "rb") as f:
+                    raw = f.read(MAX_SECRET_BYTES + 1)  # /dev/zero must not eat the memory
+                if len(raw) > MAX_SECRET_BYTES:
+                    problem = f"secret file {p} is longer than {MAX_SECRET_BYTES} bytes"
+                else:
+                    return raw.decode("utf-8").strip()
             except OSError as exc:
                 problem = f"cannot read secret file {p}: {exc.strerror}"
+            except UnicodeDecodeError:
+                problem = f"secret file {p} is not UTF-8 text"
         if problem is not None:
             notes = (info.context or {}).get("lenient_secrets")
             if notes is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,3 +222,21 @@ def test_two_uplinks_may_not_share_a_backlog(
     assert rc == 0, err  # the same platform twice, one of them named: two backlogs
     rc, err = _check(tmp_path, GOOD_SITE + "uplinks:\n" + named + named, capsys)
     assert rc == 1 and "uplinks[1].name: uplink 'city' repeats uplinks[0]" in err
+
+
+def test_a_secret_file_is_read_bounded(tmp_path: Path) -> None:
+    """{file: /dev/zero} read the device until the memory ran out."""
+    from gateway.config import load_site_config
+    from gateway.configfile import ConfigError
+
+    binary = tmp_path / "key.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    for path, message in (
+        ("/dev/zero", "secret file /dev/zero is longer than 65536 bytes"),
+        (str(binary), f"secret file {binary} is not UTF-8 text"),
+    ):
+        text = GOOD_SITE.replace("port: 1883}", f"port: 1883, password: {{file: {path}}}}}")
+        with pytest.raises(
+            ConfigError, match=rf"a.yaml:2:\d+: mqtt.password: {re.escape(message)}"
+        ):
+            load_site_config(tmp_path / "a.yaml", text=text)

@@ -18,7 +18,7 @@ from gateway.configfile import ConfigError
 from gateway.yamlsafe import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = [(ROOT / "examples" / n).read_bytes() for n in ("site.yaml", "rules.yaml")]
+EXAMPLES = [p.read_bytes() for p in sorted((ROOT / "examples").glob("*.yaml"))]  # every kind
 
 # pieces a careless operator or a hostile form might put anywhere
 FRAGMENTS = [
@@ -63,9 +63,12 @@ def mutated_example(draw: st.DrawFn) -> bytes:
 def _assert_placed(issues: list, path: Path, data: bytes) -> None:
     lines = data.count(b"\n") + data.count(b"\r") + 2
     for issue in issues:
-        assert issue.file == str(path)
-        assert 1 <= issue.line <= lines and issue.col >= 1, issue
-        assert str(issue).startswith(f"{path}:{issue.line}:{issue.col}: ")
+        assert issue.line >= 1 and issue.col >= 1, issue
+        assert str(issue).startswith(f"{issue.file}:{issue.line}:{issue.col}: ")
+        if issue.file != str(path):  # a file it names (incidents.yaml -> rules_file)
+            assert Path(issue.file).parent == path.parent, issue
+            continue
+        assert issue.line <= lines, issue
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,7 +82,7 @@ def test_check_on_mutated_examples_gives_a_config_or_placed_issues(data: bytes) 
             assert kind == "?"
             _assert_placed(issues, path, data)
         else:
-            assert kind in ("site", "rules")
+            assert kind != "?"
 
 
 @settings(max_examples=300, deadline=None)
