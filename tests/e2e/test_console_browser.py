@@ -152,7 +152,14 @@ async def stack(tmp_path: Path, hook: Hook) -> AsyncIterator[dict[str, object]]:
         procs.append(_spawn(["console", "--config", str(console_yaml)], console_log))
         url = f"http://127.0.0.1:{port}"
         await _wait_http(url + "/login", procs[-1], console_log)
-        yield {"url": url, "site": site, "mq": mq, "rules": rules_yaml, "tmp": tmp_path}
+        yield {
+            "url": url,
+            "site": site,
+            "mq": mq,
+            "rules": rules_yaml,
+            "tmp": tmp_path,
+            "influx": influx,
+        }
     finally:
         _stop(procs)
         await site.stop()
@@ -295,6 +302,19 @@ async def test_operator_lowers_a_threshold_and_sees_the_spray(
             assert "min" in await row.locator("td.ack-median").inner_text()
             assert "–" not in await row.locator("td.resolve-median").inner_text()
             await inspector.screenshot(path=str(OUT / "console-ranking.png"), full_page=True)
+            # the steps reached InfluxDB (Grafana's annotations and ranking read them)
+            influx = stack["influx"]
+            assert isinstance(influx, Influxd)
+            kinds: set[str] = set()
+            deadline = time.monotonic() + 10
+            while not {"opened", "acknowledged", "resolved"} <= kinds:
+                assert time.monotonic() < deadline, f"incident points in InfluxDB: {kinds}"
+                await asyncio.sleep(0.5)
+                answer = await asyncio.to_thread(
+                    influx.query, 'SELECT "id", "kind" FROM "incident"', "dustgate"
+                )
+                for series in answer["results"][0].get("series", []):  # type: ignore[index]
+                    kinds |= {row[2] for row in series["values"]}
             print(
                 f"preview triggers {before} -> {after}; spray shown {t_page - t_spike:.1f}s after the spike, {lag:.2f}s after the cannon's state; incident shown {incident_lag:.2f}s after the rule went on"
             )
