@@ -67,6 +67,10 @@ def service_of(ctx: Ctx) -> IncidentService:
     if isinstance(svc, IncidentService):
         return svc
     settings = ctx.config.incidents or IncidentsSettings()
+    if "base_url" not in settings.model_fields_set:  # links point at this console
+        c = ctx.config.console
+        scheme = "https" if c.tls_cert_file is not None else "http"
+        settings = settings.model_copy(update={"base_url": f"{scheme}://{c.listen}:{c.port}"})
     try:
         rules = load_rules_file(ctx.config.rules_file)
     except Exception as exc:  # the board runs without it too; unsprayed then judged without

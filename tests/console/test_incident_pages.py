@@ -173,3 +173,8 @@ def test_board_badge_turns_red_when_overdue_and_ranking_shows_times(console: Any
     assert '<td class="ack-median">32.0 min</td>' in row.group(1)
     assert '<td class="resolve-median">33.0 min</td>' in row.group(1)
     assert "open incident" not in client.get("/").text
+
+
+def test_links_point_at_this_console_unless_configured(console: Any) -> None:
+    _ctx, _client, svc, _clock = console
+    assert svc.settings.link(7) == "http://127.0.0.1:8480/incidents/7"
