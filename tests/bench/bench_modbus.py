@@ -576,8 +576,8 @@ def main() -> int:
     line("CPU per read (TCP), us", [med(rows[c]["cpu"]) for c in CLIENTS])
     line("client process RSS, MB", [med(rows[c]["rss"]) for c in CLIENTS])
     print()
-    print("dead unit behind a TCP gateway, 6 live units at 1 Hz, timeout 1 s, 1 retry, "
-          "two agent restarts (own transport):")  # fmt: skip
+    print("dead unit behind a TCP gateway, 6 live units at 1 Hz, timeout 1 s, 1 retry, the "
+          "agent's bus restarted twice (own transport):")  # fmt: skip
     for variant, label in (("old", "before (retries, no yield, backoff reset)"),
                            ("new", "now (one-try probe, yields, backoff kept)")):  # fmt: skip
         r = restarts[variant]
