@@ -78,7 +78,7 @@ class Delivery(StrictModel):
 
 class IncidentsSettings(StrictModel):
     db: Path = Path("./state/incidents.db")
-    base_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8080"
+    base_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8480"
     notifiers: dict[NotifierName, Notifier] = Field(default_factory=dict)
     sites: dict[Id, SiteContacts] = Field(default_factory=dict)
     causes: dict[CauseName, CauseSettings] = Field(default_factory=dict)
