@@ -19,6 +19,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import yaml
+from running import running, until
 from webhooks import Hook
 
 from gateway import protocol as p
@@ -67,30 +68,16 @@ def mqtt(port: int) -> MqttSettings:
                         reconnect_min=0.2, reconnect_max=1)  # fmt: skip
 
 
-async def until(pred: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def incidents(
     s: IncidentsSettings, db: Path, port: int, clock: Clock
 ) -> AsyncIterator[IncidentService]:
     store = IncidentStore(db)
     svc = IncidentService(s, store, clock=clock)
-    stop = asyncio.Event()
-    task = asyncio.create_task(svc.run(mqtt(port), stop))
     try:
-        async with asyncio.timeout(10):
-            await svc.connected.wait()
-        yield svc
+        async with running(lambda stop: svc.run(mqtt(port), stop), svc.connected):
+            yield svc
     finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
         store.close()
 
 
@@ -114,16 +101,8 @@ async def engine(
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     opts = ServiceOptions(tick_interval=0.2, persist_interval=0.2, client_id="engine-under-test")
     svc = RulesService(path, load_rules_file(path), opts)
-    stop = asyncio.Event()
-    task = asyncio.create_task(svc.run(stop))
-    try:
-        async with asyncio.timeout(10):
-            await svc.connected.wait()
+    async with running(svc.run, svc.connected):
         yield svc
-    finally:
-        stop.set()
-        async with asyncio.timeout(15):
-            await task
 
 
 async def publish(port: int, topic: str, payload: bytes, *, retain: bool = False) -> None:

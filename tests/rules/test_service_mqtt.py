@@ -15,11 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,8 @@ import aiomqtt
 import pytest
 import yaml
 from rulehelpers import ListSink
+from running import running, until
+from webhooks import Hook
 
 from gateway import protocol as p
 from gateway.localservices import Influxd, Mosquitto
@@ -184,60 +184,8 @@ async def engine(path: Path, client_id: str = "engine-under-test") -> AsyncItera
         client_id=client_id,
     )
     svc = RulesService(path, load_rules_file(path, text=text), opts, rules_text=text)
-    stop = asyncio.Event()
-    task = asyncio.create_task(svc.run(stop))
-    try:
-        async with asyncio.timeout(10):
-            await svc.connected.wait()
+    async with running(svc.run, svc.connected):
         yield svc
-    finally:
-        stop.set()
-        async with asyncio.timeout(15):
-            await task
-
-
-async def until(pred: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-# ------------------------------------------------------------------ webhook
-
-
-@dataclass
-class Hook:
-    url: str
-    bodies: list[dict[str, Any]]
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    bodies: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "27")
-            self.end_headers()
-            self.wfile.write(b'{"errcode":0,"errmsg":"ok"}')
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = False  # server_close() joins the request threads
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Hook(f"http://127.0.0.1:{server.server_address[1]}/robot", bodies)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 # -------------------------------------------------------------------- tests
@@ -267,11 +215,11 @@ async def test_spike_leases_renews_stops_and_notifies(
         assert all(s.at <= off_at for s, c in b.commands() if c.action == "on")
         assert [e.kind for e in b.events() if e.kind in ("on", "off")] == ["on", "off"]
         # one notification (on); the off is inside min_interval and suppressed
-        await until(lambda: len(hook.bodies) >= 1, what="notification")
+        await until(lambda: len(hook.received) >= 1, what="notification")
         await asyncio.sleep(0.5)
-        assert len(hook.bodies) == 1
-        assert hook.bodies[0]["msgtype"] == "text"
-        assert "pm10-gate: on" in hook.bodies[0]["text"]["content"]
+        assert len(hook.received) == 1
+        assert hook.received[0]["msgtype"] == "text"
+        assert "pm10-gate: on" in hook.received[0]["text"]["content"]
         assert svc.engine.counters["notify_suppressed"] == 1
         assert svc.counters["commands_sent"] >= 4
 
