@@ -450,6 +450,27 @@ def site_dashboard() -> dict[str, Any]:
 # -------------------------------------------------------------- district
 
 
+def site_table(columns: dict[str, tuple[str, str]], sort_desc: str) -> list[dict[str, Any]]:
+    """Transformations joining one-query-per-column answers into one row per site, the
+    columns in ``columns``' order under their headers, sorted by ``sort_desc``."""
+    rename = {alias: header for alias, header in columns.values()}
+    return [
+        {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {
+                    "Time": True,
+                    **{f"Time {i}": True for i in range(1, len(columns) + 1)},
+                },
+                "indexByName": {"site": 0, **{a: i + 1 for i, a in enumerate(rename)}},
+                "renameByName": rename,
+            },
+        },
+        {"id": "sortBy", "options": {"sort": [{"field": rename[sort_desc], "desc": True}]}},
+    ]
+
+
 def district_dashboard() -> dict[str, Any]:
     queries = DISTRICT_QUERIES
     targets = [target(ref, q, fmt="table") for ref, q in queries.items()]
@@ -472,24 +493,7 @@ def district_dashboard() -> dict[str, Any]:
         "or without valid PM10: its PM10 is not a ranking, whatever its place in this table "
         "(`dustgate report` lists it after the ranked sites). Same queries as "
         "`dustgate report`.",
-        transformations=[
-            {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {
-                        "Time": True,
-                        **{f"Time {i}": True for i in range(1, len(queries) + 1)},
-                    },
-                    "indexByName": {
-                        "site": 0,
-                        **{a: i + 1 for i, (a, _) in enumerate(DISTRICT_COLUMNS.values())},
-                    },
-                    "renameByName": rename,
-                },
-            },
-            {"id": "sortBy", "options": {"sort": [{"field": rename["pm10_week"], "desc": True}]}},
-        ],
+        transformations=site_table(DISTRICT_COLUMNS, "pm10_week"),
         extra_defaults={"decimals": 1},
         options={"showHeader": True, "cellHeight": "sm"},
     )
@@ -553,7 +557,6 @@ def district_dashboard() -> dict[str, Any]:
             ],
         },
     ]
-    inc_rename = {alias: header for alias, header in INCIDENT_COLUMNS.values()}
     incidents = panel(
         2,
         "Incidents per site: found -> fixed",
@@ -565,21 +568,7 @@ def district_dashboard() -> dict[str, Any]:
         "minutes from opening to acknowledgement and to resolution, and hours the "
         "over-the-limit causes held (cleared stretches). Same queries as `dustgate report`; "
         "the console's ranking page shows the same figures from its own store.",
-        transformations=[
-            {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, **{f"Time {i}": True for i in range(1, 8)}},
-                    "indexByName": {
-                        "site": 0,
-                        **{a: i + 1 for i, (a, _) in enumerate(INCIDENT_COLUMNS.values())},
-                    },
-                    "renameByName": inc_rename,
-                },
-            },
-            {"id": "sortBy", "options": {"sort": [{"field": inc_rename["overdue"], "desc": True}]}},
-        ],
+        transformations=site_table(INCIDENT_COLUMNS, "overdue"),
         extra_defaults={"decimals": 1},
         options={"showHeader": True, "cellHeight": "sm"},
     )
