@@ -225,3 +225,48 @@ async def test_over_the_limit_under_frost_opens_an_unsprayed_incident(
         assert svc.book.open_incident(SITE, "rule_active") is None
         await until(lambda: len(hook.received) == 1, what="the notification")
         assert "nothing is spraying" in texts(hook)[0]
+
+
+async def test_dustgate_incidents_runs_alone_and_stops_on_sigterm(
+    tmp_path: Path, mosquitto: Mosquitto, hook: Hook
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "incidents.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "client_id": "inc-cli"},
+                "incidents": {
+                    "db": "state/incidents.db",
+                    "notifiers": {"hook": {"type": "webhook", "url": hook.url}},
+                    "sites": {SITE: {"contacts": [{"name": "Li Wei", "notify": "hook"}]}},
+                },
+            }
+        )
+    )
+    log = tmp_path / "incidents.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "incidents", "--config", str(cfg)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        await until(lambda: "connected to mqtt" in log.read_text(), 20, "service up")
+        on = p.Event(ts=p.now_ms(time.time()), kind="on", text="pm10-gate: on", rule="pm10-gate")
+        await publish(mosquitto.port, p.events_topic(SITE), p.encode(on))
+        await until(lambda: len(hook.received) == 1, what="the notification")
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    store = IncidentStore(tmp_path / "state" / "incidents.db")
+    (inc,) = store.incidents()
+    assert (inc.site, inc.cause, inc.status) == (SITE, "rule_active", "open")
+    store.close()
