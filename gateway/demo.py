@@ -7,7 +7,8 @@ driven by a small plume model), then the agent and the rule engine as their
 own processes, exactly as they run on a site. About 20 s in, an earthwork
 dust event starts at the gate; the view shows PM10 rising past the rule's
 threshold, the cannons switching on, PM10 falling and the cannons switching
-off. The district console (``dustgate console``) runs beside them on
+off (on a terminal in colour, redrawn in place each second; otherwise as
+plain text every 5 s). The district console (``dustgate console``) runs beside them on
 loopback; its URL and demo logins are printed, so the same spike can be
 watched in a browser. With ``--duration`` it ends by itself and exits
 non-zero if the loop did not close (CI runs it that way).
@@ -27,12 +28,19 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiomqtt
 import yaml
 
 from gateway import protocol as p
+from gateway import statusview
 from gateway.localservices import Influxd, Mosquitto
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from gateway.livescreen import Screen
 
 SITE = "demo-site"
 DB = "dustgate"
@@ -163,6 +171,7 @@ class View:
     fell_below_clear: float | None = None
     spray_stopped: float | None = None
     peak: float = 0.0
+    status: statusview.View = field(default_factory=statusview.View)  # for the terminal view
 
     def rolling_pm10(self) -> float | None:
         if not self.pm10:
@@ -170,6 +179,7 @@ class View:
         return sum(v for _, v in self.pm10) / len(self.pm10)
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        self.status.feed(topic, payload)
         try:
             t = p.parse_topic(topic)
             if t.kind == "telemetry" and t.name:
@@ -242,13 +252,32 @@ class View:
                 left = f" lease {max(0.0, s.lease_until / 1000 - time.time()):4.1f}s left"
             lines.append(f"  {name:<10} {s.state.upper():<3} ({s.source}){left} {s.reason[:50]}")
         lines.extend(f"  event {e}" for e in self.events)
-        verdict = [
-            ("spray started", self.spray_started),
-            (f"PM10 below {CLEAR:.0f}", self.fell_below_clear),
-            ("spray stopped", self.spray_stopped),
-        ]
+        verdict = self.verdict()
         lines.append("loop: " + "  ".join(f"[{'x' if t else ' '}] {n}" for n, t in verdict))
         return "\n".join(lines)
+
+    def verdict(self) -> list[tuple[str, bool]]:
+        return [
+            ("spray started", bool(self.spray_started)),
+            (f"PM10 below {CLEAR:.0f}", bool(self.fell_below_clear)),
+            ("spray stopped", bool(self.spray_stopped)),
+        ]
+
+    def screen(self, event_in: float | None) -> RenderableType:
+        """The view for a terminal (rich, in colour): what :meth:`render` says, as tables."""
+        from gateway.livescreen import demo_screen
+
+        return demo_screen(
+            f"dustgate demo — site {SITE} — {time.monotonic() - self.started:5.0f}s",
+            f"earthwork dust event starts in {event_in:.0f}s"
+            if event_in and event_in > 0
+            else None,
+            self.rolling_pm10(),
+            (WINDOW_S, THRESHOLD, CLEAR),
+            statusview.board(self.status, time.time()),
+            self.events,
+            self.verdict(),
+        )
 
 
 def influx_counts(influx: Influxd) -> dict[str, int]:
@@ -277,6 +306,7 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
     influx = Influxd(workdir / "influxdb")
     site = FakeSite(seed=7, cannons=2)
     procs: list[subprocess.Popen[bytes]] = []
+    live: Screen | None = None
     view = View()
     try:
         mq.start()
@@ -320,6 +350,10 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
         event_fired = False
         deadline = None if duration is None else time.monotonic() + duration
         closed_at = None
+        if tty:  # a terminal: rich tables in colour, redrawn in place
+            from gateway.livescreen import Screen
+
+            live = Screen(sys.stdout).start()
         async with aiomqtt.Client("127.0.0.1", mq.port) as client:
             await client.subscribe(f"{p.ROOT}/#", qos=1)
             last_draw = 0.0
@@ -336,8 +370,11 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
                     view.events.append(f"{time.strftime('%H:%M:%S')} demo: earthwork starts")
                 if time.monotonic() - last_draw >= (1.0 if tty else 5.0):
                     last_draw = time.monotonic()
-                    screen = view.render(None if event_fired else EVENT_AT_S - el)
-                    print(("\033[H\033[2J" + screen) if tty else screen + "\n", flush=True)
+                    event_in = None if event_fired else EVENT_AT_S - el
+                    if live is not None:
+                        live.show(view.screen(event_in))
+                    else:
+                        print(view.render(event_in) + "\n", flush=True)
                 for proc in procs:
                     if proc.poll() is not None:
                         print(
@@ -350,8 +387,12 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
                     closed_at = time.monotonic()
                 if exit_when_closed and closed_at and time.monotonic() - closed_at > 3:
                     break
+        if live is not None:
+            live.show(view.screen(None))
+            live.stop()
         counts = influx_counts(influx)
-        print(view.render(None))
+        if live is None:
+            print(view.render(None))
         print(
             f"\nInfluxDB: {counts['telemetry']} PM10 readings and {counts['actuator']} cannon "
             f"state changes in database {DB!r} at {influx.url}"
@@ -374,6 +415,8 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
         )
         return 0 if ok else 1
     finally:
+        if live is not None:
+            live.stop()
         for proc in procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from gateway import demo
 from gateway import protocol as p
 from gateway.livescreen import STYLES, Screen, status_tables
 from gateway.localservices import Mosquitto
@@ -205,6 +206,25 @@ def test_the_site_state_follows_its_order(
     )  # fmt: skip
     assert site.state == want
     assert [r.state == "spraying" for r in site.actuators] == cannons
+
+
+def test_the_demo_view_in_a_terminal() -> None:
+    view = demo.View()
+    now_ms = int(time.time() * 1000)
+    for i in range(5):
+        payload = p.Telemetry(ts=now_ms - 1000 * (5 - i), seq=i, values={"pm10": 200.0 + i})
+        view.on_message(p.telemetry_topic(demo.SITE, "station"), p.encode(payload))
+    on = p.ActuatorState(state="on", since=now_ms, source="rule", lease_until=now_ms + 15_000)
+    view.on_message(p.state_topic(demo.SITE, "cannon-1"), p.encode(on))
+    console, out = terminal()
+    console.print(view.screen(None))
+    raw = out.getvalue()
+    plain = ANSI.sub("", raw)
+    assert "PM10 30s mean  202.0 ug/m3" in plain and "ON above 150, clear at 90" in plain
+    assert "[x] spray started" in plain and "[ ] spray stopped" in plain
+    assert styled(raw, CYAN_BOLD, "ON")  # the spraying cannon
+    assert styled(raw, "\x1b[1;31m", " 202.0")  # the mean over the ON threshold in red
+    assert "\x1b" not in view.render(None)  # the plain text of a pipe is unchanged
 
 
 def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
