@@ -726,6 +726,30 @@ def gateway_dashboard() -> dict[str, Any]:
                 ),
             ],
         ),
+        panel(
+            11,
+            "Rule engine: notifications per interval",
+            "timeseries",
+            (0, 36, 24, 8),
+            [
+                target(
+                    ref,
+                    f'SELECT non_negative_difference(last("notify_{field}")) {eng}',
+                    f"{label} $tag_engine",
+                )
+                for ref, field, label in (
+                    ("A", "sent", "sent"),
+                    ("B", "failed", "failed"),
+                    ("C", "retried", "retried"),
+                    ("D", "suppressed", "held back"),
+                    ("E", "flushed", "folded, sent later"),
+                )
+            ],
+            description="Webhook and robot messages: sent, failed after the retries, tries "
+            "repeated (timeouts, 5xx/429, a robot's 'too fast'), held back by a notifier's "
+            "min_interval for a site and rule (folded into the next message, never lost) "
+            "and sent as a folded message when the interval ran out.",
+        ),
     ]
     return dashboard(
         "dustgate-gateway",

@@ -39,6 +39,7 @@ from rules.incidents.ranking import (
     spans_of,
 )
 from rules.sink import points
+from rules.sink.lineprotocol import encode_line
 from rules.sink.settings import InfluxSettings
 from rules.sink.writer import InfluxSink, SinkCounters
 
@@ -254,6 +255,17 @@ async def load(url: str, state: Path) -> None:
                     SinkCounters(dead_lettered=k // 1000).as_dict(),
                 )
             )
+            # the service's own fields on the same point (rules.service: notify_*)
+            notify = {"sent": k // 10, "failed": k // 500, "retried": k // 100,
+                      "suppressed": k // 20, "flushed": k // 40}  # fmt: skip
+            sink.add(
+                encode_line(
+                    points.GATEWAY,
+                    {"engine": "eng-1"},
+                    {f"notify_{n}": v for n, v in notify.items()},
+                    t,
+                )
+            )
         for ch, over in incident_steps():
             sink.add(incident_line(ch, over))
         assert await sink.flush(60)
@@ -439,6 +451,11 @@ def test_gateway_panels_exact_values(loaded_influxd: Influxd):
     assert _at(errors, "gateway", "gw1", START_MS + 10 * MIN) == 1  # counter went 0 -> 1
     rate = run(loaded_influxd, expand(q["gateway.json Rule engine: messages/s A"]))
     assert _at(rate, "engine", "eng-1", START_MS) == 3.0
+    name = "gateway.json Rule engine: notifications per interval"
+    held = run(loaded_influxd, expand(q[f"{name} D"]))
+    assert _at(held, "engine", "eng-1", START_MS + 20 * MIN) == 1  # counter went 0 -> 1
+    failed = run(loaded_influxd, expand(q[f"{name} B"]))
+    assert _at(failed, "engine", "eng-1", START_MS + 500 * MIN) == 1
     down = run(
         loaded_influxd, expand(q["gateway.json HJ 212 platform links: down / records waiting A"])
     )
