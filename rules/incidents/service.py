@@ -193,13 +193,17 @@ class IncidentService:
 
     def _commit(self, effects: list[Effect]) -> None:
         changes = [e for e in effects if isinstance(e, Changed)]
-        rows = [
-            r for e in effects if isinstance(e, Notify) for r in notifications_for(e, self.settings)
-        ]
-        self.store.commit(self.book, changes, rows)
+        rows = []
+        missing = []
         for e in effects:
-            if isinstance(e, Notify) and not notifications_for(e, self.settings):
-                self.counters[f"no_contact_level_{e.level}"] += 1
+            if isinstance(e, Notify):
+                mine = notifications_for(e, self.settings)
+                rows += mine
+                if not mine:
+                    missing.append(e.level)
+        self.store.commit(self.book, changes, rows)
+        for level in missing:  # nobody to tell at that level: counted, visible on the page
+            self.counters[f"no_contact_level_{level}"] += 1
         if rows:
             self.dispatcher.wake()
         for site in sorted({ch.incident.site for ch in changes}):
