@@ -163,6 +163,11 @@ async def incident_list(request: Request, auth: Auth) -> Response:
             "site": site,
             "everything": everything,
             "causes": CAUSE_TEXT,
+            "counts": {
+                **{f"notifications {k}": v for k, v in sorted(svc.dispatcher.counters.items())},
+                **{k.replace("_", " "): v for k, v in sorted(svc.counters.items())},
+                **{k.replace("_", " "): v for k, v in sorted(svc.book.counters.items())},
+            },
         },
     )
 

@@ -70,6 +70,7 @@ def test_list_and_page_need_an_inspector(console: Any) -> None:
     login(client, "ines")
     page = client.get("/incidents").text
     assert f'data-incident="{inc}"' in page and "a rule is spraying" in page
+    assert "incident opened 1" in page  # the service's counters
     assert client.get("/incidents/999").status_code == 404
 
 
