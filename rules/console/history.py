@@ -1,6 +1,7 @@
 """What the console reads from InfluxDB (1.x API, InfluxQL), and the preview replay.
 
-- :func:`series`: a site's PM10 / PM2.5 means per time bucket for the chart;
+- :func:`series`: a site's PM10 / PM2.5 means per time bucket for the chart
+  (valid values only);
 - :func:`spray_periods`: when the site's actuators were on (the ``actuator``
   measurement), for the chart's shading;
 - :func:`events`: the site's stored rule events;
@@ -25,6 +26,7 @@ from rules.console.config import ConsoleInflux
 from rules.core.config import RulesFile
 from rules.history.replay import ReplayResult, replay
 from rules.history.sources import ReplayError, read_influx
+from rules.sink.points import valid_metric
 
 
 class HistoryError(Exception):
@@ -71,20 +73,22 @@ def bucket_for(span_s: float) -> int:
 def series(
     cfg: ConsoleInflux, site: str, metrics: list[str], start: float, end: float
 ) -> dict[str, list[Point]]:
+    """Each metric's mean per bucket over its valid values only (status ok, the metric
+    not flagged: :func:`rules.sink.points.valid_metric`), so a frozen or over-range
+    sensor leaves a gap instead of a line of clean air."""
     b = bucket_for(end - start)
-    cols = ", ".join(f'mean("{m}") AS "{m}"' for m in metrics)
-    q = (
-        f'SELECT {cols} FROM "telemetry" WHERE "site" = $site AND '
-        f"time >= {int(start * 1000)}ms AND time < {int(end * 1000)}ms "
-        f"GROUP BY time({b}s) fill(none)"
-    )
     out: dict[str, list[Point]] = {m: [] for m in metrics}
-    for s in _query(cfg, q, {"site": site}):
-        cols_ = s["columns"]
-        for row in s.get("values", []):
-            for i, m in enumerate(cols_[1:], start=1):
-                if m in out and isinstance(row[i], int | float):
-                    out[m].append((row[0] / 1000.0, float(row[i])))
+    for m in metrics:
+        q = (
+            f'SELECT mean("{m}") AS "{m}" FROM "telemetry" WHERE "site" = $site AND '
+            f"{valid_metric(m)} AND "
+            f"time >= {int(start * 1000)}ms AND time < {int(end * 1000)}ms "
+            f"GROUP BY time({b}s) fill(none)"
+        )
+        for s in _query(cfg, q, {"site": site}):
+            for row in s.get("values", []):
+                if isinstance(row[1], int | float):
+                    out[m].append((row[0] / 1000.0, float(row[1])))
     return out
 
 
