@@ -15,7 +15,7 @@ from gateway import __version__
 # own argparse, so `dustgate NAME --help` shows the real options.
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "agent": ("gateway.agent", "main", "run the edge agent of one site (site.yaml)"),
-    "rules": ("rules.service", "main", "run the rule engine (rules.yaml)"),
+    "rules": ("rules.service.main", "main", "run the rule engine (rules.yaml)"),
     "status": ("gateway.statusview", "main", "live table of sites, devices, actuators, backlog"),
     "actuate": (
         "gateway.actuate",

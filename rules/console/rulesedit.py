@@ -26,7 +26,7 @@ from ruamel.yaml.comments import CommentedMap
 from gateway.configfile import ConfigError, parse_duration
 from gateway.yamlsafe import parse_yaml
 from rules.core.config import RulesFile, load_rules_file
-from rules.service import write_atomic
+from rules.service.state import write_atomic
 
 __all__ = [
     "FIELDS",

@@ -31,10 +31,10 @@ process below is separate: publisher, bare subscriber, engine.
      message here (the engine needs it for command latency). So this one is
      the like-for-like baseline: engine / batched bare is the cost of the
      engine's own work;
-   - the *engine*: ``rules.service.RulesService`` as ``dustgate rules`` runs
+   - the *engine*: ``rules.service.service.RulesService`` as ``dustgate rules`` runs
      it (no ``influx:`` configured, so no sink), restarted between rounds
      (its state file carries over). It keeps up with the client, so no
-     backlog builds up (``rules.service``, *Hot path*: with 64 or more
+     backlog builds up (``rules.service.receive``: with 64 or more
      queued it would evaluate the rules once per 5,000 messages / 0.25 s)
      and it evaluates the rules reading by reading, as when live.
 
@@ -87,7 +87,7 @@ from gateway import protocol as p  # noqa: E402
 from gateway.configfile import MqttSettings  # noqa: E402
 from gateway.localservices import Mosquitto  # noqa: E402
 from gateway.mqttclient import Inbox, make_client  # noqa: E402
-from rules.service import set_nodelay  # noqa: E402
+from rules.service.session import set_nodelay  # noqa: E402
 
 SITE = "site-01"
 DEVICES = [f"dev-{i:04d}" for i in range(1000)]
@@ -250,7 +250,7 @@ async def role_bare(port: int, n: int, prime: bool, batched: bool) -> None:
 
 async def role_engine(port: int, n: int, config: Path, prime: bool) -> None:
     from rules.core.config import load_rules_file
-    from rules.service import RulesService, ServiceOptions
+    from rules.service.service import RulesService, ServiceOptions
 
     rf = load_rules_file(config)
 

@@ -29,7 +29,7 @@ from rules.core.config import load_rules_file
 from rules.incidents.service import IncidentService
 from rules.incidents.settings import IncidentsSettings
 from rules.incidents.store import IncidentStore
-from rules.service import RulesService, ServiceOptions
+from rules.service.service import RulesService, ServiceOptions
 
 pytestmark = pytest.mark.integration
 SITE = "site-01"

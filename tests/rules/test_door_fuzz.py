@@ -28,7 +28,7 @@ from test_service_mqtt import SITE, rules_config, until, write_config
 from gateway import protocol as p
 from gateway.localservices import Mosquitto
 from rules.core.config import load_rules_file
-from rules.service import RulesService, ServiceOptions
+from rules.service.service import RulesService, ServiceOptions
 
 pytestmark = pytest.mark.integration
 

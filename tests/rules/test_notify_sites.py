@@ -20,8 +20,8 @@ from webhooks import Hook
 from gateway import protocol as p
 from rules.core.config import load_rules_file
 from rules.core.notifylimit import hhmm
-from rules.service import RulesService, ServiceOptions
 from rules.service.notify import Notifier
+from rules.service.service import RulesService, ServiceOptions
 
 T0 = 1_780_000_000.0
 

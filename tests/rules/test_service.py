@@ -17,17 +17,13 @@ from rulehelpers import ListSink
 from gateway import protocol as p
 from gateway.mqttclient import Inbox
 from rules.core.config import load_rules_file
-from rules.service import (
-    STATE_FILE,
-    FileWatch,
-    Publish,
-    RulesService,
-    ServiceOptions,
-    served_sites,
-    write_atomic,
-)
+from rules.service import health, receive, service, session
 from rules.service.notify import Notifier
+from rules.service.outbound import Publish
 from rules.service.override import OverrideRequest, override_topic
+from rules.service.reload import FileWatch
+from rules.service.service import RulesService, ServiceOptions, served_sites
+from rules.service.state import STATE_FILE, write_atomic
 from rules.sink.lineprotocol import parse_line
 
 T0 = 1_780_000_000.0
@@ -181,7 +177,7 @@ def test_duplicates_out_of_order_other_site_future_are_dropped(tmp_path: Path) -
     assert svc.engine.counters["out_of_order"] == 1
     assert svc.counters["other_site"] == 1
     assert svc.counters["future_ts"] == 1
-    assert svc.dropped() == 4
+    assert health.dropped(svc) == 4
     # the future reading did not poison the device: a correct one still acts
     assert [
         c.action for c in commands(svc.on_message(TOPIC, telemetry(500, T0 + 2, 8), T0 + 2))
@@ -255,7 +251,7 @@ def test_stats_line_carries_rates_and_counters(tmp_path: Path) -> None:
     svc, _ = make_service(tmp_path)
     svc.on_message(TOPIC, b"junk", T0)
     svc.on_message(TOPIC, telemetry(200, T0, 1), T0)
-    pt = parse_line(svc.stats_line(T0))
+    pt = parse_line(health.stats_line(svc, T0))
     assert pt.measurement == "gateway" and pt.tags == {"engine": "test-engine"}
     assert pt.fields["messages"] == 2 and pt.fields["decode_errors"] == 1
     assert pt.fields["commands_sent"] == 0  # nothing was actually published (no broker)
@@ -454,14 +450,14 @@ def test_subscriptions_per_site_and_shared_group(tmp_path: Path) -> None:
         "dustgate/v1/site-01/+/override",
     ]
     # our own events are not echoed back (they go to the sink directly) ...
-    assert svc._subscribe_options("dustgate/v1/site-01/events").noLocal
-    assert not svc._subscribe_options("dustgate/v1/site-01/+/telemetry").noLocal
+    assert session.subscribe_options("dustgate/v1/site-01/events").noLocal
+    assert not session.subscribe_options("dustgate/v1/site-01/+/telemetry").noLocal
     svc.options.shared_group = "rules"
     subs = svc.subscriptions()
     assert "$share/rules/dustgate/v1/site-01/+/telemetry" in subs
     # ... except on a shared subscription, where MQTT 5 forbids no_local
     assert "$share/rules/dustgate/v1/site-01/events" in subs
-    assert not svc._subscribe_options("$share/rules/dustgate/v1/site-01/events").noLocal
+    assert not session.subscribe_options("$share/rules/dustgate/v1/site-01/events").noLocal
     # overrides must reach every engine: never shared
     assert "dustgate/v1/site-01/+/override" in subs
 
@@ -490,14 +486,14 @@ def test_reload_with_another_shared_group_resubscribes(tmp_path: Path) -> None:
     svc, _ = make_service(tmp_path)
     text = (tmp_path / "rules.yaml").read_text()
     svc.reload_text(text.replace("pm10-gate", "pm10-gate2"), T0)
-    assert not svc._reconnect.is_set()  # same subscriptions: nothing to do
+    assert not svc.session.reconnect.is_set()  # same subscriptions: nothing to do
     svc.reload_text("service: {shared_group: rules}\n" + text, T0 + 1)
-    assert svc._reconnect.is_set()
+    assert svc.session.reconnect.is_set()
     assert svc.subscriptions()[0] == "$share/rules/dustgate/v1/site-01/+/telemetry"
 
 
 def test_cli_refuses_a_bad_shared_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rules.service import main
+    from rules.service.main import main
 
     path = write_rules(tmp_path)
     assert main(["--config", str(path), "--shared-group", "a/b"]) == 2
@@ -554,7 +550,7 @@ _OPS = st.lists(
 
 def _run_ops(tmp: Path, ops: list[tuple[Any, ...]]) -> dict[str, Any]:
     svc, sink = make_service(tmp)
-    svc._boot = "boot"  # OFF command ids carry the start second: the same in both runs
+    svc.outbound.boot = "boot"  # OFF command ids carry the start second: the same in both runs
     text = (tmp / "rules.yaml").read_text()
     out: list[tuple[str, bytes]] = []
     snapshots = []
@@ -601,12 +597,10 @@ def test_readings_deferred_in_a_backlog_change_nothing(ops: list[tuple[Any, ...]
     commands, events, state, counters and sink lines as storing each one as it comes."""
     import tempfile
 
-    import rules.service as service_mod
-
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         batched = _run_ops(Path(a), ops)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(service_mod, "DEFER_MAX", 1)  # every reading stored at once
+            mp.setattr(service, "DEFER_MAX", 1)  # every reading stored at once
             at_once = _run_ops(Path(b), ops)
     assert batched == at_once
 
@@ -626,9 +620,8 @@ def test_deferred_readings_wait_for_the_next_evaluation(tmp_path: Path) -> None:
 
 def test_held_back_telemetry_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nobody evaluating for a long while must not grow the held-back list without end."""
-    import rules.service as service_mod
 
-    monkeypatch.setattr(service_mod, "DEFER_MAX", 3)
+    monkeypatch.setattr(service, "DEFER_MAX", 3)
     svc, sink = make_service(tmp_path)
     svc.on_message(TOPIC, telemetry(50, T0, 1), T0)
     for k in range(1, 8):
@@ -687,23 +680,22 @@ def test_messages_left_queued_when_the_session_ends_are_stored_not_evaluated(
     ]
     for m in left:
         queue.put_nowait(m)
-    svc._handle_left(inbox)
+    receive.handle_left(svc, inbox)
     assert len(inbox) == 0
     assert svc.counters["handled_after_session"] == 4
     assert svc.engine.counters["readings"] == 2
     assert svc.counters["decode_errors"] == 1
     assert [line.split(",")[0] for line in sink.lines] == ["telemetry", "telemetry", "actuator"]
     assert svc.engine.state("pm10-gate", "site-01").phase == "idle"  # the next tick decides
-    svc._handle_left(inbox)  # nothing left: nothing counted twice
+    receive.handle_left(svc, inbox)  # nothing left: nothing counted twice
     assert svc.counters["handled_after_session"] == 4
 
 
 async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rules.service as service_mod
 
-    monkeypatch.setattr(service_mod, "COALESCE_S", 1e9)  # a slow machine must not force one
+    monkeypatch.setattr(receive, "COALESCE_S", 1e9)  # a slow machine must not force one
     svc, _ = make_service(tmp_path)
     inbox = Inbox()
     queue = inbox.queue_type()(maxsize=0)  # as aiomqtt makes its queue
@@ -725,7 +717,7 @@ async def test_receive_loop_defers_exactly_while_a_backlog_is_queued(
 
     svc.on_message = on_message  # type: ignore[method-assign]
     client = type("Client", (), {"messages": _Messages(queue)})()
-    await svc._receive(client, inbox)  # type: ignore[arg-type]
+    await receive.receive(svc, client, inbox)  # type: ignore[arg-type]
     assert len(seen) == 400
     # deferred exactly while 64 or more were queued behind the message (the last
     # of those stored and then evaluated with the first message after them)

@@ -31,7 +31,8 @@ from webhooks import Hook
 from gateway import protocol as p
 from gateway.localservices import Influxd, Mosquitto
 from rules.core.config import load_rules_file
-from rules.service import STATE_FILE, RulesService, ServiceOptions
+from rules.service.service import RulesService, ServiceOptions
+from rules.service.state import STATE_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = "site-01"

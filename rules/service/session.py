@@ -1,0 +1,208 @@
+"""The rule service's MQTT session: connect, subscribe, reconnect, end.
+
+MQTT 5 through aiomqtt, with a persistent session so QoS 1 readings queued
+while the service restarts still reach InfluxDB. Subscriptions, QoS 1, per
+served site (``sites:``) or ``+``: ``telemetry`` (into the engine and the
+sink), ``state`` (actuator changes -> ``actuator`` points), ``status``
+(gateway health -> ``gateway`` points), ``events`` (agent events ->
+``rule_event`` points; *no local*, our own events are written directly) and
+``override`` (:mod:`rules.service.override`). ``service: {shared_group: G}``
+in rules.yaml (or ``--shared-group G``, which wins) subscribes telemetry,
+state, status and events as ``$share/G/...`` to spread sites over several
+engines. Subscriptions dropped from the config are unsubscribed on the next
+start (they are remembered in the state file, the session being persistent).
+
+A persistent session's queued messages arrive right after CONNACK, ahead of
+the SUBACKs: the receive loop (:mod:`rules.service.receive`) runs while we
+subscribe. TCP_NODELAY is set on the broker socket (paho does not), so a
+command does not wait for the ACK of our previous packet. When the session
+ends (stop, resubscribe, lost connection), the messages paho had queued are
+handed to :func:`rules.service.receive.handle_left`; on stop, the actuators
+the engine holds are switched off while the session is still up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import socket
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway import protocol as p
+from gateway.backoff import Backoff
+from gateway.mqttclient import Inbox, make_client
+from rules.core.config import RulesFile
+from rules.service.override import override_subscription
+from rules.service.receive import handle_left, receive
+
+if TYPE_CHECKING:
+    from rules.service.service import RulesService
+
+log = logging.getLogger("rules.service")
+
+
+def default_client_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
+    return f"dustgate-rules-{host}"[:64]
+
+
+def set_nodelay(client: aiomqtt.Client) -> bool:
+    """Disable Nagle on the client's socket (paho leaves it on): a small command
+    must not wait for the ACK of the previous packet (tens of ms with delayed
+    ACKs). Returns False if the socket is not reachable (nothing changes)."""
+    paho_client = getattr(client, "_client", None)  # aiomqtt keeps paho's client here
+    sock = paho_client.socket() if paho_client is not None else None
+    if sock is None or not hasattr(sock, "setsockopt"):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
+
+
+def subscriptions(rules_file: RulesFile, shared_group: str | None) -> list[str]:
+    """The topic filters the service subscribes to, in order."""
+    sites = sorted(rules_file.sites) if rules_file.sites is not None else ["+"]
+    out = []
+    share = f"$share/{shared_group}/" if shared_group else ""
+    for s in sites:
+        out.append(share + p.subscription("telemetry", s))
+        out.append(share + p.subscription("state", s))
+        out.append(share + p.subscription("status", s))
+        out.append(share + p.subscription("events", s))
+        out.append(override_subscription(s))
+    return out
+
+
+def subscribe_options(topic: str) -> SubscribeOptions:
+    # our own events are written to the sink directly; no_local is not
+    # allowed on shared subscriptions
+    no_local = topic.endswith(f"/{p.EVENTS_SEGMENT}") and not topic.startswith("$share/")
+    return SubscribeOptions(qos=1, noLocal=no_local)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again while they live on.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt's publish) can
+    swallow a cancellation that races with the awaited future completing.
+    """
+    pending = [t for t in tasks if not t.done()]
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+        pending = [t for t in pending if not t.done()]
+    if pending:
+        log.error("%d task(s) did not stop: %s", len(pending), [t.get_name() for t in pending])
+
+
+class Session:
+    """The broker session of one service: :meth:`run` keeps it up until stopped."""
+
+    def __init__(self, svc: RulesService, old_subscriptions: list[str]) -> None:
+        self.svc = svc
+        # the saved session's subscriptions: those no longer wanted are unsubscribed
+        self.old_subscriptions = old_subscriptions
+        self.reconnect = asyncio.Event()
+        self.release = asyncio.Event()  # stopping: switch off what we hold, then disconnect
+        self.connected = asyncio.Event()  # set while the broker session is up
+
+    def resubscribe(self) -> None:
+        """End the session and start a new one (the subscriptions changed)."""
+        self.reconnect.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        svc = self.svc
+        out = svc.outbound
+        settings = svc.rules_file.mqtt
+        backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
+        rng = random.Random()
+        failures = 0
+        while not stop.is_set():
+            inbox = Inbox()
+            client = make_client(settings, svc.client_id, persistent=True, inbox=inbox)
+            try:
+                async with client:
+                    set_nodelay(client)
+                    out.client = client
+                    self.reconnect.clear()
+                    # a persistent session's queued messages come right after CONNACK,
+                    # ahead of the SUBACKs: taken as they come, not after all of them
+                    # were read into memory (an hour's backlog would not fit)
+                    receiver = asyncio.create_task(receive(svc, client, inbox))
+                    others: list[asyncio.Task[Any]] = []
+                    try:
+                        subs = svc.subscriptions()
+                        stale = [s for s in self.old_subscriptions if s not in subs]
+                        if stale:
+                            await client.unsubscribe(stale)
+                        for sub in subs:
+                            await client.subscribe(sub, options=subscribe_options(sub))
+                        self.old_subscriptions = subs
+                        if failures:
+                            log.info("reconnected to mqtt %s:%d", settings.host, settings.port)
+                        else:
+                            log.info(
+                                "connected to mqtt %s:%d as %s; subscribed to %s",
+                                settings.host,
+                                settings.port,
+                                svc.client_id,
+                                ", ".join(subs),
+                            )
+                        failures = 0
+                        self.connected.set()
+                        waiter = asyncio.create_task(self.reconnect.wait())
+                        release = asyncio.create_task(self.release.wait())
+                        others = [waiter, release]
+                        done, _ = await asyncio.wait(
+                            {receiver, *others}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        await cancel_and_wait([receiver, *others])
+                    if release in done:
+                        await self._switch_off_held(client)
+                        return
+                    if receiver in done and receiver.exception() is not None:
+                        raise receiver.exception()  # type: ignore[misc]
+                    log.info("resubscribing (sites or shared group changed)")
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "mqtt %s:%d: %s (attempt %d)", settings.host, settings.port, exc, failures
+                    )
+            except Exception:  # a bug must not leave us running without a broker session
+                failures += 1
+                svc.counters["internal_errors"] += 1
+                log.exception("mqtt session failed; reconnecting")
+            finally:
+                out.client = None
+                self.connected.clear()
+                # after the disconnect: paho reads (and acknowledges) until then
+                handle_left(svc, inbox)
+            if failures:
+                delay = backoff.delay(failures, rng.random())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+
+    async def _switch_off_held(self, client: aiomqtt.Client) -> None:
+        """Stopping, still connected (nothing else runs any more): OFF for every
+        actuator the engine holds on, each awaited up to RELEASE_TIMEOUT_S."""
+        svc = self.svc
+        pubs = svc.apply(svc.engine.release_all("engine stopping"), time.time())
+        if not pubs:
+            return
+        log.info("stopping: switching off %d actuator(s) the engine holds", len(pubs))
+        await svc.outbound.publish_all(client, pubs)

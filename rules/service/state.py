@@ -1,0 +1,133 @@
+"""The rule service's state file: what a restart resumes from.
+
+``engine.snapshot()`` (rule phases, timers, cooldowns, held actuators) and
+the subscriptions of the persistent MQTT session are written to
+``<state_dir>/engine-state.json`` (a relative ``state_dir`` is relative to
+the rules file's directory) atomically -- temp file, fsync, rename, fsync of
+the directory -- when they changed (checked every ``persist_interval``), at
+least every ``persist_max_age`` while counters move, and on shutdown. On
+start the file is read back, so a restart in the middle of ``for`` or a
+cooldown resumes the timers. An unreadable state file is kept aside as
+``engine-state.json.bad`` and the engine starts fresh.
+
+This module owns the file's format and its reading and writing; the service
+builds the document (:meth:`rules.service.service.RulesService.state_snapshot`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rules.core.config import RulesFile
+from rules.core.engine import Engine
+
+log = logging.getLogger("rules.service")
+
+STATE_FILE = "engine-state.json"
+STATE_VERSION = 1
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # not every file system lets us fsync a directory
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class StateFile:
+    """Reads the saved engine state and writes it when it changed."""
+
+    def __init__(self, path: Path, max_age: float) -> None:
+        self.path = path
+        self.max_age = max_age  # rewrite at least this often while counters move
+        self._saved_key: str | None = None
+        self._saved_at = -1e18
+        self._lock = threading.Lock()
+
+    def load(self, rules_file: RulesFile, now: float) -> tuple[Engine, list[str]]:
+        """The engine as saved (or a fresh one) and the subscriptions the saved
+        session had."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            log.info("no saved state at %s: starting fresh", self.path)
+            return Engine(rules_file, now), []
+        except OSError as exc:
+            log.warning("cannot read %s (%s): starting fresh", self.path, exc)
+            return Engine(rules_file, now), []
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+                raise ValueError(f"state file version {doc.get('version')!r} is not supported")
+            subs = doc.get("subscriptions", [])
+            subscriptions = [s for s in subs if isinstance(s, str)]
+            engine = Engine.restore(rules_file, doc["engine"], now)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad = self.path.with_name(self.path.name + ".bad")
+            log.error(
+                "saved state %s is unreadable (%s): kept as %s, starting fresh",
+                self.path,
+                exc,
+                bad,
+            )
+            with contextlib.suppress(OSError):
+                os.replace(self.path, bad)
+            return Engine(rules_file, now), []
+        busy = [
+            f"{r}@{s}: {st.phase}" for (r, s), st in engine.states.items() if st.phase != "idle"
+        ]
+        log.info(
+            "restored state from %s (saved %s)%s",
+            self.path,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc.get("saved_at", 0))),
+            ("; resuming " + ", ".join(busy)) if busy else "",
+        )
+        return engine, subscriptions
+
+    def bytes_due(self, doc: dict[str, Any], force: bool = False) -> bytes | None:
+        """The file bytes if the state changed since the last write (or ``force`` / max
+        age), else None. Pure JSON work: may run in a thread."""
+        key = json.dumps(doc["engine"], sort_keys=True, separators=(",", ":"))
+        now = float(doc["saved_at"])
+        stale = now - self._saved_at >= self.max_age
+        if not force and key == self._saved_key and not stale:
+            return None
+        self._saved_key, self._saved_at = key, now
+        head = json.dumps({k: v for k, v in doc.items() if k != "engine"}, sort_keys=True)
+        return f'{head[:-1]}, "engine": {key}}}'.encode()
+
+    def persist(self, doc: dict[str, Any]) -> None:
+        """Write ``doc`` if it changed; an error is logged and retried next time.
+        May run in a thread."""
+        with self._lock:  # a cancelled save may still run while we shut down
+            data = self.bytes_due(doc)
+            if data is not None:
+                try:
+                    write_atomic(self.path, data)
+                except OSError as exc:
+                    self._saved_key = None  # try again next time
+                    log.error("cannot save state to %s: %s", self.path, exc)
+
+    def save(self, doc: dict[str, Any]) -> None:
+        """Write ``doc`` now (blocking; used on shutdown)."""
+        with self._lock:
+            data = self.bytes_due(doc, force=True)
+            assert data is not None
+            write_atomic(self.path, data)
