@@ -33,6 +33,7 @@ import paho.mqtt.client as paho
 from gateway.backoff import Backoff
 from gateway.configfile import MqttSettings
 from gateway.mqttclient import PUBLISH_WINDOW, make_client
+from gateway.mqttinternals import puback_hook
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -184,21 +185,15 @@ class AgentSession:
         our message ids are taken in paho's ``on_publish`` ahead of aiomqtt's
         handler (which still completes its own publishes: status, state, acks).
         """
-        mqtt = client._client  # the paho client aiomqtt drives on this event loop
         pending: dict[int, int] = {}  # paho message id -> outbox row id
         room = asyncio.Event()
         outbox = self.outbox
         stats = self.stats
-        aiomqtt_on_publish = mqtt.on_publish
 
-        def on_publish(
-            c: paho.Client, userdata: object, mid: int, reason: object, props: object
-        ) -> None:
+        def take_puback(mid: int, reason: object) -> bool:
             row_id = pending.pop(mid, None)
             if row_id is None:
-                if aiomqtt_on_publish is not None:
-                    aiomqtt_on_publish(c, userdata, mid, reason, props)  # type: ignore[arg-type,call-arg]
-                return
+                return False  # aiomqtt's own publish (status, state, acks)
             if getattr(reason, "is_failure", False):
                 # refused by the broker (ACL, quota): keep the row; it is sent
                 # again after the next reconnect, and dropped only by max_age
@@ -209,13 +204,13 @@ class AgentSession:
                 outbox.ack(row_id)
                 stats.published += 1
             room.set()
+            return True
 
-        mqtt.on_publish = on_publish
         # Rows become publishable only by a commit (made here, by the agent's
         # tick or inside Outbox.put): look for new ones only after one.
         seen_commit = -1
         more = True  # a full batch last time: there may be more committed rows
-        try:
+        with puback_hook(client, take_puback) as mqtt:
             while True:
                 outbox.maybe_commit(time.time())
                 free = PUBLISH_WINDOW - len(pending)
@@ -243,5 +238,3 @@ class AgentSession:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(outbox.commit_interval_s):
                         await self._data.wait()
-        finally:
-            mqtt.on_publish = aiomqtt_on_publish

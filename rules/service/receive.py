@@ -11,7 +11,7 @@ than the same work interleaved with the MQTT client's: each keeps its own
 working set in the CPU caches).
 
 Messages already queued by the client are taken in batches
-(:class:`gateway.mqttclient.Inbox`), not one by one through aiomqtt's
+(:class:`gateway.mqttinternals.Inbox`), not one by one through aiomqtt's
 iterator, whose per-message task and wait cost more than the engine's own
 work. When the session ends, paho has acknowledged every message it queued,
 so the broker will not send those again: :func:`handle_left` stores and
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 
-from gateway.mqttclient import Inbox
+from gateway.mqttinternals import Inbox
 
 if TYPE_CHECKING:
     from rules.service.outbound import Publish
@@ -58,7 +58,7 @@ async def receive(svc: RulesService, client: aiomqtt.Client, inbox: Inbox) -> No
 
     The client's iterator hands over the first message of a batch; what is
     queued behind it is taken directly (``inbox``, see
-    :class:`gateway.mqttclient.Inbox`: the iterator's per-message task cost
+    :class:`gateway.mqttinternals.Inbox`: the iterator's per-message task cost
     more than the engine's own work)."""
     clock = time.time
     on_message = svc.on_message

@@ -38,7 +38,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import protocol as p
 from gateway.backoff import Backoff
-from gateway.mqttclient import Inbox, make_client
+from gateway.mqttclient import make_client
+from gateway.mqttinternals import Inbox, set_nodelay
 from rules.core.config import RulesFile
 from rules.service.override import override_subscription
 from rules.service.receive import handle_left, receive
@@ -52,21 +53,6 @@ log = logging.getLogger("rules.service")
 def default_client_id() -> str:
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
     return f"dustgate-rules-{host}"[:64]
-
-
-def set_nodelay(client: aiomqtt.Client) -> bool:
-    """Disable Nagle on the client's socket (paho leaves it on): a small command
-    must not wait for the ACK of the previous packet (tens of ms with delayed
-    ACKs). Returns False if the socket is not reachable (nothing changes)."""
-    paho_client = getattr(client, "_client", None)  # aiomqtt keeps paho's client here
-    sock = paho_client.socket() if paho_client is not None else None
-    if sock is None or not hasattr(sock, "setsockopt"):
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        return False
-    return True
 
 
 def subscriptions(rules_file: RulesFile, shared_group: str | None) -> list[str]:

@@ -24,7 +24,7 @@ process below is separate: publisher, bare subscriber, engine.
      client.messages``), the same decode
      (``gateway.protocol.decode(Telemetry)``), nothing else;
    - the *batched bare subscriber*: the same, but taking the messages queued
-     behind the first in batches (``gateway.mqttclient.Inbox``) and with
+     behind the first in batches (``gateway.mqttinternals.Inbox``) and with
      Nagle off (``set_nodelay``), as the engine does. aiomqtt's iterator
      costs a task and an ``asyncio.wait`` per message; with Nagle off every
      PUBACK is sent at once, which costs some 20-30 us of kernel time a
@@ -86,8 +86,8 @@ logging.getLogger("mqtt").setLevel(logging.ERROR)
 from gateway import protocol as p  # noqa: E402
 from gateway.configfile import MqttSettings  # noqa: E402
 from gateway.localservices import Mosquitto  # noqa: E402
-from gateway.mqttclient import Inbox, make_client  # noqa: E402
-from rules.service.session import set_nodelay  # noqa: E402
+from gateway.mqttclient import make_client  # noqa: E402
+from gateway.mqttinternals import Inbox, set_nodelay  # noqa: E402
 
 SITE = "site-01"
 DEVICES = [f"dev-{i:04d}" for i in range(1000)]

@@ -1,4 +1,4 @@
-"""``gateway.mqttclient.Inbox`` against a real mosquitto: a persistent session's
+"""``gateway.mqttinternals.Inbox`` against a real mosquitto: a persistent session's
 queued backlog is taken in batches, in order, nothing lost or repeated."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 from gateway.configfile import MqttSettings
 from gateway.localservices import Mosquitto
-from gateway.mqttclient import Inbox, make_client
+from gateway.mqttclient import make_client
+from gateway.mqttinternals import Inbox
 
 TOPIC = "dustgate/v1/site-01/dev-1/telemetry"
 

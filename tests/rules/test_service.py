@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rulehelpers import ListSink
 
 from gateway import protocol as p
-from gateway.mqttclient import Inbox
+from gateway.mqttinternals import Inbox
 from rules.core.config import load_rules_file
 from rules.service import health, receive, service, session
 from rules.service.notify import Notifier
