@@ -28,7 +28,8 @@ import aiomqtt
 from gateway import protocol as p
 from gateway.backoff import Backoff
 from gateway.configfile import MqttSettings
-from gateway.mqttclient import Inbox, expiry, make_client
+from gateway.mqttclient import expiry, make_client
+from gateway.mqttinternals import Inbox
 from rules.console.live import Live
 
 log = logging.getLogger(__name__)
