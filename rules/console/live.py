@@ -43,6 +43,7 @@ STATES: tuple[str, ...] = (
 RULE_TRANSITIONS = frozenset({"pending", "on", "off", "interlock", "stale", "max_on"})
 EVENTS_KEPT = 50
 RELOADS_KEPT = 20
+COMPLETENESS_TTL_S = 10.0
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ class Live:
         self.reloads: deque[tuple[str, p.Event]] = deque(maxlen=RELOADS_KEPT)
         self.counters: dict[str, int] = {"messages": 0, "bad_messages": 0}
         self.order: list[str] | None = None
+        self._completeness: dict[str, tuple[float, float | None]] = {}
 
     # ------------------------------------------------------------ inputs
 
@@ -219,6 +221,16 @@ class Live:
         return sorted(self.sites)
 
     def completeness(self, site: str, now: float) -> float | None:
+        """Share of the expected ok readings that came in the last hour (cached for
+        :data:`COMPLETENESS_TTL_S`: it moves slowly, the board asks for it often)."""
+        cached = self._completeness.get(site)
+        if cached is not None and 0 <= now - cached[0] < COMPLETENESS_TTL_S:
+            return cached[1]
+        value = self._completeness_now(site, now)
+        self._completeness[site] = (now, value)
+        return value
+
+    def _completeness_now(self, site: str, now: float) -> float | None:
         s = self.sites.get(site)
         if s is None or not s.devices:
             return None
