@@ -55,8 +55,10 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
 
 
 def test_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"mosquitto", "influxdb", "rules", "grafana"}
-    assert set(compose["volumes"]) >= {"mosquitto-data", "influxdb-data", "rules-state"}
+    assert set(compose["services"]) == {"mosquitto", "influxdb", "rules", "console", "grafana"}
+    assert set(compose["volumes"]) >= {
+        "mosquitto-data", "influxdb-data", "rules-state", "console-state",
+    }  # fmt: skip
     for name, service in compose["services"].items():
         assert service.get("restart") == "unless-stopped", name
         for volume in service.get("volumes", []):
@@ -139,6 +141,41 @@ def test_secrets_are_required_not_defaulted(compose: dict[str, Any]) -> None:
     assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
     rules_env = compose["services"]["rules"]["environment"]
     assert rules_env["DUSTGATE_MQTT_PASSWORD"].startswith("${DUSTGATE_MQTT_PASSWORD:?")
+    console_env = compose["services"]["console"]["environment"]
+    assert console_env["DUSTGATE_CONSOLE_MQTT_PASSWORD"].startswith(
+        "${DUSTGATE_CONSOLE_MQTT_PASSWORD:?"
+    )
+
+
+def test_console_runs_from_the_engines_image_and_shares_its_rules_file(
+    compose: dict[str, Any],
+) -> None:
+    console, rules = compose["services"]["console"], compose["services"]["rules"]
+    assert console["image"] == rules["image"]
+    command = " ".join(console["command"])
+    assert "dustgate check /etc/dustgate/console.yaml && exec dustgate console" in command
+    # the engine reads rules.yaml where the console writes it
+    assert (CENTRAL / "config", "/etc/dustgate") in bind_mounts(console)
+    assert ("./config:/etc/dustgate:ro") in rules["volumes"]
+    assert console["ports"] == ["127.0.0.1:8480:8480"]
+
+
+def test_documented_container_console_config_passes_check(tmp_path: Path) -> None:
+    """The console.yaml of config/README.md, as the container would read it."""
+    readme = (CENTRAL / "config" / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    console = next((b for b in blocks if "rules_file:" in b), None)
+    assert console, "config/README.md lost its console.yaml snippet"
+    (tmp_path / "console.yaml").write_text(console)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", str(tmp_path / "console.yaml")],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok (console config)" in proc.stdout
+    snippet = yaml.safe_load(console)
+    assert snippet["mqtt"]["username"] == "dustgate-console"  # the ACL's least-privilege user
+    assert snippet["console"]["secure_cookies"] is True
 
 
 def conf_lines(path: Path) -> list[str]:
