@@ -10,18 +10,20 @@ is O(1) amortised:
   removing floats rounds, and each rounding can be as large as ``eps`` times
   the biggest partial sum since the sum was last exact: one reading of 1e300
   that has left a window of readings of 300 leaves an error of ~1e284 in a
-  plain running sum (the mean printed 0.0). So the window also keeps a running
-  sum of the readings' magnitudes (``abs``) and its peak since the last exact
-  sum, and recomputes both exactly (``math.fsum``) when the magnitude inside
-  has fallen below 1/``_SHRINK`` of that peak (a large reading left), after
-  every ``max(len, 1024)`` updates, and when a sum is not finite. Between two
+  plain running sum (the mean printed 0.0). So the window keeps the positive
+  and the negative readings' running sums apart (their difference is the
+  magnitude inside, at the cost of a sign test instead of an ``abs`` and a
+  second sum) and the magnitude's peak since the sums were last exact, and
+  recomputes them exactly (``math.fsum``) when the magnitude inside has
+  fallen below 1/``_SHRINK`` of that peak (a large reading left), after every
+  ``max(len, 1024)`` updates, and when a sum is not finite. Between two
   recomputes the error is at most ``2 max(len, 1024) eps _SHRINK`` times the
   magnitude inside, so the mean is within ~1e-11 of the largest reading inside
   of the exact mean (a hypothesis property holds it to the exact mean of the
   readings for any finite sequence); a sum that overflows (readings near
-  1e308) is taken scaled by 2**-64. Cost: one ``abs`` and add per reading and
-  per eviction, and a recompute (O(len)) only after a fall in magnitude by
-  ``_SHRINK``.
+  1e308) is taken scaled by 2**-64. Cost: a sign test per reading and per
+  eviction, the peak's test per eviction, and a recompute (O(len)) only
+  after a fall in magnitude by ``_SHRINK``.
 - ``max``/``min``: monotonic deques (each reading is pushed and popped once).
 - ``last``: the newest reading still inside the window.
 
@@ -61,18 +63,18 @@ _SCALE = 2.0**-64  # sums of readings near 1e308 overflow: taken scaled
 
 
 def exact_sums(values: Iterable[float]) -> tuple[float, float]:
-    """``(sum, sum of magnitudes)`` of ``values``, each correctly rounded (``math.fsum``);
-    ``inf`` where the sum overflows."""
+    """``(sum of the positive values, sum of the negative ones)``, each correctly rounded
+    (``math.fsum``); ``inf`` / ``-inf`` where a sum overflows."""
     vals = values if isinstance(values, list | deque) else list(values)
     try:
-        total = math.fsum(vals)
+        pos = math.fsum([v for v in vals if v >= 0.0])
     except OverflowError:
-        total = _INF
+        pos = _INF
     try:
-        mag = math.fsum(map(abs, vals))
+        neg = math.fsum([v for v in vals if v < 0.0])
     except OverflowError:
-        mag = _INF
-    return total, mag
+        neg = -_INF
+    return pos, neg
 
 
 def _scaled_mean(values: deque[float]) -> float:
@@ -89,16 +91,16 @@ class RollingWindow:
     """
 
     __slots__ = (
-        "_abs",
-        "_abs_peak",
         "_last_in",
         "_last_v",
         "_maxq",
         "_minq",
+        "_neg",
         "_newest",
         "_ops",
+        "_peak",
         "_pending",
-        "_sum",
+        "_pos",
         "_times",
         "_values",
         "_want_max",
@@ -122,9 +124,9 @@ class RollingWindow:
         self._values: deque[float] = deque()
         self._maxq: deque[tuple[float, float]] = deque()
         self._minq: deque[tuple[float, float]] = deque()
-        self._sum = 0.0
-        self._abs = 0.0  # the running sum of the readings' magnitudes, ...
-        self._abs_peak = 0.0  # ... and its largest value since the sums were last exact
+        self._pos = 0.0  # the running sum of the positive readings, ...
+        self._neg = 0.0  # ... of the negative ones (the magnitude inside: _pos - _neg)
+        self._peak = 0.0  # the magnitude's largest value since the sums were last exact
         self._ops = 0
         self._pending = 0
         self._newest = -math.inf  # time of the newest reading (also once evicted)
@@ -174,8 +176,10 @@ class RollingWindow:
         if self._want_mean:
             self._times.append(ts)
             self._values.append(value)
-            self._sum += value
-            self._abs += abs(value)
+            if value >= 0.0:
+                self._pos += value
+            else:
+                self._neg += value
             self._ops += 1
         if self._want_max:
             q = self._maxq
@@ -211,8 +215,10 @@ class RollingWindow:
                 self._last_in = True
                 times_append(ts)
                 values_append(value)
-                self._sum += value
-                self._abs += abs(value)
+                if value >= 0.0:
+                    self._pos += value
+                else:
+                    self._neg += value
                 self._ops += 1
                 self._pending += 1
                 if self._pending >= _EVICT_EVERY:
@@ -263,35 +269,37 @@ class RollingWindow:
         the queues' entries."""
         times = self._times
         values = self._values
-        total = self._sum
-        mag = self._abs
-        peak = self._abs_peak
-        if mag > peak:
-            peak = self._abs_peak = mag
+        pos = self._pos
+        neg = self._neg
+        peak = self._peak
+        if pos - neg > peak:
+            peak = self._peak = pos - neg
         ops = self._ops
         while times and times[0] <= horizon:
             times.popleft()
             v = values.popleft()
-            total -= v
-            mag -= abs(v)
+            if v >= 0.0:
+                pos -= v
+            else:
+                neg -= v
             ops += 1
         n = len(times)
         if (
             not n
             or ops >= (n if n > _RESUM_MIN else _RESUM_MIN)
-            or not (peak <= _SHRINK * mag < _INF)
+            or not (peak <= _SHRINK * (pos - neg) < _INF)
         ):
             self._resum()
         else:
-            self._sum = total
-            self._abs = mag
+            self._pos = pos
+            self._neg = neg
             self._ops = ops
         self._drop_queues(horizon)
 
     def _resum(self) -> None:
         """Make the running sums exact again (see the module's docstring)."""
-        self._sum, self._abs = exact_sums(self._values)
-        self._abs_peak = self._abs
+        self._pos, self._neg = exact_sums(self._values)
+        self._peak = self._pos - self._neg
         self._ops = 0
 
     def _drop_queues(self, horizon: float) -> None:
@@ -330,20 +338,22 @@ class RollingWindow:
                 self._drop(horizon)
                 if not times:
                     return None
-                m = self._sum / len(times)
+                m = (self._pos + self._neg) / len(times)
                 return m if m - m == 0.0 else _scaled_mean(self._values)
             values = self._values
-            total = self._sum
-            mag = self._abs
-            peak = self._abs_peak
-            if mag > peak:
-                peak = self._abs_peak = mag
+            pos = self._pos
+            neg = self._neg
+            peak = self._peak
+            if pos - neg > peak:
+                peak = self._peak = pos - neg
             ops = self._ops
             while True:
                 times.popleft()
                 v = values.popleft()
-                total -= v
-                mag -= abs(v)
+                if v >= 0.0:
+                    pos -= v
+                else:
+                    neg -= v
                 ops += 1
                 if not times or times[0] > horizon:
                     break
@@ -351,15 +361,18 @@ class RollingWindow:
             if not n:
                 self._resum()
                 return None
-            if ops >= (n if n > _RESUM_MIN else _RESUM_MIN) or not (peak <= _SHRINK * mag < _INF):
+            if ops >= (n if n > _RESUM_MIN else _RESUM_MIN) or not (
+                peak <= _SHRINK * (pos - neg) < _INF
+            ):
                 self._resum()
-                total = self._sum
+                total = self._pos + self._neg
             else:
-                self._sum = total
-                self._abs = mag
+                self._pos = pos
+                self._neg = neg
                 self._ops = ops
+                total = pos + neg
         else:
-            total = self._sum
+            total = self._pos + self._neg
             n = len(times)
         m = total / n
         if m - m == 0.0:  # finite

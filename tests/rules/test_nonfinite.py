@@ -70,7 +70,7 @@ def assert_engine_clean(eng: Engine) -> None:
         for w in series.windows.values():
             assert all(math.isfinite(v) for v in w._values)
             assert all(math.isfinite(v) for _, v in (*w._maxq, *w._minq))
-            assert math.isfinite(w._sum) and math.isfinite(w._last_v)
+            assert math.isfinite(w._pos + w._neg) and math.isfinite(w._last_v)
     for v in eng.last_values.values():
         assert v is None or math.isfinite(v)
     for inputs in eng.last_inputs.values():
