@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_service import T0, make_service
 
+from rules.service import health
 from rules.sink.lineprotocol import parse_line
 
 TOPIC = "dustgate/v1/site-01/gate/telemetry"
@@ -44,7 +45,7 @@ def test_wrong_types_and_sizes_are_refused_at_decoding_and_counted_by_reason(
     assert (c["refused_type"], c["refused_range"], c["refused_string"]) == (2, 1, 1)
     assert (c["refused_non_finite"], c["refused_json"]) == (1, 1)
     assert sink.seqs() == [9]  # only the good reading is stored
-    stats = parse_line(svc.stats_line(T0 + 10)).fields
+    stats = parse_line(health.stats_line(svc, T0 + 10)).fields
     assert stats["refused_type"] == 2 and stats["refused_string"] == 1
     assert stats["decode_errors"] == 6
 
@@ -62,7 +63,7 @@ def test_implausible_values_are_stored_flagged_counted_and_left_out(tmp_path: Pa
     assert (svc.counters["stored_over_range"], svc.counters["stored_fault"]) == (1, 1)
     ec = svc.engine.counters
     assert (ec["over_limit"], ec["below_limit"]) == (1, 1)
-    stats = parse_line(svc.stats_line(T0 + 3)).fields
+    stats = parse_line(health.stats_line(svc, T0 + 3)).fields
     assert stats["engine_over_limit"] == 1 and stats["stored_over_range"] == 1
     # a gateway's own flag wins over ours
     svc.on_message(TOPIC, doc(3, values={"pm10": 1e9}, flags={"pm10": "calibrating"}), T0 + 3)
