@@ -92,7 +92,7 @@ class Agent:
         }
         self.buses: dict[str, BusScheduler] = {}
         self._devices: dict[str, ModbusDevice | UartDevice] = {}
-        self._models: dict[str, str] = {}
+        self._models: dict[str, str | None] = {}
         self._stuck: dict[str, StuckTracker] = {}
         self._topics: dict[str, str] = {}
         self._plain: set[str] = set()  # devices without quality checks (the fast path)
@@ -145,7 +145,12 @@ class Agent:
             if not dev.enabled:
                 continue
             self._devices[dev.id] = dev
-            self._models[dev.id] = model_name(dev)[:64]
+            model: str | None = model_name(dev)[:64]
+            why = p.tag_text_problem(model) if model else "it is empty"
+            if why is not None:  # a profile's file name: the engine would refuse every reading
+                log.error("%s: model %r is not sent (%s)", dev.id, model, why)
+                model = None
+            self._models[dev.id] = model
             self._topics[dev.id] = p.telemetry_topic(site.site, dev.id)
             q = dev.quality
             if not q.valid_range and not q.stuck_after and device_status_mode(dev) is None:

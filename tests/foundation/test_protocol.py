@@ -314,3 +314,27 @@ def test_a_number_of_any_other_json_type_is_refused(
     with pytest.raises(p.ProtocolError) as info:
         p.decode(p.Telemetry, json.dumps(doc).encode())
     assert info.value.reason == "type"
+
+
+def test_a_site_yaml_model_is_checked_like_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent sends the configured model as is: one the engine would refuse (every
+    reading of that device) is a configuration error at its line."""
+    from pathlib import Path
+
+    from gateway.config import load_site_config
+    from gateway.configfile import ConfigError
+
+    monkeypatch.setenv("DUSTGATE_MQTT_PASSWORD", "x")
+    monkeypatch.setenv("DUSTGATE_HJ212_PASSWORD", "x")
+    path = Path(__file__).resolve().parents[2] / "examples" / "site.yaml"
+    lines = path.read_text().splitlines()
+    devices = lines.index("devices:")
+    at = next(
+        i for i, line in enumerate(lines) if i > devices and line.lstrip().startswith("- id:")
+    )
+    indent = lines[at].index("-") + 2
+    lines.insert(at + 1, " " * indent + 'model: "ab\\\\"')
+    with pytest.raises(ConfigError) as info:
+        load_site_config(path, text="\n".join(lines))
+    assert f"site.yaml:{at + 2}:" in str(info.value)
+    assert "backslash" in str(info.value)
