@@ -448,7 +448,10 @@ class StreamParser:
         self._base += n
 
     def _note(self, reason: str) -> None:
-        self.errors = [*self.errors[-4:], reason]
+        # a reason may quote the peer's bytes (a 10 kB header field): logs get 200
+        self.errors.append(reason if len(reason) <= 200 else f"{reason[:140]}...{reason[-57:]}")
+        if len(self.errors) > 5:
+            del self.errors[0]
 
 
 # ------------------------------------------------------------------ CP

@@ -273,7 +273,7 @@ class Hj212Uplink:
                     self._counts["bad_requests"] += 1
                     peer_log.error(
                         f"{self.name}:bad-request",
-                        "hj212 %s: cannot handle CN=%s QN=%s from the platform: %r",
+                        "hj212 %s: cannot handle CN=%s QN=%.40s from the platform: %.200r",
                         self.name,
                         p.cn,
                         p.qn,
@@ -292,7 +292,7 @@ class Hj212Uplink:
         replies = self.station.handle_request(p, now)
         peer_log.info(
             f"{self.name}:request:{p.cn}",
-            "hj212 %s: platform request CN=%s QN=%s",
+            "hj212 %s: platform request CN=%s QN=%.40s",  # QN is the peer's text
             self.name,
             p.cn,
             p.qn,

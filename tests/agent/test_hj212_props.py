@@ -358,3 +358,12 @@ def test_a_snapshot_from_before_exact_sums_is_restored() -> None:
     again.add(1.0, "pm10", 0.1, "N")
     again.restore(json.loads(json.dumps(again.snapshot())))  # partials survive JSON
     assert again.snapshot()["open"][0][1]["pm10"][1] == [0.1]
+
+
+def test_parser_reasons_quote_at_most_200_characters_of_the_peer() -> None:
+    segment = "QN=1;" + "X" * 5000 + ";CN=1011;CP=&&&&"
+    raw = b"##%04d%s%04X\r\n" % (len(segment), segment.encode(), hj212.crc16(segment.encode()))
+    parser = StreamParser()
+    assert parser.feed(raw * 3) == []
+    assert len(parser.errors) == 3 and all(len(e) <= 200 for e in parser.errors)
+    assert "has no '='" in parser.errors[0]
