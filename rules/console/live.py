@@ -20,10 +20,13 @@ A site's state, first match wins:
 ``stale``        no governed metric has a fresh reading (``stale_after``)
 ``ok``
 
-Data completeness is counted per device in one-minute buckets over the last
-hour (readings with status ``ok`` against ``3600 / poll interval``; the
-interval from the gateway's status, else the median gap seen), so memory is
-60 counters per device whatever the rate.
+Data completeness follows the report's definition (DESIGN, "What counts as
+valid data"): the time valid readings stand for (each reading's
+``interval_s``; where a reading does not carry it, the device's poll
+interval from the gateway's status, else the median gap seen) over the time
+watched, at most the last hour. A valid reading has status ``ok`` and no
+flagged metric. It is summed per device in one-minute buckets, so memory is
+60 numbers per device whatever the rate.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class DeviceLive:
     arrived: float = 0.0
     values: dict[str, float] = field(default_factory=dict)
     status: str = "ok"
-    minute_counts: list[int] = field(default_factory=lambda: [0] * 60)
+    minute_covered: list[float] = field(default_factory=lambda: [0.0] * 60)  # seconds
     minute_tags: list[int] = field(default_factory=lambda: [-1] * 60)
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=15))
     first_seen: float = 0.0
@@ -196,13 +199,24 @@ class Live:
             d.status = msg.status.value
         d.arrived = now
         s.last_heard = max(s.last_heard, now)
-        if msg.status == p.Status.OK and msg.values:
+        if msg.status == p.Status.OK and msg.values and not msg.flags:
+            interval = msg.interval_s or self._interval(s, device, d)
+            if interval is None:
+                return
             minute = int(ts // 60)
             i = minute % 60
             if d.minute_tags[i] != minute:
                 d.minute_tags[i] = minute
-                d.minute_counts[i] = 0
-            d.minute_counts[i] += 1
+                d.minute_covered[i] = 0.0
+            d.minute_covered[i] += interval
+
+    @staticmethod
+    def _interval(s: SiteLive, device: str, d: DeviceLive) -> float | None:
+        for gw in s.gateways.values():
+            h = gw.devices.get(device)
+            if h is not None and h.poll_interval_s:
+                return float(h.poll_interval_s)
+        return statistics.median(d.gaps) if d.gaps else None
 
     def on_event(self, site: str, event: p.Event) -> None:
         s = self._site(site)
@@ -234,32 +248,19 @@ class Live:
         s = self.sites.get(site)
         if s is None or not s.devices:
             return None
-        expected_total = 0.0
-        got_total = 0
         minute_now = int(now // 60)
-        intervals: dict[str, float] = {}
-        for gw in s.gateways.values():
-            for name, h in gw.devices.items():
-                if h.poll_interval_s:
-                    intervals[name] = h.poll_interval_s
-        for name, d in s.devices.items():
-            interval = intervals.get(name)
-            if interval is None:
-                if not d.gaps:
-                    continue
-                interval = statistics.median(d.gaps)
-            if interval <= 0:
-                continue
-            span = min(3600.0, max(60.0, now - d.first_seen))
-            expected_total += span / interval
-            got_total += sum(
+        watched = 0.0
+        covered = 0.0
+        for d in s.devices.values():
+            watched += min(3600.0, max(60.0, now - d.first_seen))
+            covered += sum(
                 c
-                for c, tag in zip(d.minute_counts, d.minute_tags, strict=True)
+                for c, tag in zip(d.minute_covered, d.minute_tags, strict=True)
                 if minute_now - 60 < tag <= minute_now
             )
-        if expected_total <= 0:
+        if watched <= 0:
             return None
-        return min(1.0, got_total / expected_total)
+        return min(1.0, covered / watched)
 
     def site_view(self, site: str, now: float) -> SiteView:
         s = self.sites.get(site) or SiteLive(site)

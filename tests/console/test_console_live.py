@@ -112,3 +112,16 @@ def test_any_message_is_taken_or_counted_never_raises(topic: str, payload: bytes
     if changed is None and topic.endswith(("telemetry", "events", "status", "state")):
         assert live.counters["bad_messages"] == before + 1 or payload == b""
     assert live.site_view("s1", T0).state in STATES
+
+
+def test_completeness_uses_each_readings_interval_and_leaves_out_flagged_ones() -> None:
+    live = make()
+    for i in range(120):  # 20 minutes at 10 s, as the agent stamps interval_s
+        now = T0 + i * 10
+        flags = {"pm10": p.Status.OVER_RANGE} if i % 4 == 0 else None
+        msg = p.Telemetry(
+            ts=int(now * 1000), seq=i, values={"pm10": 50.0}, interval_s=10.0, flags=flags
+        )
+        live.on_message(p.telemetry_topic("s1", "mon"), p.encode(msg), now)
+    c = live.completeness("s1", T0 + 1200)
+    assert c is not None and abs(c - 0.75) < 0.02  # a quarter flagged: not valid data

@@ -167,6 +167,7 @@ def test_override_from_the_site_page_is_answered_by_the_engine(
             assert "<b>dust</b>" not in r.text
             entries = [e for e in ctx.store.audit_entries("site:s1") if e.action == "override"]
             assert entries[0].user == "otto" and entries[0].detail.startswith("on for 10m")
+            assert "<b>otto</b> s1/cannon-1: on for 10m" in client.get("/site/s1").text
             # a bad request never reaches the broker
             r = client.post(
                 "/site/s1/override", data={"csrf": csrf, "actuator": "Cannon<1>", "mode": "on"}

@@ -95,6 +95,9 @@ async def site_page(request: Request, auth: Auth) -> Response:
             "rules": rules,
             "actuators": [a.id for a in view_.actuators],
             "done": request.query_params.get("done", ""),
+            "overrides": [
+                a for a in ctx.store.audit_entries(f"site:{site}/", 20) if a.action == "override"
+            ],
         },
     )
 

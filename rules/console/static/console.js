@@ -2,6 +2,17 @@
 // The server renders every fragment (escaped); this only swaps them in.
 (function () {
   "use strict";
+  // lease left on the cards counts down between updates (the server sends it as seconds)
+  function stamp(root) {
+    root.querySelectorAll(".lease[data-left]").forEach(function (el) { el.setAttribute("data-t0", String(Date.now())); });
+  }
+  stamp(document);
+  setInterval(function () {
+    document.querySelectorAll(".lease[data-left]").forEach(function (el) {
+      var left = parseFloat(el.getAttribute("data-left")) - (Date.now() - parseFloat(el.getAttribute("data-t0") || "0")) / 1000;
+      el.textContent = "lease " + Math.max(0, Math.round(left)) + "s";
+    });
+  }, 1000);
   var holder = document.querySelector("[data-live]");
   if (!holder || !window.EventSource) return;
   var badge = document.getElementById("livestate");
@@ -19,6 +30,7 @@
     var board = document.getElementById("board");
     var node = fragment(d.html);
     if (!node) return;
+    stamp(node);
     if (old) { old.replaceWith(node); }
     else if (board && !board.classList.contains("one")) { board.appendChild(node); }
     document.body.setAttribute("data-updated", String(Date.now()));
