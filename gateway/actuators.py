@@ -77,7 +77,7 @@ class ActuatorController:
             self.refused += 1
             peer_log.info(
                 f"{self.id}:refused",
-                "%s: refused %s %s: %s",
+                "%s: refused %s %.64s: %s",  # the id is the peer's text
                 self.id,
                 cmd.action,
                 cmd.id,

@@ -286,7 +286,7 @@ class Agent:
             t = p.parse_topic(topic)
         except p.ProtocolError as exc:
             self.counters["commands_refused"] += 1
-            peer_log.warning("bad-topic", "ignored message on %s: %s", topic, exc)
+            peer_log.warning("bad-topic", "ignored message on %.200s: %.200s", topic, exc)
             return
         if t.kind != "cmd" or t.name is None:
             return
@@ -295,7 +295,7 @@ class Agent:
             self.counters["commands_refused"] += 1
             peer_log.warning(
                 "foreign-command",
-                "refused command on %s: not an actuator of site %s",
+                "refused command on %.200s: not an actuator of site %s",
                 topic,
                 self.site.site,
             )
