@@ -13,7 +13,8 @@ enforces its own :class:`ActuatorLimits` from ``site.yaml``:
 ``max_lease``       cap on one lease (a longer ``lease_s`` is shortened)
 ``default_lease``   lease of a manual ``on`` without ``--for``
 ``allowed_hours``   optional windows such as ``06:00-22:00`` or
-                    ``mon-fri 07:00-19:00`` (site local time); OFF outside
+                    ``mon-fri 07:00-19:00`` (site local time; :mod:`gateway.hours`,
+                    the syntax of the rules' ``active`` hours too); OFF outside
 ``broker_grace``    OFF after the broker has been unreachable this long
 ``max_command_age`` refuse an ON whose ``ts`` is older than this (off by default:
                     it needs synchronised clocks)
@@ -36,93 +37,27 @@ agent) calls :meth:`LeaseMachine.tick` about once a second and writes
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, PlainSerializer, model_validator
 
 from gateway.configfile import Duration, StrictModel
+from gateway.hours import Hours
 from gateway.protocol import Ack, ActuatorState, Command
 from gateway.protocol import now_ms as _wall_ms
 
 Source = Literal["rule", "manual", "override", "failsafe", "local", "startup"]
 
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW = re.compile(
-    r"^\s*(?:(?P<days>[a-z,\- ]+?)\s+)?(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$"
-)
+
+def _hours(value: Any) -> Any:
+    """A window as written in site.yaml (see :mod:`gateway.hours`), or one already made."""
+    return Hours.parse(value) if isinstance(value, str) else value
 
 
-def _parse_clock(text: str, allow_24: bool) -> int:
-    hh, mm = (int(x) for x in text.split(":"))
-    if mm > 59 or hh > 24 or (hh == 24 and (mm or not allow_24)):
-        raise ValueError(f"{text!r} is not a time of day (HH:MM)")
-    return hh * 60 + mm
-
-
-def _parse_days(text: str) -> frozenset[int]:
-    days: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        if part in ("daily", "all", "*"):
-            days.update(range(7))
-            continue
-        first, _, last = part.partition("-")
-        if first not in _DAYS or (last and last not in _DAYS):
-            raise ValueError(f"unknown day {part!r} (use mon, tue, ..., sun, ranges like mon-fri)")
-        a = _DAYS.index(first)
-        b = _DAYS.index(last) if last else a
-        days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
-    return frozenset(days)
-
-
-class HoursWindow(BaseModel):
-    """One allowed window, written ``[DAYS ]HH:MM-HH:MM``.
-
-    DAYS: ``mon``, ``mon-fri``, ``sat,sun``, ``fri-mon``; omitted = every day.
-    A window whose end is before its start crosses midnight; it belongs to the
-    day it starts on (``fri 22:00-02:00`` includes Saturday 01:00). ``24:00``
-    ends a window at midnight; ``00:00-24:00`` is the whole day.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    days: frozenset[int] = Field(default=frozenset(range(7)))
-    start_min: int = Field(ge=0, lt=1440)
-    end_min: int = Field(ge=0, le=1440)
-    text: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_text(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        m = _WINDOW.match(value.lower())
-        if not m:
-            raise ValueError(
-                f"expected a window like '06:00-22:00' or 'mon-fri 07:00-19:00', got {value!r}"
-            )
-        start = _parse_clock(m["start"], allow_24=False)
-        end = _parse_clock(m["end"], allow_24=True)
-        if start == end:
-            raise ValueError(f"window {value!r} is empty (start equals end)")
-        days = _parse_days(m["days"]) if m["days"] else frozenset(range(7))
-        return {"days": days, "start_min": start, "end_min": end, "text": value.strip()}
-
-    def contains(self, wall: datetime) -> bool:
-        minute = wall.hour * 60 + wall.minute + (wall.second + wall.microsecond / 1e6) / 60
-        day = wall.weekday()
-        if self.start_min < self.end_min:
-            return day in self.days and self.start_min <= minute < self.end_min
-        return (day in self.days and minute >= self.start_min) or (
-            (day - 1) % 7 in self.days and minute < self.end_min
-        )
-
-    def __str__(self) -> str:
-        return self.text or f"{self.start_min // 60:02d}:{self.start_min % 60:02d}-" + (
-            f"{self.end_min // 60:02d}:{self.end_min % 60:02d}"
-        )
+HoursWindow = Annotated[Hours, BeforeValidator(_hours), PlainSerializer(str, return_type=str)]
+"""One ``allowed_hours`` window, ``[DAYS ]HH:MM-HH:MM`` (:mod:`gateway.hours`)."""
 
 
 class ActuatorLimits(StrictModel):
@@ -146,7 +81,11 @@ class ActuatorLimits(StrictModel):
         return self
 
     def in_allowed_hours(self, wall: datetime) -> bool:
-        return self.allowed_hours is None or any(w.contains(wall) for w in self.allowed_hours)
+        if self.allowed_hours is None:
+            return True
+        day = wall.weekday()
+        minute = wall.hour * 60 + wall.minute + (wall.second + wall.microsecond / 1e6) / 60
+        return any(w.contains(day, minute) for w in self.allowed_hours)
 
     def hours_text(self) -> str:
         return ", ".join(str(w) for w in self.allowed_hours or ())

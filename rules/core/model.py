@@ -34,7 +34,6 @@ are field validators so the error points at the offending key's line.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -43,6 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.configfile import Duration, StrictModel
+from gateway.hours import Hours
 from gateway.protocol import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -55,7 +55,6 @@ Window = Annotated[Duration, Field(ge=1.0, le=86400.0)]
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
 def _one_or_many(value: Any) -> Any:
@@ -143,7 +142,11 @@ class Interlock(_Threshold):
 
 
 class ActiveHours(StrictModel):
-    """When a rule may start: ``hours: "06:00-22:00"`` (may wrap midnight), ``days``, ``tz``."""
+    """When a rule may start: ``hours: "06:00-22:00"`` (may wrap midnight), ``days``, ``tz``.
+
+    ``hours`` has the syntax of the actuators' ``allowed_hours`` (:mod:`gateway.hours`,
+    one parser for both): it may name its days too (``"mon-fri 07:00-19:00"``); the
+    rule is active on the days both ``hours`` and ``days`` allow."""
 
     hours: str = "00:00-24:00"
     days: list[Day] = Field(default_factory=lambda: list(DAYS))
@@ -152,14 +155,7 @@ class ActiveHours(StrictModel):
     @field_validator("hours")
     @classmethod
     def _hours(cls, v: str) -> str:
-        m = _HOURS.match(v)
-        if not m:
-            raise ValueError('expected "HH:MM-HH:MM", e.g. "06:00-22:00"')
-        h1, m1, h2, m2 = (int(x) for x in m.groups())
-        if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59 or h1 * 60 + m1 > 1440 or h2 * 60 + m2 > 1440:
-            raise ValueError(f"times must be within 00:00..24:00, got {v!r}")
-        if (h1, m1) == (h2, m2):
-            raise ValueError(f"start and end are the same ({v!r}); use 00:00-24:00 for all day")
+        Hours.parse(v)  # ValueError says what is expected
         return v
 
     @field_validator("tz")
@@ -170,12 +166,6 @@ class ActiveHours(StrictModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (e.g. Asia/Shanghai, UTC)") from None
         return v
-
-    def minutes(self) -> tuple[int, int]:
-        m = _HOURS.match(self.hours)
-        assert m
-        h1, m1, h2, m2 = (int(x) for x in m.groups())
-        return h1 * 60 + m1, h2 * 60 + m2
 
     def contains(self, now: float) -> bool:
         """Is ``now`` (epoch seconds) inside the active hours? Pure.
@@ -192,20 +182,13 @@ class ActiveHours(StrictModel):
 @lru_cache(maxsize=4096)
 def _contains(hours: str, days: tuple[str, ...], tz: str, epoch_minute: int) -> bool:
     local = datetime.fromtimestamp(epoch_minute * 60, ZoneInfo(tz))
-    m = _HOURS.match(hours)
-    assert m
-    h1, m1, h2, m2 = (int(x) for x in m.groups())
-    start, end = h1 * 60 + m1, h2 * 60 + m2
-    minute = local.hour * 60 + local.minute
-    day = local.weekday()
-    if start < end:
-        return DAYS[day] in days and start <= minute < end
-    # wraps midnight: the part after midnight belongs to the previous day's window
-    if minute >= start:
-        return DAYS[day] in days
-    if minute < end:
-        return DAYS[(day - 1) % 7] in days
-    return False
+    window = _window(hours, days)
+    return window.contains(local.weekday(), local.hour * 60 + local.minute)
+
+
+@lru_cache(maxsize=256)
+def _window(hours: str, days: tuple[str, ...]) -> Hours:
+    return Hours.parse(hours).restricted_to(frozenset(DAYS.index(d) for d in days))
 
 
 class Actions(StrictModel):

@@ -139,7 +139,7 @@ def test_threshold_window_and_interlock_mistakes() -> None:
     assert "rules.yaml:10:13: rules[0].window: Input should be less than or equal to 86400" in got
     assert "rules.yaml:12:12: rules[0].below: give either above: or below:, not both" in got
     assert "rules.yaml:14:9: rules[0].unless[0]: needs a threshold" in got
-    assert 'rules[1].active.hours: expected "HH:MM-HH:MM"' in got
+    assert "rules[1].active.hours: expected a window like '06:00-22:00'" in got
     assert "rules[1].active.tz: unknown time zone 'Mars/Olympus'" in got
 
 
