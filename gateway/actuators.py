@@ -1,6 +1,6 @@
 """The shell around one relay output: commands in, relay writes out, state published.
 
-The decisions are all made by ``gateway.actuation`` (pure lease machine);
+The decisions are all made by ``gateway.lease`` (pure lease machine);
 this module only moves them to the relay through the bus scheduler (writes
 jump ahead of queued polls), reads the relay back after every write, and
 publishes ``ack`` and the retained ``state``. Between writes the relay is
@@ -20,8 +20,8 @@ from datetime import datetime
 from drivers.errors import DriverError
 from drivers.relay import RelayMismatch, RelayOutput
 from gateway import protocol as p
-from gateway.actuation import LeaseMachine, to_ack, to_state_payload
 from gateway.config import Actuator
+from gateway.lease import LeaseMachine, to_ack, to_state_payload
 from gateway.logthrottle import ThrottledLog
 from gateway.scheduler import BusScheduler
 

@@ -18,7 +18,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "rules": ("rules.service.main", "main", "run the rule engine (rules.yaml)"),
     "status": ("gateway.statusview", "main", "live table of sites, devices, actuators, backlog"),
     "actuate": (
-        "gateway.actuate",
+        "gateway.actuatecmd",
         "main",
         "switch an actuator by hand: SITE/ACT on --for 5m | off",
     ),

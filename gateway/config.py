@@ -23,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.actuation import ActuatorLimits
 from gateway.calibration import Factors, fit
 from gateway.configfile import (
     ConfigError,
@@ -34,6 +33,7 @@ from gateway.configfile import (
     load,
     parse_duration,
 )
+from gateway.lease import ActuatorLimits
 from gateway.protocol import ID_PATTERN, METRIC_PATTERN, Status, TagText
 from gateway.uplinks.hj212_settings import Hj212Settings, uplink_key
 

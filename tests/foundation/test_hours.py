@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.actuation import ActuatorLimits
 from gateway.hours import DAY_NAMES, Hours, parse_days
+from gateway.lease import ActuatorLimits
 from rules.core.model import ActiveHours
 
 clock = st.integers(0, 1439)

@@ -6,15 +6,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from gateway.actuation import (
+from gateway.configfile import ConfigError, load
+from gateway.configfile import StrictModel as _Strict
+from gateway.lease import (
     ActuatorLimits,
     LeaseMachine,
     manual_command,
     to_ack,
     to_state_payload,
 )
-from gateway.configfile import ConfigError, load
-from gateway.configfile import StrictModel as _Strict
 from gateway.protocol import Ack, ActuatorState, Command, decode, encode
 
 WALL0 = datetime(2026, 11, 25, 10, 0, 0)  # a Wednesday, 10:00 local

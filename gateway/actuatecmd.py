@@ -26,8 +26,8 @@ from pathlib import Path
 import aiomqtt
 
 from gateway import protocol as p
-from gateway.actuation import ActuatorLimits, manual_command
 from gateway.configfile import ConfigError, MqttSettings, parse_duration
+from gateway.lease import ActuatorLimits, manual_command
 from gateway.mqttclient import make_client, request_reply
 
 

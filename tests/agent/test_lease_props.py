@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.actuation import ActuatorLimits, LeaseMachine, LeaseState
+from gateway.lease import ActuatorLimits, LeaseMachine, LeaseState
 from gateway.protocol import Command
 
 WALL0 = datetime(2026, 11, 25, 10, 0, 0)
