@@ -10,7 +10,7 @@ polled in turn and a TCP gateway never sees pipelined requests. Framing comes fr
   (1.75 ms above 19200 baud, as the serial-line spec says). A reply is complete when the
   length announced by its header has arrived; the CRC and the unit id are then checked.
 - TCP: the MBAP transaction id pairs replies with requests; a stale reply to an earlier,
-  timed-out request is dropped.
+  timed-out request is dropped, and so are bytes left over from a garbled frame.
 
 Every call is bounded by the per-request timeout and retried ``retries`` times on a timeout or
 a bad frame (not on a Modbus exception reply, which is the device's considered answer).
@@ -250,8 +250,11 @@ class ModbusClient:
         wait = max(self._next_send, protocol.last_rx + self._silent_interval) - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
+        # no request is outstanding: whatever is buffered is stale (an earlier, timed-out
+        # reply, line noise, or over TCP the rest of a garbled frame whose length cannot be
+        # trusted: kept, it would swallow the next replies as the body of a bogus frame)
+        protocol.buffer.clear()
         if self.framing == "rtu":
-            protocol.buffer.clear()  # stale bytes from an earlier, timed-out reply
             adu = pdu.build_rtu(unit, request)
         else:
             self._transaction = (self._transaction + 1) & 0xFFFF

@@ -6,8 +6,9 @@ simulator sends back to each request: a good reply, garbage bytes, a truncated f
 CRC, another unit's address, a Modbus exception, silence, or arbitrary bytes. Whatever it
 sends: no traceback is logged, the bus task lives on, every stored reading is either the
 station's true values with status ok or a comm_error with no values, and every refusal is
-counted (poll errors = comm_error readings, each bad reply one of them). Bounded for CI: a
-dozen scripts of up to five replies at 115200 baud on a pty.
+counted (poll errors = comm_error readings, each bad reply one of them), and the link is
+not left out of step. Over RTU on a pty and over Modbus TCP; bounded for CI: eight scripts of
+up to five replies per link.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import struct
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from hypothesis import strategies as st
 
 from drivers import modbus_pdu as pdu
 from drivers.profiles import resolve_profile
-from drivers.sim.modbus_server import RtuPtyServer
+from drivers.sim.modbus_server import RtuPtyServer, TcpServer
 from drivers.sim.units import ProfileUnit
 from gateway.agent import Agent
 from gateway.backoff import Backoff
@@ -45,7 +47,7 @@ def _valid_reply() -> bytes:
 
 
 VALID = _valid_reply()
-replies = st.one_of(
+RTU_REPLIES = st.one_of(
     st.none(),  # a good reply
     st.sampled_from(["garbage", "truncated", "bad_crc", "wrong_slave", "exception", "silent"]),
     st.binary(min_size=1, max_size=40),  # whatever is on the line
@@ -56,13 +58,34 @@ replies = st.one_of(
     st.integers(1, len(VALID) - 1).map(lambda n: VALID[:n]),
     st.binary(min_size=1, max_size=6).map(lambda noise: noise + VALID),
 )
+# Modbus TCP has no checksum of its own (TCP guards the bytes), so a complete, well-formed
+# frame with wrong values cannot be told from a good one: the garbage here is everything else
+TCP_REPLIES = st.one_of(
+    st.none(),
+    st.sampled_from(["wrong_slave", "exception", "silent"]),
+    st.binary(min_size=1, max_size=40),
+    # an MBAP header announcing more than follows, or another protocol id
+    st.builds(
+        lambda tid, protocol, length, body: (
+            struct.pack(">HHH", tid, protocol, length) + body[: max(0, length - 2)]
+        ),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 3),
+        st.integers(0, 300),
+        st.binary(max_size=20),
+    ),
+)
 
 
-def _agent(tmp: Path, port: str, overrides: dict[str, object] | None = None) -> Agent:
+def _agent(tmp: Path, where: str | int, overrides: dict[str, object] | None = None) -> Agent:
+    """The agent with one station on a pty (``where`` its path) or a TCP gateway (a port)."""
+    bus: dict[str, object] = {"id": "rs485", "type": "rtu", "port": where, "baudrate": 115200}
+    if isinstance(where, int):
+        bus = {"id": "rs485", "type": "tcp", "host": "127.0.0.1", "port": where}
     site = SiteConfig.model_validate(
         {
             "site": "fuzz",
-            "buses": [{"id": "rs485", "type": "rtu", "port": port, "baudrate": 115200}],
+            "buses": [bus],
             "devices": [
                 {
                     "id": "station",
@@ -89,23 +112,32 @@ def _take_stored(agent: Agent, into: list[dict[str, object]]) -> int:
     return len(into)
 
 
+@pytest.mark.parametrize("link", ["rtu", "tcp"])
 @settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(script=st.lists(replies, min_size=1, max_size=5))
+@given(data=st.data())
 def test_hostile_replies_never_become_good_readings(
     tmp_path_factory: pytest.TempPathFactory,
     caplog: pytest.LogCaptureFixture,
-    script: list[str | bytes | None],
+    link: str,
+    data: st.DataObject,
 ) -> None:
+    replies = RTU_REPLIES if link == "rtu" else TCP_REPLIES
+    script: list[str | bytes | None] = data.draw(st.lists(replies, min_size=1, max_size=5))
     tmp = tmp_path_factory.mktemp("fuzz")
     caplog.clear()
 
     async def run() -> tuple[list[dict[str, object]], int, bool]:
-        server = RtuPtyServer([ProfileUnit(SPEC, lambda: TRUTH)])
-        agent = _agent(tmp, await server.start())
+        server: RtuPtyServer | TcpServer
+        if link == "rtu":
+            server = RtuPtyServer([ProfileUnit(SPEC, lambda: TRUTH)])
+            agent = _agent(tmp, await server.start())
+        else:
+            server = TcpServer([ProfileUnit(SPEC, lambda: TRUTH)])
+            agent = _agent(tmp, await server.start())
         server.faults.script.extend(script)  # type: ignore[arg-type]
         bus = agent.buses["rs485"]
         task = asyncio.create_task(bus.run())
@@ -113,8 +145,8 @@ def test_hostile_replies_never_become_good_readings(
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
-            # every scripted reply used, and one good poll after them
-            while _take_stored(agent, stored) < len(script) + 1 and loop.time() < deadline:
+            # every scripted reply used, and two good polls after them
+            while _take_stored(agent, stored) < len(script) + 2 and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             alive = not task.done()
         finally:
@@ -131,7 +163,7 @@ def test_hostile_replies_never_become_good_readings(
         stored, errors, alive = asyncio.run(run())
     assert alive, "the bus task ended"
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-    assert len(stored) >= len(script) + 1, f"{len(stored)} readings for {len(script)} replies"
+    assert len(stored) >= len(script) + 2, f"{len(stored)} readings for {len(script)} replies"
     bad = 0
     for reading in stored:
         if reading["status"] == "ok":
@@ -143,6 +175,10 @@ def test_hostile_replies_never_become_good_readings(
     # a scripted reply that is not the valid frame is refused (and a good one is not)
     must_fail = sum(1 for s in script if s is not None and s != VALID)
     assert bad >= must_fail
+    # the link is not left out of step: good replies after the script are read again (a
+    # garbled TCP frame once made the client take the next replies for its missing body)
+    after = stored[len(script) :]
+    assert any(r["status"] == "ok" for r in after[:2]), f"after the script: {after}"
 
 
 @pytest.mark.parametrize("special", [math.nan, math.inf, -math.inf])
@@ -180,3 +216,37 @@ def test_a_non_finite_float_register_is_flagged_and_counted(tmp_path: Path, spec
         assert isinstance(values, dict) and "pm10" not in values
         assert values["pm25"] == 48
     assert rejected == len(stored)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00\x01\x00\x00\x00\x40\x01\x03", b"\x00\x05\x00\x00\x00", b"\xff\xff\xff"],
+    ids=["long-header", "half-header", "noise"],
+)
+def test_a_garbled_tcp_frame_does_not_take_the_next_replies(garbage: bytes) -> None:
+    """Found by the fuzz above: the rest of a garbled MBAP frame stayed in the client's
+    buffer, and its announced length swallowed the next good replies (three polls lost)."""
+    from drivers.errors import DriverError
+    from drivers.modbus_client import ModbusClient
+
+    spec = resolve_profile("dust-station", {"timeout": 0.2, "retries": 0})
+
+    async def run() -> list[str]:
+        server = TcpServer([ProfileUnit(spec, lambda: TRUTH)])
+        client = ModbusClient.tcp("127.0.0.1", await server.start())
+        outcomes = []
+        try:
+            await client.connect()
+            server.faults.script.append(garbage)
+            for _ in range(3):
+                try:
+                    values = await client.read_device(spec)
+                    outcomes.append("ok" if values == pytest.approx(TRUTH) else "wrong")
+                except DriverError as exc:
+                    outcomes.append(type(exc).__name__)
+        finally:
+            await client.close()
+            await server.stop()
+        return outcomes
+
+    assert asyncio.run(run()) == ["FrameError", "ok", "ok"]
