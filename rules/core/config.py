@@ -24,7 +24,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from gateway.configfile import Duration, MqttSettings, Secret, StrictModel, load
-from rules.core.limits import DEFAULT_LIMITS, Bounds, LimitsSection, limit_table
+from rules.core.limits import (
+    DEFAULT_LIMITS,
+    FLOAT_MAX,
+    NO_BOUNDS,
+    Bounds,
+    LimitsSection,
+    limit_table,
+)
 from rules.core.model import Id, Rule
 from rules.sink.settings import InfluxSettings
 
@@ -300,6 +307,16 @@ def check_references(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
     return issues
 
 
+def _number(x: Any) -> float | None:
+    """A bound as validation will read it (YAML 1.1 leaves ``1e308`` a string), else None."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def check_limits(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
     """``limits:`` bounds that cross once the defaults fill in the bound not given."""
     issues: list[tuple[tuple[str | int, ...], str]] = []
@@ -307,12 +324,39 @@ def check_limits(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
     if not isinstance(limits, dict):
         return issues
     for metric, spec in limits.items():
+        if not isinstance(spec, dict) or ("min" in spec and "max" in spec):
+            continue  # both given: the model checks them
+        default = DEFAULT_LIMITS.get(str(metric))
+        bounds = default if default is not None else NO_BOUNDS
+        lo = (
+            _number(spec["min"] if spec["min"] is not None else -FLOAT_MAX)
+            if "min" in spec
+            else bounds[0]
+        )
+        hi = (
+            _number(spec["max"] if spec["max"] is not None else FLOAT_MAX)
+            if "max" in spec
+            else bounds[1]
+        )
+        if lo is not None and hi is not None and not lo < hi:
+            which = "max" if "max" in spec else "min"
+            known = (
+                f"the default {metric} limits are {default[0]:g}..{default[1]:g}"
+                if default is not None
+                else f"{metric} has no default limits"
+            )
+            issues.append(
+                (("limits", str(metric), which), f"min {lo:g} must be below max {hi:g} ({known})")
+            )
+    return issues
+    for metric, spec in limits.items():
         default = DEFAULT_LIMITS.get(str(metric))
         if default is None or not isinstance(spec, dict) or ("min" in spec and "max" in spec):
             continue  # both given: the model checks them
         lo = spec.get("min", default[0]) if "min" in spec else default[0]
         hi = spec.get("max", default[1]) if "max" in spec else default[1]
-        if isinstance(lo, int | float) and isinstance(hi, int | float) and not lo < hi:
+        lo, hi = _number(lo), _number(hi)
+        if lo is not None and hi is not None and not lo < hi:
             which = "max" if "max" in spec else "min"
             issues.append(
                 (

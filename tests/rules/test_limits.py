@@ -106,6 +106,7 @@ def test_limits_from_rules_yaml_override_the_defaults() -> None:
         ("limits:\n  pm10: {max: .inf}", "test-rules.yaml:7", "finite"),
         ("limits:\n  PM10: {max: 1}", "test-rules.yaml:7", "pattern"),
         ("limits:\n  pm10: {top: 1}", "test-rules.yaml:7", "top"),
+        ("limits:\n  dust_index: {min: 1.7976931348623157e308}", "test-rules.yaml:7", "no default"),
     ],
 )
 def test_bad_limits_are_reported_at_their_line(limits: str, where: str, message: str) -> None:
