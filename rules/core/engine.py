@@ -42,6 +42,13 @@ same engine over history.
   renewal, no stop) for up to ``defaults.max_staleness`` instead of being
   stopped as stale; its lease runs out on the agent meanwhile if the data
   does not come back.
+- ``held_back`` / ``held_back_end``: events when an interlock keeps a rule
+  whose value is beyond its threshold from starting, and when that is over
+  (the value back at its clear level or unknown, the interlocks let go, or the
+  rule started). An idle rule's interlocks are not evaluated below the
+  threshold and a remembered block emits no new ``interlock`` event, so
+  nothing else would say either (incidents need both). Off the hot path: a
+  steady evaluation looks at it only when the state remembers a block.
 - ``reload(new_rules_file, now)`` swaps rules atomically, keeping the state of
   rules whose definition (model dump) is unchanged; a changed or removed rule
   starts over and lets go of its actuators.
@@ -70,6 +77,7 @@ from rules.core.evaluator import (
     RuleInputs,
     RuleState,
     SwitchOff,
+    beyond,
     needs_interlocks,
     quiet,
     renewal,
@@ -262,6 +270,9 @@ class Engine:
         self._notify_due = math.inf  # when held-back notifications are next due (tick)
         self._cmd_seq = 0
         self._warmup_until = -math.inf
+        # rules an interlock keeps from starting while their value is beyond the threshold:
+        # the tick says when that ends without a start (see _held_back_ended)
+        self._held_back: set[InstanceKey] = set()
         # earliest lease end of any holder (a lower bound): the tick's actuator pass is
         # skipped before it; -inf forces the next pass (restore, reload)
         self._holders_due = -math.inf
@@ -519,6 +530,8 @@ class Engine:
             for key, inst in self._instances.items():
                 out.extend(self._evaluate_instance(key, inst, now))
             self.tick_unquiet = list(self._instances)
+            if self._held_back:
+                out.extend(self._held_back_ended(now))
             out.extend(self._tick_actuators(now))
             if now >= self._notify_due:
                 out.extend(self._flush_notify(now))
@@ -552,9 +565,62 @@ class Engine:
             acts = rest(key, inst, state, v, now)
             if acts:
                 out.extend(acts)
+        if self._held_back:
+            out.extend(self._held_back_ended(now))
         out.extend(self._tick_actuators(now))
         if now >= self._notify_due:
             out.extend(self._flush_notify(now))
+        return out
+
+    def _held_back_starts(
+        self, key: InstanceKey, inst: _Instance, st: RuleState, v: float | None, now: float
+    ) -> list[Action]:
+        """A ``held_back`` event when an interlock keeps a rule whose value is beyond its
+        threshold from starting (phase not active); remembered until it ends."""
+        if st.phase == "active" or v is None or not beyond(inst.rule, v):
+            return []
+        self._held_back.add(key)
+        event = Event(
+            ts=now_ms(now),
+            kind="held_back",
+            text=f"{inst.rule.id}: {v:.1f} beyond the threshold, held back by "
+            f"{', '.join(st.blocked)}",
+            severity="warning",
+            rule=inst.rule.id,
+            data={"value": v, "interlocks": list(st.blocked)},
+        )
+        return [EmitEvent(inst.site, event)]
+
+    def _held_back_ended(self, now: float) -> list[Action]:
+        """A ``held_back_end`` event for each rule held back (``held_back``) once that is
+        over: the value is back at its clear level (the rule's own hysteresis) or
+        unknown, the interlocks let go, or the rule started (pending or active). An
+        idle rule's interlocks are not evaluated below the threshold, so without this
+        nothing would tell the end (incidents need it)."""
+        out: list[Action] = []
+        for key in sorted(self._held_back):
+            inst, st = self._instances.get(key), self._states.get(key)
+            if inst is None or st is None:
+                self._held_back.discard(key)
+                continue
+            v = self.last_values.get(key)
+            if v is None and now < self._warmup_until:
+                continue  # just restored: the devices have not reported yet
+            rule = inst.rule
+            started = st.phase == "active" or st.phase == "pending"
+            back = v is None or (v <= rule.clear_level if rule.is_above else v >= rule.clear_level)
+            if st.blocked and not started and not back:
+                continue  # still held back
+            self._held_back.discard(key)
+            why = "started" if started else "value unknown" if v is None else f"value {v:.1f}"
+            event = Event(
+                ts=now_ms(now),
+                kind="held_back_end",
+                text=f"{inst.rule.id}: no longer held back ({why})",
+                rule=inst.rule.id,
+                data={"value": v} if v is not None else None,
+            )
+            out.append(EmitEvent(inst.site, event))
         return out
 
     def _notify_interval(self, notifier: str) -> float | None:
@@ -669,6 +735,8 @@ class Engine:
                 ils[name] = src.read(now)
         code = steady_code(inst.rule, state, v, ils, now, self._default_lease)
         if code is STEADY:
+            if state.blocked and key not in self._held_back:
+                return self._held_back_starts(key, inst, state, v, now)
             return []  # waiting for a timer or a crossing: nothing to build
         inputs = RuleInputs(inst.site, v, ils)
         self.last_inputs[key] = inputs
@@ -678,6 +746,8 @@ class Engine:
         else:
             new, actions = transition(inst.rule, state, inputs, now, self._default_lease)
         self._states[key] = new
+        if new.blocked and key not in self._held_back:
+            actions = actions + self._held_back_starts(key, inst, new, v, now)
         if not actions:
             return actions
         return self._arbitrate(actions, now)
@@ -900,6 +970,7 @@ class Engine:
             "notify": self._notify.to_json(),
             "cmd_seq": self._cmd_seq,
             "counters": dict(self.counters),
+            "held_back": sorted(f"{rid}@{site}" for rid, site in self._held_back),
         }
 
     @classmethod
@@ -946,6 +1017,8 @@ class Engine:
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"unreadable snapshot: {exc}") from None
         eng._warmup_until = now + rules_file.defaults.max_staleness
+        held = {str(k) for k in snapshot.get("held_back") or ()}
+        eng._held_back = {k for k in eng._states if f"{k[0]}@{k[1]}" in held}
         eng._holders_due = -math.inf
         return eng
 
