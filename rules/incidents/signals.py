@@ -13,6 +13,10 @@ event              signals (source = the rule id)
                    interlock with the value still beyond the threshold, else off
 ``interlock``      ``unsprayed`` on when the value is beyond the threshold (the
                    rule wants to spray and may not: frost, wind, rain, water)
+``held_back``      ``unsprayed`` on (the engine: an interlock keeps the rule from
+                   a value beyond its threshold)
+``held_back_end``  ``unsprayed`` off, unless the rule started (then its ``on``
+                   said whether it sprays)
 ``pending``        ``unsprayed`` off (the rule is about to spray)
 ``stale``          ``unsprayed`` off (the engine cannot see the dust)
 ``override``       re-judges ``unsprayed`` of the site's active rules leasing
@@ -24,10 +28,11 @@ event              signals (source = the rule id)
 Without the rules file the ``unsprayed`` judgement takes every rule as leasing
 a cannon and an interlock event as meaning "beyond the threshold".
 
-A rule idle behind an interlock whose dust then falls emits nothing (the
-engine does not evaluate its interlocks below the threshold), so its
-``unsprayed`` source stays on until the rule's next event: the incident is
-not marked cleared in that case, and a person resolves it as always.
+The engine's ``held_back`` / ``held_back_end`` events tell when an interlock
+keeps a rule from a value beyond its threshold and when that is over (the
+dust fell back to the clear level, the interlock let go, the rule started):
+without them an idle rule behind an interlock whose dust falls would emit
+nothing at all.
 
 Gateways: the retained ``status`` (``offline`` also by the broker's last
 will) is the ``gateway_offline`` signal, source = the gateway id.
@@ -143,6 +148,12 @@ class Deriver:
             if self._over(r, data.get("value")):
                 return [Signal(site, "unsprayed", r, True, ts, ev.text)]
             return []
+        if ev.kind == "held_back":
+            return [Signal(site, "unsprayed", r, True, ts, ev.text)]
+        if ev.kind == "held_back_end":
+            if (site, r) in self._active:
+                return []  # it started: its `on` said whether it sprays
+            return [Signal(site, "unsprayed", r, False, ts, ev.text)]
         if ev.kind in ("pending", "stale"):
             return [Signal(site, "unsprayed", r, False, ts, ev.text)]
         return []

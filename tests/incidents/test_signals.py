@@ -78,6 +78,19 @@ def test_interlocked_over_the_limit() -> None:
     assert sig(d, ev("pending", 3_000, value=170.0)) == [("unsprayed", "pm10-gate", False)]
 
 
+def test_held_back_and_its_end() -> None:
+    d = Deriver(RF)
+    assert sig(d, ev("held_back", value=180.0)) == [("unsprayed", "pm10-gate", True)]
+    assert sig(d, ev("held_back_end", 2_000, value=90.0)) == [("unsprayed", "pm10-gate", False)]
+    # the rule started with its cannon overridden off: its `on` decides, not the end
+    off = Event(ts=3_000, kind="override", text="off", actuator="cannon-1",
+                data={"mode": "off", "who": "op"})  # fmt: skip
+    d.event("site-01", off)
+    d.event("site-01", ev("held_back", 4_000, value=180.0))
+    assert ("unsprayed", "pm10-gate", True) in sig(d, ev("on", 5_000, value=180.0))
+    assert sig(d, ev("held_back_end", 5_000)) == []
+
+
 def test_an_override_off_stops_the_spray_of_an_active_rule() -> None:
     d = Deriver(RF)
     d.event("site-01", ev("on", value=180.0))
@@ -152,7 +165,10 @@ def test_bad_readings_do_not_count_and_memory_is_per_minute() -> None:
     assert len(d._devices[("s", "m")].per_minute) <= 3
 
 
-_kinds = st.sampled_from(["on", "off", "interlock", "pending", "stale", "override", "reload"])
+_kinds = st.sampled_from(
+    ["on", "off", "interlock", "pending", "stale", "override", "reload", "held_back",
+     "held_back_end"]
+)  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None)
