@@ -56,6 +56,11 @@ class ConsoleSettings(StrictModel):
             raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
+    @property
+    def cookies_secure(self) -> bool:
+        """Secure cookies when configured, and always when the console serves TLS itself."""
+        return self.secure_cookies or self.tls_cert_file is not None
+
 
 class ConsoleInflux(StrictModel):
     """Where the history is read (InfluxDB 1.x API, InfluxQL)."""

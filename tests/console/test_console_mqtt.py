@@ -123,6 +123,20 @@ def test_retained_state_on_start_and_readings_live_over_sse(
                 lags.append(time.monotonic() - sent)
                 assert frame["site"] == "s1"
             assert 'data-state="over"' in str(frame["html"])  # 181 > 150, nothing spraying
+            # the engine refusing a rules file reaches open pages as a reload frame
+            bad = p.Event(
+                ts=int(time.time() * 1000), kind="reload_error", text="rules not reloaded: <i>x</i>"
+            )
+            pub(mosquitto, p.events_topic("s1"), bad)
+            event = None
+            for line in lines:
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "reload":
+                    data = json.loads(line[6:])
+                    assert data["kind"] == "reload_error"
+                    assert "rules not reloaded: &lt;i&gt;x&lt;/i&gt;" in data["html"]
+                    break
         assert max(lags) < 2.0, lags
 
 

@@ -46,7 +46,7 @@ def _login_page(request: Request, error: str = "", status: int = 200) -> Respons
         max_age=1800,
         httponly=True,
         samesite="strict",
-        secure=ctx.config.console.secure_cookies,
+        secure=ctx.config.console.cookies_secure,
     )
     return resp
 
@@ -90,7 +90,7 @@ async def login(request: Request) -> Response:
         max_age=int(ctx.config.console.session_max),
         httponly=True,
         samesite="strict",
-        secure=ctx.config.console.secure_cookies,
+        secure=ctx.config.console.cookies_secure,
     )
     resp.delete_cookie(LOGIN_COOKIE)
     return resp
