@@ -164,6 +164,7 @@ def test_hostile_replies_never_become_good_readings(
     assert alive, "the bus task ended"
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert len(stored) >= len(script) + 2, f"{len(stored)} readings for {len(script)} replies"
+    assert [r["seq"] for r in stored] == list(range(len(stored)))  # each poll stored once
     bad = 0
     for reading in stored:
         if reading["status"] == "ok":
