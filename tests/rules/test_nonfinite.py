@@ -13,7 +13,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import subprocess
+import sys
+import time
+import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +26,10 @@ from hypothesis import strategies as st
 from rulehelpers import rules_file
 
 from gateway import protocol as p
+from gateway.localservices import LOOPBACK, free_port
 from rules.core.engine import Engine
 from rules.history.replay import read_csv, replay
-from rules.history.sources import _influx_rows
+from rules.history.sources import _influx_rows, read_influx
 
 RULES = """
 sites: [site-01]
@@ -207,3 +213,42 @@ def test_live_telemetry_with_a_non_finite_value_is_refused_at_decoding(token: st
         assert exc.reason == "non_finite"
     else:
         raise AssertionError("decoded")
+
+
+def test_influx_replay_counts_across_the_read_ahead_process(tmp_path: Path) -> None:
+    """``dustgate replay --influx`` reads in a second process: the source's counts come
+    back (they were lost: only a CSV reader's counters crossed). The server, in a process
+    of its own (a thread here would keep the replay in one process), answers as an
+    InfluxDB whose JSON carries NaN tokens would."""
+    rows = ",".join(
+        f'[{(T0 + i) * 1000},"site-01","m",{"NaN" if i % 10 == 3 else "200.0"}]' for i in range(300)
+    )
+    (tmp_path / "query").write_text(
+        '{"results":[{"statement_id":0,"series":[{"name":"telemetry","columns":'
+        '["time","site","device","pm10"],"values":[' + rows + "]}]}]}\n"
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", LOOPBACK,
+         "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://{LOOPBACK}:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(url + "/query", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "http.server did not start"
+                time.sleep(0.05)
+        counters: Counter[str] = Counter()
+        src = read_influx(url, "dg", float(T0), float(T0 + 300), counters=counters)
+        (res,) = replay(src, [rules_file(RULES)], ahead=True, counters=counters)
+    finally:
+        server.terminate()
+        server.wait(5)
+    assert counters["non_finite"] == 30
+    assert res.readings == 300 and res.counters.get("non_finite", 0) == 0
+    assert res.rules["pm10"].triggers == 1
