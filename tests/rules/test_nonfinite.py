@@ -70,6 +70,15 @@ def _is_non_finite_text(cell: str) -> bool:
     return bool(cell) and not math.isfinite(float(cell))
 
 
+def engine_over(readings: list[Any]) -> Engine:
+    """An engine fed ``readings`` as the replay feeds it, ticked after each."""
+    eng = Engine(rules_file(RULES))
+    for ts, site, dev, values, status, flags in readings:
+        eng.ingest_values(site, dev, ts, 0, values, ts, status, flags)
+        eng.tick(ts)
+    return eng
+
+
 def assert_engine_clean(eng: Engine) -> None:
     """No window holds a non-finite value and every decision input is finite or unknown."""
     for series in eng._series.values():
@@ -99,11 +108,7 @@ def test_replay_csv_wide_counts_every_non_finite_cell(rows: list[tuple[str, str]
     (res,) = replay(read_csv(io.StringIO(text), sel), [rules_file(RULES)])
     assert sel["non_finite"] == expected
     assert res.counters.get("non_finite", 0) == 0  # none reached the engine
-    eng = Engine(rules_file(RULES))
-    for ts, site, dev, values, status, flags in readings:
-        eng.ingest_values(site, dev, ts, 0, values, ts, status, flags)
-        eng.tick(ts)
-    assert_engine_clean(eng)
+    assert_engine_clean(engine_over(readings))
 
 
 @settings(max_examples=60, deadline=None)
@@ -173,11 +178,7 @@ def test_influx_history_counts_every_non_finite_value(rows: list[tuple[Any, Any]
     assert counters["non_finite"] == expected
     assert len(readings) == len(rows)
     assert all(math.isfinite(v) for r in readings for v in r[3].values())
-    eng = Engine(rules_file(RULES))
-    for ts, site, dev, values, status, flags in readings:
-        eng.ingest_values(site, dev, ts, 0, values, ts, status, flags)
-        eng.tick(ts)
-    assert_engine_clean(eng)
+    assert_engine_clean(engine_over(readings))
 
 
 @settings(max_examples=100, deadline=None)
