@@ -45,6 +45,7 @@ so that consumers count refusals per reason.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -179,6 +180,21 @@ TagText = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_tag
 """Text stored as an InfluxDB tag value."""
 
 
+def _finite_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Free-form JSON (an event's ``data``) holds no NaN or infinity either."""
+    stack: list[Any] = [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, float):
+            if not math.isfinite(x):
+                raise PydanticCustomError("finite_number", "Input should be a finite number")
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+    return value
+
+
 # Text stored as an InfluxDB string field (or sent along with one), by length.
 _FieldText = AfterValidator(_field_text)
 Name64 = Annotated[str, Field(min_length=1, max_length=64), _FieldText]
@@ -299,7 +315,7 @@ class Event(_Payload):
     rule: Id | None = None
     actuator: Id | None = None
     device: Id | None = None
-    data: dict[str, Any] | None = None
+    data: Annotated[dict[str, Any], AfterValidator(_finite_data)] | None = None
 
 
 class OverrideRequest(_Payload):

@@ -338,3 +338,13 @@ def test_a_site_yaml_model_is_checked_like_the_wire(monkeypatch: pytest.MonkeyPa
         load_site_config(path, text="\n".join(lines))
     assert f"site.yaml:{at + 2}:" in str(info.value)
     assert "backslash" in str(info.value)
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b'[1, {"x": -Infinity}]'])
+def test_an_event_s_free_form_data_holds_no_non_finite_number(token: bytes) -> None:
+    raw = b'{"ts": 1, "kind": "x", "text": "t", "data": {"v": ' + token + b"}}"
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(p.Event, raw)
+    assert info.value.reason == "non_finite"
+    ok = p.decode(p.Event, b'{"ts": 1, "kind": "x", "text": "t", "data": {"v": [1.5, {"w": 2}]}}')
+    assert ok.data == {"v": [1.5, {"w": 2}]}
