@@ -123,6 +123,9 @@ async def background(ctx: Ctx, stop: asyncio.Event, mqtt: bool) -> None:
         if sink is not None:
             await sink.close()
             svc.sink = None
+        if ctx.extra.get(KEY) is svc:  # the app is stopping: the next start makes a new one
+            del ctx.extra[KEY]
+            svc.store.close()
 
 
 def _sink(ctx: Ctx) -> InfluxSink | None:
