@@ -68,7 +68,6 @@ from gateway.protocol import Event, Telemetry, now_ms
 from rules.core.config import RulesFile
 from rules.core.evaluator import (
     IDLE,
-    RENEW,
     STEADY,
     Action,
     EmitEvent,
@@ -80,7 +79,6 @@ from rules.core.evaluator import (
     beyond,
     needs_interlocks,
     quiet,
-    renewal,
     steady_code,
     transition,
 )
@@ -100,9 +98,6 @@ __all__ = [
 ]
 
 PARTICULATES = frozenset({"pm1", "pm25", "pm10", "tsp"})
-# The tick's inlined quiet() test and the renewal shortcut; tests turn them off to
-# compare with every rule going through the full state machine every second.
-FAST_PATHS = True
 SNAPSHOT_VERSION = 1
 OverrideMode = Literal["on", "off", "auto"]
 InstanceKey = tuple[str, str]  # (rule id, site)
@@ -258,9 +253,6 @@ class Engine:
         # inputs of the last evaluation that was not steady (that changed state or acted)
         self.last_inputs: dict[InstanceKey, RuleInputs] = {}
         self.last_values: dict[InstanceKey, float | None] = {}  # main value, every evaluation
-        # the instances the last tick() evaluated past the quiet test; the others were
-        # idle (or resting in cooldown), not active, and not beyond their threshold
-        self.tick_unquiet: list[InstanceKey] = []
         self._tracks: dict[tuple[str, str], DeviceTrack] = {}
         self._series: dict[tuple[str, str, str], Series] = {}
         self._states: dict[InstanceKey, RuleState] = {}
@@ -273,9 +265,6 @@ class Engine:
         # rules an interlock keeps from starting while their value is beyond the threshold:
         # the tick says when that ends without a start (see _held_back_ended)
         self._held_back: set[InstanceKey] = set()
-        # earliest lease end of any holder (a lower bound): the tick's actuator pass is
-        # skipped before it; -inf forces the next pass (restore, reload)
-        self._holders_due = -math.inf
         self._compile(rules_file)
 
     # ----------------------------------------------------------- compile
@@ -392,13 +381,6 @@ class Engine:
         self._instances = instances
         for src in sources.values():
             src.read = self._reader(src)
-        # the tick's loop: per instance what it needs, looked up once
-        self._plan = [
-            (key, inst, inst.src_main.read,
-             inst.src_background.read if inst.src_background is not None else None,
-             inst.rule.above, inst.rule.below)
-            for key, inst in instances.items()
-        ]  # fmt: skip
         self._digests = {rid: rule_digest(inst.rule) for (rid, _), inst in instances.items()}
         self._dependents = {k: sorted(v) for k, v in dependents.items()}
         self._ingests = {
@@ -526,43 +508,9 @@ class Engine:
     def tick(self, now: float) -> list[Action]:
         """Evaluate every rule; expire overrides and dead holders; renew ON overrides."""
         out: list[Action] = []
-        if not FAST_PATHS:
-            for key, inst in self._instances.items():
-                out.extend(self._evaluate_instance(key, inst, now))
-            self.tick_unquiet = list(self._instances)
-            if self._held_back:
-                out.extend(self._held_back_ended(now))
-            out.extend(self._tick_actuators(now))
-            if now >= self._notify_due:
-                out.extend(self._flush_notify(now))
-            return out
-        states = self._states
-        last_values = self.last_values
-        rest = self._evaluate_rest
-        unquiet = self.tick_unquiet = []
-        for key, inst, main, background, above, below in self._plan:
-            v = main(now)
-            if v is not None and background is not None:
-                b = background(now)
-                v = None if b is None else v - b
-            last_values[key] = v
-            state = states[key]
-            # quiet(), inlined: most rules are idle and below their threshold
-            phase = state.phase
-            if phase == "idle" or (
-                phase == "cooldown"
-                and state.cooldown_until is not None
-                and now < state.cooldown_until
-            ):
-                if v is None:
-                    if state.unknown:
-                        continue
-                elif not state.unknown and (
-                    not (v > above) if above is not None else not (v < below)  # type: ignore[operator]
-                ):
-                    continue
-            unquiet.append(key)
-            acts = rest(key, inst, state, v, now)
+        evaluate = self._evaluate_instance
+        for key, inst in self._instances.items():
+            acts = evaluate(key, inst, now)
             if acts:
                 out.extend(acts)
         if self._held_back:
@@ -638,8 +586,6 @@ class Engine:
         out: list[Action] = []
         if self._overrides:
             self._tick_overrides(now, out)
-        elif now < self._holders_due:
-            return out  # no holder's lease can have run out yet: the pass would change nothing
         for (site, act), a in self._actuators.items():
             if not (a.on or a.holders) or (site, act) in self._overrides:
                 continue
@@ -649,12 +595,6 @@ class Engine:
             if a.on and not holders:
                 a.on = False
                 out.append(SwitchOff(site, act, "lease expired without renewal", None))
-        due = math.inf
-        for a in self._actuators.values():
-            for until in a.holders.values():
-                if until < due:
-                    due = until
-        self._holders_due = due  # lowered again by every new holder (_arbitrate)
         return out
 
     def _tick_overrides(self, now: float, out: list[Action]) -> None:
@@ -740,11 +680,7 @@ class Engine:
             return []  # waiting for a timer or a crossing: nothing to build
         inputs = RuleInputs(inst.site, v, ils)
         self.last_inputs[key] = inputs
-        if code is RENEW and FAST_PATHS:
-            # what transition() returns here, without the full machine (tested)
-            new, actions = renewal(inst.rule, state, inst.site, now, self._default_lease)
-        else:
-            new, actions = transition(inst.rule, state, inputs, now, self._default_lease)
+        new, actions = transition(inst.rule, state, inputs, now, self._default_lease)
         self._states[key] = new
         if new.blocked and key not in self._held_back:
             actions = actions + self._held_back_starts(key, inst, new, v, now)
@@ -780,9 +716,7 @@ class Engine:
                 key = (action.site, action.actuator)
                 a = self._actuators.setdefault(key, _Actuator())
                 assert action.rule is not None
-                until = a.holders[action.rule] = now + action.lease_s
-                if until < self._holders_due:
-                    self._holders_due = until
+                a.holders[action.rule] = now + action.lease_s
                 ov = self._overrides.get(key)
                 if ov is not None:
                     self._counts[f"override_{ov.mode}_wins"] += 1
@@ -935,14 +869,6 @@ class Engine:
         a = self._actuators.get((site, actuator))
         return bool(a and a.on)
 
-    def busy(self) -> bool:
-        """Anything that a clock tick could change without new data?"""
-        return (
-            any(s.phase != "idle" for s in self._states.values())
-            or any(a.on or a.holders for a in self._actuators.values())
-            or bool(self._overrides)
-        )
-
     # ------------------------------------------------------- persistence
 
     def snapshot(self) -> dict[str, Any]:
@@ -1019,7 +945,6 @@ class Engine:
         eng._warmup_until = now + rules_file.defaults.max_staleness
         held = {str(k) for k in snapshot.get("held_back") or ()}
         eng._held_back = {k for k in eng._states if f"{k[0]}@{k[1]}" in held}
-        eng._holders_due = -math.inf
         return eng
 
     def reload(self, new_rules_file: RulesFile, now: float) -> list[Action]:
@@ -1056,5 +981,4 @@ class Engine:
         self.last_inputs = {k: v for k, v in self.last_inputs.items() if k in self._instances}
         self.last_values = {k: v for k, v in self.last_values.items() if k in self._instances}
         self._counts["reloads"] += 1
-        self._holders_due = -math.inf
         return out

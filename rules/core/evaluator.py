@@ -295,8 +295,8 @@ def quiet(rule: Rule, state: RuleState, value: float | None, now: float) -> bool
     return not (value > above) if above is not None else not (value < rule.below)  # type: ignore[operator]
 
 
-# What steady_code() found: nothing changes / only the lease renewal is due / anything else
-STEADY, RENEW, CHANGE = "steady", "renew", "change"
+# What steady_code() found: nothing changes / something may
+STEADY, CHANGE = "steady", "change"
 
 
 def steady(
@@ -330,12 +330,8 @@ def steady_code(
     now: float,
     default_lease_s: float = 60.0,
 ) -> str:
-    """:func:`steady` past :func:`quiet`, telling a bare lease renewal apart.
-
-    ``RENEW``: an active rule whose only change is that its renewal is due;
-    :func:`transition` then returns exactly :func:`renewal` (a property test
-    holds it to that), which the engine builds without the full machine.
-    """
+    """:func:`steady` past :func:`quiet` (which the engine asks first): ``STEADY``
+    or ``CHANGE``."""
     known = value is not None
     if state.unknown == known:
         return CHANGE  # the data became unknown (stale event) or known again
@@ -377,21 +373,7 @@ def steady_code(
     lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
     if state.last_lease is not None and now - state.last_lease < lease_s / 3:
         return STEADY
-    return RENEW
-
-
-def renewal(
-    rule: Rule, state: RuleState, site: str, now: float, default_lease_s: float = 60.0
-) -> tuple[RuleState, list[Action]]:
-    """What :func:`transition` returns when :func:`steady_code` says ``RENEW``: the
-    state with ``last_lease = now`` and one LeaseOn per leased actuator."""
-    acts = rule.actions
-    lease_s = acts.lease_s if acts.lease_s is not None else default_lease_s
-    s = state
-    new = RuleState(s.phase, s.since, s.active_since, s.clear_since, now, s.cooldown_until,
-                    s.blocked, s.unknown, s.last_reason)  # fmt: skip
-    reason = f"{rule.id}: renew"
-    return new, [LeaseOn(site, act, lease_s, reason, rule.id) for act in acts.lease]
+    return CHANGE  # the lease renewal is due
 
 
 def evaluate(

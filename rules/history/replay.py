@@ -10,9 +10,11 @@ The very same :class:`rules.core.engine.Engine` runs with the clock set to the
 readings' timestamps: readings are stored as they come (``ingest_values``
 with ``evaluate=False``) and the engine ticks at every whole second of data
 time, so rule decisions are taken on a 1 s grid (live, a rule is also
-evaluated on each reading; the difference is below a second). Gaps in the
-data are ticked through second by second while any rule or actuator is busy
-(timers must run out), and skipped while everything is idle.
+evaluated on each reading; the difference is below a second). Every second
+is ticked, gaps in the data too (timers run out, data goes stale, and an
+idle rule over its threshold but blocked counts each second), so the
+figures do not depend on how often the data was sampled: the same episode
+read every 1 s, 10 s or 60 s gives the same minutes within one poll.
 
 Input (CSV long or wide, InfluxDB 1.x) is read by :mod:`rules.history.sources`;
 rows must be in time order per device (out-of-order ones are counted and
@@ -21,15 +23,10 @@ dropped, as live).
 Speed (one week of 1 Hz data for 10 devices is 6 million readings): the
 command reads its input in a second process (``replay(..., ahead=True)``,
 :mod:`rules.history.readahead`), a wide row is converted only for the metrics some
-rule reads, each device's ingest
-is bound once, and the engine's fast paths (the tick's precompiled loop with
-``quiet()`` inlined and the bare lease renewal, both behind
-``rules.core.engine.FAST_PATHS``; the steady test; the actuator pass skipped
-until a lease can have ended) leave rules that are waiting alone; the
-per-second statistics visit only the rules the tick did not find quiet.
-``tests/rules/test_fast_paths.py`` holds the result to the plain path (csv
-module, every rule through the full state machine every second): same
-statistics to the last bit, same actions.
+rule reads, and the engine's quiet and steady tests leave rules that are
+waiting alone. ``tests/rules/test_fast_paths.py`` holds the result to the
+plain path (csv module, every rule through the full state machine every
+second): same statistics to the last bit, same actions.
 
 Per rule (summed over its sites): ``triggers`` (runs started), ``active_min``
 (minutes active = spraying for rules that lease actuators), ``water_l``
@@ -44,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import json
 import math
@@ -134,15 +130,7 @@ class _Observer:
         states = engine.states
         runs = self.run
         minutes = dt / 60.0
-        info = self.info
-        unquiet = engine.tick_unquiet
-        if runs:
-            # an instance the tick found quiet is neither active nor beyond its threshold
-            evaluated = set(unquiet)
-            for key in [k for k in runs if k not in evaluated]:
-                del runs[key]
-        for key in unquiet:
-            st, water, is_above, thr = info[key]
+        for key, (st, water, is_above, thr) in self.info.items():
             state = states[key]
             if state.phase == "active":
                 st.active_min += minutes
@@ -193,9 +181,6 @@ def _run(
 ) -> list[ReplayResult]:
     observers = [_Observer(e, rf) for e, rf in zip(engines, rules_files, strict=True)]
     pairs = list(zip(engines, observers, strict=True))
-    single = engines[0] if len(engines) == 1 else None
-    # one engine: each device's ingest bound once (Engine.device_ingest), no lookup inside
-    bound: dict[tuple[str, str], Any] = {}
     next_tick = math.inf  # placed by the first reading
     first: float | None = None
     last: float | None = None
@@ -203,29 +188,15 @@ def _run(
     ts = 0.0
     for ts, site, device, values, status, flags in readings:
         n += 1
-        if ts >= next_tick:
-            while ts >= next_tick:
-                for eng, obs in pairs:
-                    obs.observe(eng.tick(next_tick), 1.0)
-                next_tick += 1.0
-                if ts - next_tick > 2.0 and not any(e.busy() for e in engines):
-                    next_tick = math.floor(ts)
-        elif n == 1:
+        while ts >= next_tick:  # every second of data time, gaps included
+            for eng, obs in pairs:
+                obs.observe(eng.tick(next_tick), 1.0)
+            next_tick += 1.0
+        if n == 1:
             first = ts
             next_tick = math.floor(ts) + 1.0
-        if single is not None:
-            ingest = bound.get((site, device))
-            if ingest is None:
-                ingest = bound[(site, device)] = (
-                    single.device_ingest(site, device)
-                    or functools.partial(
-                        single.ingest_values, site, device
-                    )  # counts the device (or site) nobody reads
-                )
-            ingest(ts, n, values, ts, status, flags, False)
-        else:
-            for eng in engines:
-                eng.ingest_values(site, device, ts, n, values, ts, status, flags, False)
+        for eng in engines:
+            eng.ingest_values(site, device, ts, n, values, ts, status, flags, False)
     if n:
         last = ts
         for eng, obs in pairs:

@@ -31,13 +31,10 @@ from rules.core.config import load_rules_file
 from rules.core.evaluator import (
     CHANGE,
     PHASES,
-    RENEW,
     RuleInputs,
     RuleState,
     evaluate,
-    renewal,
     steady,
-    steady_code,
     transition,
 )
 from rules.core.model import Rule
@@ -207,10 +204,6 @@ def test_steady_means_transition_changes_nothing(
     ils = {"frost": frost, "wind": wind}
     if steady(rule, state, v, ils, now):
         assert transition(rule, state, RuleInputs("site-01", v, ils), now) == (state, [])
-    if steady_code(rule, state, v, ils, now) is RENEW:  # the engine's renewal shortcut
-        assert transition(rule, state, RuleInputs("site-01", v, ils), now) == renewal(
-            rule, state, "site-01", now
-        )
     # and evaluate() is steady() + transition()
     assert evaluate(rule, state, RuleInputs("site-01", v, ils), now) == (
         (state, []) if steady(rule, state, v, ils, now)
@@ -298,18 +291,13 @@ def test_steady_on_a_grid_of_timer_and_level_boundaries() -> None:
     taken: Counter[str] = Counter()
     for rule, state, v, (frost, wind) in cases:
         ils = {"frost": frost, "wind": wind}
-        if steady_code(rule, state, v, ils, NOW) is RENEW:
-            taken["renew"] += 1
-            assert transition(rule, state, RuleInputs("site-01", v, ils), NOW) == renewal(
-                rule, state, "site-01", NOW
-            )
         if steady(rule, state, v, ils, NOW):
             taken[state.phase] += 1
             assert transition(rule, state, RuleInputs("site-01", v, ils), NOW) == (state, []), (
                 rule.model_dump(), state, v, ils,
             )  # fmt: skip
     # not vacuous: the fast path is taken in every phase
-    assert min(taken[p] for p in PHASES) > 50 and taken["renew"] > 50, taken
+    assert min(taken[p] for p in PHASES) > 50, taken
 
 
 # ------------------------------------------------------------- window: mean()
@@ -497,7 +485,6 @@ def traced_replay(text: str, fast: bool, ahead: bool = False) -> tuple[dict, lis
             # metrics, every rule in full every second (no quiet/steady shortcut)
             quoted = text.replace("ts,site", '"ts",site', 1)
             readings = list(read_csv(io.StringIO(quoted), csv_counts))
-            mp.setattr(engine_mod, "FAST_PATHS", False)
             mp.setattr(engine_mod, "quiet", never)
             mp.setattr(engine_mod, "steady_code", lambda *a: CHANGE)
         (res,) = replay_mod.replay(readings, [rf], ahead=ahead)

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.localservices import Influxd
 from gateway.protocol import Status, Telemetry
@@ -195,3 +197,72 @@ def test_influx_source_gives_the_same_answers(influxd: Influxd) -> None:
         ({"pm10": 900.0, "pm25": 40.0}, "ok", {"pm10": "over_range"}),
         ({"pm10": 5.0}, "fault", None),
     ]
+
+
+# ------------------------------------------- figures independent of the poll interval
+# The same physical episode (dust over the limit for a while, part of it in a gale
+# that blocks the rule) sampled every 1 s, 10 s or 60 s must give the same minutes
+# over the limit, minutes blocked and longest exceedance, within one poll: a
+# reading's value holds until the next one, so the sampled episode starts and ends
+# at most one poll late. Windows and staleness cover a 60 s poll.
+SLOW_RULES = (
+    RULES.replace("max_staleness: 60s", "max_staleness: 5m")
+    .replace("window: 1m", "window: 2m")
+    .replace("above: 10}", "above: 10, window: 5m}")
+)
+FIGURES = ("over_min", "blocked_min", "longest_exceed_min")
+
+
+def sampled(
+    interval: int, length: int, dust: tuple[int, int], gale: tuple[int, int], phase: int = 0
+) -> str:
+    """The episode every ``interval`` s: pm10 200 during ``dust`` [start, end), wind 15
+    during ``gale``, quiet air otherwise."""
+    lines = ["ts,site,device,pm10,wind_speed"]
+    for s in range(phase, length, interval):
+        pm10 = 200.0 if dust[0] <= s < dust[1] else 50.0
+        wind = 15.0 if gale[0] <= s < gale[1] else 2.0
+        lines.append(f"{(T0 + s) * 1000},site-01,m,{pm10},{wind}")
+    return "\n".join(lines) + "\n"
+
+
+def figures(text: str) -> dict[str, float]:
+    (res,) = replay(read_csv(io.StringIO(text)), [load_rules_file("r.yaml", text=SLOW_RULES)])
+    stats = res.rules["pm10"]
+    return {k: float(getattr(stats, k)) for k in FIGURES}
+
+
+def test_ten_second_data_counts_a_blocked_episode_in_full() -> None:
+    """Issue 21's case: ``interval: 10s``, over the limit for 25 min, 20 of them in a
+    gale (blocked). The replay skipped the seconds between readings while nothing
+    was "busy", and an idle rule over its threshold but blocked was not: it counted
+    about a fifth (over 9.0, blocked 4.0 min)."""
+    dust, gale = (600, 2100), (900, 2100)
+    one = figures(sampled(1, 3000, dust, gale))
+    ten = figures(sampled(10, 3000, dust, gale))
+    assert one == pytest.approx({"over_min": 25.0, "blocked_min": 20.0, "longest_exceed_min": 25.0})
+    for k in FIGURES:
+        assert abs(ten[k] - one[k]) <= 10 / 60, (k, ten, one)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    interval=st.sampled_from([10, 60]),
+    phase=st.integers(0, 59),
+    start=st.integers(120, 900),
+    length=st.integers(60, 1200),
+    gale_at=st.floats(0.0, 1.0),
+    gale_len=st.floats(0.0, 1.0),
+)
+def test_figures_are_the_same_within_one_poll_at_any_poll_interval(
+    interval: int, phase: int, start: int, length: int, gale_at: float, gale_len: float
+) -> None:
+    dust = (start, start + length)
+    g0 = start + int(gale_at * length)
+    gale = (g0, g0 + int(gale_len * (dust[1] - g0)))
+    total = dust[1] + 600
+    truth = figures(sampled(1, total, dust, gale))
+    seen = figures(sampled(interval, total, dust, gale, phase % interval))
+    for k in FIGURES:
+        assert abs(seen[k] - truth[k]) <= interval / 60 + 1e-9, (k, seen, truth)
+    assert truth["over_min"] * 60 == pytest.approx(length)  # the 1 s series: to the second
