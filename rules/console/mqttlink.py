@@ -8,6 +8,9 @@ database keep every one). Reconnects with backoff; :meth:`MqttLink.status`
 says whether the broker is there, for the pages to show. A clean session, no
 persistence: what the console missed while away is in InfluxDB.
 
+Other packages running in the console process take the decoded readings from
+:attr:`MqttLink.telemetry_taps` rather than subscribing to the telemetry again.
+
 Overrides go out as :class:`gateway.protocol.OverrideRequest` on the override
 topic (MQTT 5 expiry, as ``dustgate override`` does); :meth:`MqttLink.override`
 waits for the engine's answer event.
@@ -55,6 +58,10 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.last_error = ""
         self._answers: dict[str, asyncio.Future[p.Event]] = {}
+        # (site, device, reading, now) for every valid reading: other packages in the console
+        # process (incidents: data completeness) read telemetry here instead of decoding
+        # every reading a second time on a connection of their own
+        self.telemetry_taps: list[Callable[[str, str, p.Telemetry, float], None]] = []
         self.client_id = settings.client_id or f"dustgate-console-{secrets.token_hex(4)}"
 
     def status(self) -> dict[str, Any]:
@@ -73,6 +80,9 @@ class MqttLink:
         ]
 
     def handle(self, topic: str, payload: bytes) -> None:
+        if self.telemetry_taps and topic.endswith("/telemetry"):
+            self._telemetry(topic, payload)
+            return
         site = self.live.on_message(topic, payload, self.clock())
         if site is None:
             return
@@ -87,6 +97,27 @@ class MqttLink:
                     fut.set_result(event)
             if self.on_event is not None:
                 self.on_event(site, event)
+
+    def _telemetry(self, topic: str, payload: bytes) -> None:
+        """A reading decoded once, for the board and every tap."""
+        now = self.clock()
+        self.live.counters["messages"] += 1
+        try:
+            t = p.parse_topic(topic)
+            msg = p.decode(p.Telemetry, payload)
+        except p.ProtocolError:
+            self.live.counters["bad_messages"] += 1
+            return
+        if t.kind != "telemetry" or t.name is None:
+            return
+        self.live.on_telemetry(t.site, t.name, msg, now)
+        for tap in self.telemetry_taps:
+            try:
+                tap(t.site, t.name, msg, now)
+            except Exception:  # another package's bug must not cost the board its readings
+                log.exception("telemetry tap %r failed", tap)
+        if self.on_change is not None:
+            self.on_change(t.site)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings

@@ -116,7 +116,11 @@ async def background(ctx: Ctx, stop: asyncio.Event, mqtt: bool) -> None:
         if mqtt:
             mq = ctx.config.mqtt
             client_id = (mq.client_id or "dustgate-console")[:50] + "-incidents"
-            await svc.run(mq.model_copy(update={"client_id": client_id}), stop)
+            link = ctx.mqtt  # the console's own link reads the telemetry: decoded once
+            if link is not None:
+                link.telemetry_taps.append(svc.deriver.telemetry)
+            settings = mq.model_copy(update={"client_id": client_id})
+            await svc.run(settings, stop, telemetry=link is None)
         else:
             await svc.run_offline(stop)
     finally:

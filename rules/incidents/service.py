@@ -247,11 +247,13 @@ class IncidentService:
 
     # ------------------------------------------------------------------ run
 
-    async def run(self, mqtt: MqttSettings, stop: asyncio.Event) -> None:
+    async def run(self, mqtt: MqttSettings, stop: asyncio.Event, telemetry: bool = True) -> None:
+        """``telemetry=False``: someone else hands the readings to ``deriver.telemetry``
+        (the console's own MQTT link), this session subscribes to events and status only."""
         dispatcher = asyncio.create_task(self.dispatcher.run(), name="incident-dispatch")
         ticker = asyncio.create_task(self._ticker(stop), name="incident-tick")
         try:
-            await self._connection(mqtt, stop)
+            await self._connection(mqtt, stop, telemetry)
         finally:
             ticker.cancel()
             dispatcher.cancel()
@@ -277,7 +279,9 @@ class IncidentService:
                 async with asyncio.timeout(TICK_S):
                     await stop.wait()
 
-    async def _connection(self, settings: MqttSettings, stop: asyncio.Event) -> None:
+    async def _connection(
+        self, settings: MqttSettings, stop: asyncio.Event, telemetry: bool = True
+    ) -> None:
         backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         rng = random.Random()
         failures = 0
@@ -287,7 +291,10 @@ class IncidentService:
                 async with client:
                     await client.subscribe(p.subscription("events"), qos=1)
                     await client.subscribe(p.subscription("status"), qos=1)
-                    await client.subscribe(p.subscription("telemetry"), qos=0)
+                    if telemetry:
+                        await client.subscribe(p.subscription("telemetry"), qos=0)
+                    else:  # a persistent session keeps what an earlier start subscribed
+                        await client.unsubscribe(p.subscription("telemetry"))
                     failures = 0
                     self.connected.set()
                     log.info("incidents: connected to mqtt %s:%d", settings.host, settings.port)

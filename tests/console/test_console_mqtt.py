@@ -225,3 +225,35 @@ def test_broker_away_is_said_and_the_board_keeps_what_it_has(
             r.status_code == 200 and "not confirmed" in r.text
         )  # refused politely, console lives on
         assert client.get("/site/s1").status_code == 200
+
+
+def test_incident_service_in_the_console_counts_each_reading_once(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    from rules.incidents.pages import service_of
+
+    ctx, app = make(tmp_path, mosquitto)
+    with (
+        Served(app) as srv,
+        httpx.Client(base_url=srv.url, timeout=10, follow_redirects=True) as client,
+    ):
+        http_login(client, "otto")
+        svc = service_of(ctx)
+        deadline = time.monotonic() + 10
+        while not (svc.connected.is_set() and ctx.mqtt is not None and ctx.mqtt.connected.is_set()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        t0 = int(time.time() * 1000)
+        for i in range(20):
+            pub(
+                mosquitto,
+                p.telemetry_topic("s1", "mon"),
+                p.Telemetry(ts=t0 + i, seq=i, values={"pm10": 40.0}),
+            )
+        while '<td class="val">40</td>' not in client.get("/").text:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.1)
+        time.sleep(0.5)  # a second subscription would deliver its copies meanwhile
+        counted = sum(svc.deriver._devices[("s1", "mon")].per_minute.values())
+        assert counted == 20  # through the console's link, not decoded on a second connection
+        assert ctx.mqtt.telemetry_taps == [svc.deriver.telemetry]
