@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dustgate-installed
-DEBS := mosquitto influxdb victoria-metrics shellcheck chromium
+DEBS := mosquitto influxdb victoria-metrics shellcheck chromium fonts-liberation
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv test lint typecheck demo bench soak clean check-examples
