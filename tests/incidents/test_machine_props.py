@@ -155,3 +155,84 @@ def test_any_sequence_keeps_the_invariants_across_restarts(tmp_path: Path, seq: 
         assert {i for i, lvl in counts if lvl == 0} == set(history)
     finally:
         store.close()
+
+
+# ------------------------------------------- engine events end to end, as the service runs
+
+engine_step = st.one_of(
+    st.tuples(
+        st.just("event"),
+        st.sampled_from(SITES),
+        st.sampled_from(
+            ("on", "off", "interlock", "held_back", "held_back_end", "pending", "stale", "reload")
+        ),
+        st.sampled_from(("pm10-gate", "noise")),
+        st.integers(-5, 5),  # late and early events (duplicates when repeated)
+    ),
+    st.tuples(st.just("status"), st.sampled_from(SITES), st.booleans(), st.integers(-5, 5)),
+    st.tuples(st.just("tick")),
+    st.tuples(
+        st.just("act"),
+        st.sampled_from(("acknowledge", "note", "resolve")),
+        st.integers(0, 3),
+        st.booleans(),
+    ),
+    st.tuples(st.just("restart")),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seq=st.lists(st.tuples(engine_step, st.integers(0, 25)), max_size=50))
+def test_engine_events_and_inspectors_through_the_service(tmp_path: Path, seq: list) -> None:  # type: ignore[type-arg]
+    """The issue's property as the service sees it: engine events and gateway status
+    (through the Deriver, whose memory a restart loses as the process would), inspector
+    actions, ticks, restarts that rebuild everything from SQLite: at most one unresolved
+    incident per (site, cause), timestamps monotonic, every incident open or resolved,
+    the store holding exactly the incidents made, never one twice."""
+    from gateway.protocol import Event, GatewayStatus
+    from rules.incidents.signals import Deriver
+
+    db = tmp_path / f"svc-{abs(hash(str(seq)))}.db"
+    db.unlink(missing_ok=True)
+    store = IncidentStore(db)
+    book = store.load_book(POLICIES)
+    deriver = Deriver()
+    history: dict[int, list[Incident]] = {}
+    now = 1_000.0
+    try:
+        for s, dt in seq:
+            now += dt
+            if s[0] == "restart":
+                store.close()
+                store = IncidentStore(db)
+                book = store.load_book(POLICIES)
+                deriver = Deriver()
+                continue
+            if s[0] == "event":
+                _, site, kind, rule, skew = s
+                ev = Event(ts=int((now + skew) * 1000), kind=kind, text=f"{rule} {kind}",
+                           rule=None if kind == "reload" else rule,
+                           data={"changed": [rule]} if kind == "reload" else {"value": 200.0})  # fmt: skip
+                sigs = deriver.event(str(site), ev)
+            elif s[0] == "status":
+                _, site, online, skew = s
+                st_ = GatewayStatus(
+                    state="online" if online else "offline", ts=int((now + skew) * 1000)
+                )
+                sigs = deriver.status(str(site), "gw", st_)
+            else:
+                sigs = []
+            todo: list[Signal | None] = list(sigs) or [None]
+            for g in todo:
+                fx = book.signal(g, now) if g is not None else apply(book, s, now)
+                store.commit(book, [e for e in fx if isinstance(e, Changed)])
+                for e in fx:
+                    if isinstance(e, Changed):
+                        history.setdefault(e.incident.id, []).append(e.incident)
+                check(history, book)
+        stored = {i.id: i for i in store.incidents(limit=10_000)}
+        assert stored == {i: v[-1] for i, v in history.items()}
+    finally:
+        store.close()
