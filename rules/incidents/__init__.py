@@ -8,7 +8,10 @@ are derived from what it and the gateways publish:
 - ``signals``: engine events, gateway status and telemetry -> signals (pure);
 - ``store``: the incidents, their history and notifications in SQLite;
 - ``dispatch``: notifications to the site's contacts, recorded and retried;
-- ``ranking``: the weekly figures per site (pure);
+- ``ranking``: the weekly figures per site (pure) and their InfluxQL;
+- ``points``: the ``incident`` measurement written to InfluxDB;
 - ``settings``: the ``incidents:`` configuration (contacts, per-cause times);
-- ``service``: the MQTT + clock shell that runs it all.
+- ``service``: the MQTT + clock shell that runs it all (``dustgate incidents``);
+- ``pages``: the console's incident pages, board badges, and the service
+  running inside the console (``templates/``).
 """
