@@ -16,7 +16,8 @@ Mounted by the console (:data:`rules.console.app.PAGE_MODULES`); the service
 - ``GET /incidents/ranking``: per site incidents, overdue, median/p90 minutes to
   acknowledge and to resolve, hours over the limit (``?days=7`` by default).
 - The board: a site with unresolved incidents gets a badge linking to them,
-  red when one is overdue, updated live when an incident changes.
+  red when one is overdue, updated live when an incident changes; the site
+  page lists the site's last ten incidents.
 """
 
 from __future__ import annotations
@@ -296,6 +297,9 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         env.loader = jinja2.ChoiceLoader([env.loader, ours])
         env._incident_templates = True  # type: ignore[attr-defined]
     env.globals["card_badges"] = lambda site: card_badges(ctx, site)
+    env.globals["site_incidents"] = lambda site: service_of(ctx).store.incidents(
+        site=site, limit=10
+    )
     return [
         Route("/incidents", incident_list),
         Route("/incidents/ranking", ranking),

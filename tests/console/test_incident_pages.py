@@ -179,3 +179,19 @@ def test_board_badge_turns_red_when_overdue_and_ranking_shows_times(console: Any
 def test_links_point_at_this_console_unless_configured(console: Any) -> None:
     _ctx, _client, svc, _clock = console
     assert svc.settings.link(7) == "http://127.0.0.1:8480/incidents/7"
+
+
+def test_the_site_page_lists_its_incidents(console: Any) -> None:
+    ctx, client, svc, clock = console
+    from gateway import protocol as p
+
+    ctx.live.on_message(
+        p.status_topic(SITE, "gw"), p.encode(p.GatewayStatus(state="online", ts=1)), clock()
+    )
+    inc = spike(svc, clock)
+    login(client, "vera")
+    assert 'id="site-incidents"' not in client.get(f"/site/{SITE}").text  # viewers: no incidents
+    client.cookies.clear()
+    login(client, "ines")
+    page = client.get(f"/site/{SITE}").text
+    assert 'id="site-incidents"' in page and f'href="/incidents/{inc}"' in page
