@@ -308,21 +308,30 @@ def _read_long(
 def read_influx(
     url: str, db: str, start: float, end: float, user: str | None = None,
     password: str | None = None, measurement: str = "telemetry", chunk_size: int = 10000,
-    timeout: float = 60.0, site: str | None = None, counters: Counter[str] | None = None,
+    timeout: float = 60.0, devices: Iterable[tuple[str, str]] | None = None,
+    counters: Counter[str] | None = None,
 ) -> Iterator[Reading]:  # fmt: skip
-    """Readings from InfluxDB 1.x (InfluxQL over HTTP, chunked JSON); ``site``: that
-    site's only (a bound parameter). Counted in ``counters``: ``non_finite`` values
+    """Readings from InfluxDB 1.x (InfluxQL over HTTP, chunked JSON); ``devices``: only
+    these (site, device) pairs (bound parameters). Counted in ``counters``: ``non_finite`` values
     (``NaN``/``Infinity`` tokens or numbers beyond the float range, left out of their
     reading) and ``bad_rows`` (no integer time)."""
     c = counters if counters is not None else Counter()
-    where = ' AND "site" = $site' if site is not None else ""
+    where, bound = "", {}
+    if devices is not None:
+        pairs = sorted(set(devices))
+        if not pairs:
+            return
+        terms = [f'("site" = $s{i} AND "device" = $d{i})' for i in range(len(pairs))]
+        where = " AND (" + " OR ".join(terms) + ")"
+        for i, (site, device) in enumerate(pairs):
+            bound[f"s{i}"], bound[f"d{i}"] = site, device
     q = (
         f'SELECT * FROM "{measurement}" WHERE time >= {int(start * 1000)}ms '
         f"AND time < {int(end * 1000)}ms{where}"
     )
     params = {"db": db, "q": q, "epoch": "ms", "chunked": "true", "chunk_size": str(chunk_size)}
-    if site is not None:
-        params["params"] = json.dumps({"site": site})
+    if bound:
+        params["params"] = json.dumps(bound)
     if user:
         params["u"] = user
     if password:

@@ -145,6 +145,8 @@ def test_preview_replays_the_last_week_from_influxdb(tmp_path: Path, influxd: In
     influxd.create_database("dustgate")
     now = time.time()
     influxd.write("dustgate", week_lines("s1", "mon", now))
+    influxd.write("dustgate", week_lines("s1", "other", now, step_s=600))  # not read by the rule
+    influxd.write("dustgate", week_lines("s2", "mon", now, step_s=600))  # another site
     extra = f"influx: {{url: '{influxd.url}', database: dustgate}}\n"
     ctx, client = make_console(tmp_path, rules_text=RULES, extra=extra)
     with client:
@@ -152,6 +154,9 @@ def test_preview_replays_the_last_week_from_influxdb(tmp_path: Path, influxd: In
         r = client.post("/rules/pm10-gate/preview", data={**form_of(client), "threshold": "120"})
         assert r.status_code == 200, r.text
         before, after = triggers(r.text, "before"), triggers(r.text, "after")
+        replayed = re.search(r"(\d+) stored readings replayed", r.text)
+        assert replayed is not None  # only what the rule reads: mon at s1, a week at 1/min
+        assert 7 * 1440 - 5 <= int(replayed.group(1)) <= 7 * 1440 + 1
         assert 5 <= before <= 8  # one spike a day over 150
         assert after >= 3 * before  # four a day over 120
         assert "new ON 120" in r.text and "old ON 150" in r.text  # the chart's two thresholds
@@ -165,3 +170,24 @@ def test_preview_replays_the_last_week_from_influxdb(tmp_path: Path, influxd: In
             r.text,
         )
         assert client.get("/site/s1").status_code == 200
+
+
+def test_the_preview_fetches_what_the_rule_reads() -> None:
+    from rules.console.history import rule_devices
+    from rules.core.model import Rule
+
+    rule = Rule.model_validate(
+        {
+            "id": "r", "site": ["s1", "s2"], "metric": "pm10", "devices": ["a", "b"], "above": 80,
+            "relative_to": {"site": "county", "devices": ["station"]},
+            "unless": [{"name": "frost", "metric": "temp", "devices": ["w"], "below": 3},
+                       {"name": "tank", "metric": "water_level", "site": "yard", "devices": ["t"], "below": 10}],
+        }
+    )  # fmt: skip
+    assert rule_devices(rule, "s2") == {
+        ("s2", "a"),
+        ("s2", "b"),
+        ("county", "station"),
+        ("s2", "w"),
+        ("yard", "t"),
+    }
