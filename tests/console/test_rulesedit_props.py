@@ -144,7 +144,7 @@ def test_removing_and_adding_keys_keeps_the_files_layout() -> None:
     ("field", "value", "expect"),
     [
         ("clear", "200", "clear (200) must be at or below"),
-        ("active_hours", "25:00-26:00", "times must be within"),
+        ("active_hours", "25:00-26:00", "25:00"),
         ("window", "0", "greater than or equal to 1"),
     ],
 )
