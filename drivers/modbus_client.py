@@ -372,18 +372,6 @@ class ModbusClient:
         reply = await self.transact(unit, request, timeout=timeout, retries=retries)
         pdu.check_write_reply(reply, request)
 
-    async def write_coil(
-        self,
-        unit: int,
-        address: int,
-        on: bool,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 1,
-    ) -> None:
-        request = _request(pdu.write_single_coil_request, address, on)
-        await self.write(unit, request, timeout=timeout, retries=retries)
-
     async def write_coils(
         self,
         unit: int,
@@ -406,18 +394,6 @@ class ModbusClient:
         retries: int = 1,
     ) -> None:
         request = _request(pdu.write_single_register_request, address, value)
-        await self.write(unit, request, timeout=timeout, retries=retries)
-
-    async def write_registers(
-        self,
-        unit: int,
-        address: int,
-        values: Sequence[int],
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 1,
-    ) -> None:
-        request = _request(pdu.write_multiple_registers_request, address, values)
         await self.write(unit, request, timeout=timeout, retries=retries)
 
 

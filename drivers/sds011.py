@@ -219,10 +219,6 @@ def build_set_mode(mode: ReportingMode, device_id: int = ALL_DEVICES) -> bytes:
     return build_command(CMD_REPORTING_MODE, bytes([1, mode is ReportingMode.PASSIVE]), device_id)
 
 
-def build_get_mode(device_id: int = ALL_DEVICES) -> bytes:
-    return build_command(CMD_REPORTING_MODE, bytes([0]), device_id)
-
-
 def build_sleep(device_id: int = ALL_DEVICES) -> bytes:
     return build_command(CMD_SLEEP_WORK, bytes([1, 0]), device_id)
 

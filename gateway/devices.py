@@ -10,11 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.errors import DriverError
 from drivers.modbus import DeviceSpec
 from drivers.modbus_client import ModbusClient
 from drivers.profiles import DEFAULT_SEARCH, Profile, ProfileSearch, is_path_ref
-from gateway.config import ModbusDevice, SerialBus, SiteConfig, TcpBus, UartDevice
+from gateway.config import ModbusDevice, SerialBus, TcpBus, UartDevice
 
 Poll = Callable[[], Awaitable[dict[str, float]]]
 
@@ -108,13 +107,3 @@ def model_name(dev: ModbusDevice | UartDevice) -> str:
     if isinstance(dev, ModbusDevice):
         return Path(dev.profile).stem if is_path_ref(dev.profile) else dev.profile
     return dev.driver
-
-
-def check_buses(site: SiteConfig) -> None:
-    """Fail early (before any task starts) if a profile does not resolve."""
-    for dev in site.devices:
-        if isinstance(dev, ModbusDevice):
-            try:
-                modbus_spec(dev, site.profile_search())
-            except DriverError as exc:
-                raise ValueError(f"device {dev.id}: {exc}") from exc

@@ -44,7 +44,6 @@ so that consumers count refusals per reason.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -493,8 +492,3 @@ def parse_topic(topic: str) -> Topic:
 def now_ms(clock: float) -> int:
     """Seconds (wall clock) to the wire's integer milliseconds."""
     return round(clock * 1000)
-
-
-def to_json_line(payload: _Payload) -> str:
-    """Human-readable one-line JSON, for CLIs and logs."""
-    return json.dumps(payload.model_dump(mode="json", exclude_none=True), sort_keys=True)

@@ -242,12 +242,6 @@ def _load(
     return data
 
 
-def raw_profile(name: str, search: ProfileSearch = DEFAULT_SEARCH) -> dict[str, Any]:
-    """The merged YAML data of a profile (``extends`` resolved), before validation."""
-    data, _ = _read(name, search)
-    return _copy(data)
-
-
 def profile_source(name: str, search: ProfileSearch = DEFAULT_SEARCH) -> Path:
     """The file a profile reference resolves to (``dustgate check`` shows it)."""
     return search.locate(name)

@@ -41,7 +41,7 @@ def stats_line(svc: RulesService, now: float) -> str:
     if dt > 0:
         r.rate = (n - r.last_n) / dt
     r.last_t, r.last_n = mono, n
-    ec = svc.engine.counters
+    ec = svc.settle().counters
     fields: dict[str, FieldValue] = {
         "messages_per_s": float(r.rate),
         "messages": int(n),
@@ -77,7 +77,7 @@ def stats_line(svc: RulesService, now: float) -> str:
 
 def dropped(svc: RulesService) -> int:
     """Readings dropped by the service or the engine (not stored in the windows)."""
-    ec = svc.engine.counters
+    ec = svc.settle().counters
     return (
         svc.counters["other_site"]
         + svc.counters["future_ts"]
@@ -89,7 +89,7 @@ def dropped(svc: RulesService) -> int:
 
 def summary(svc: RulesService) -> str:
     """The one-line summary logged every minute and on stop."""
-    ec = svc.engine.counters
+    ec = svc.settle().counters
     c = svc.counters
     return (
         f"{svc.rate.rate:.1f} msg/s, {c['messages']} messages, "

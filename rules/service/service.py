@@ -22,7 +22,7 @@ life of the service (:meth:`RulesService.run`): the session
   rule reads are still stored.
 - **Backlog**: telemetry held back by the receive loop
   (:mod:`rules.service.receive`) is handled in one batch before anything
-  else uses the engine (:meth:`RulesService.engine`).
+  else uses the engine (:meth:`RulesService.settle`).
 - **Overrides** (:mod:`rules.service.override`): a request for a declared
   actuator of a served site, at most ``MAX_AGE_S`` old, goes to the engine;
   otherwise an ``override_refused`` event says why.
@@ -177,9 +177,14 @@ class RulesService:
 
     @property
     def engine(self) -> Engine:
-        """The rule engine, with every deferred reading handled first: whatever reads or
-        changes the engine (a tick, an override, a reload, a snapshot, counters) sees
-        the readings in the order they came."""
+        """The rule engine as it is (telemetry held back during a backlog may still
+        wait: :meth:`settle`)."""
+        return self._engine
+
+    def settle(self) -> Engine:
+        """The rule engine with every held-back reading handled first: whatever reads
+        or changes the engine (a tick, an override, a reload, a snapshot, counters)
+        goes through here, so it sees the readings in the order they came."""
         if self._deferred:
             self._store_deferred()
         return self._engine
@@ -198,7 +203,7 @@ class RulesService:
 
     def rules_changed(self, new: RulesFile, now: float) -> list[Action]:
         """Swap in a new, valid rules file (unchanged rules keep their state)."""
-        actions = self.engine.reload(new, now)
+        actions = self.settle().reload(new, now)
         self._topic_cache.clear()  # the engine's per-device ingest bindings are new
         self.rules_file = new
         self.served = served_sites(new)
@@ -214,7 +219,7 @@ class RulesService:
 
     def state_snapshot(self, now: float) -> dict[str, Any]:
         """The state file's content as plain data (built on the event loop: consistent)."""
-        snap = self.engine.snapshot()
+        snap = self.settle().snapshot()
         counters = snap.pop("counters", {})  # informative only: not a reason to rewrite
         return {
             "version": STATE_VERSION,
@@ -336,7 +341,7 @@ class RulesService:
         cache = self._topic_cache
         if len(cache) >= TOPIC_CACHE_MAX:  # bounded even if someone sprays random device ids
             cache.clear()
-        where = cache[topic] = (t.site, t.name, self.engine.device_ingest(t.site, t.name))
+        where = cache[topic] = (t.site, t.name, self._engine.device_ingest(t.site, t.name))
         return where
 
     def on_telemetry(
@@ -380,7 +385,7 @@ class RulesService:
         if ingest is not None:
             actions = ingest(msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate)
         else:  # a device no rule reads (counted by the engine), or not cached
-            actions = self.engine.ingest_values(
+            actions = self._engine.ingest_values(
                 site, device, msg.ts / 1000.0, msg.seq, msg.values, now, status, flag_map, evaluate
             )
         return self.apply(actions, now) if actions else []
@@ -452,7 +457,7 @@ class RulesService:
             return self.apply([EmitEvent(site, ev)], now)
         until = None if req.mode == "auto" or req.for_s is None else now + req.for_s
         try:
-            actions = self.engine.set_override(site, actuator, req.mode, until, req.who, now)
+            actions = self.settle().set_override(site, actuator, req.mode, until, req.who, now)
         except (KeyError, ValueError) as exc:  # raced with a reload
             self.counters["override_refused"] += 1
             ev = p.Event(
@@ -490,7 +495,7 @@ class RulesService:
     # ---------------------------------------------------------------- actions
 
     def on_tick(self, now: float) -> list[Publish]:
-        actions = self.engine.tick(now)
+        actions = self.settle().tick(now)
         return self.apply(actions, now) if actions else []
 
     def apply(self, actions: Iterable[Action], now: float, override: bool = False) -> list[Publish]:

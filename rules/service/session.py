@@ -187,7 +187,7 @@ class Session:
         """Stopping, still connected (nothing else runs any more): OFF for every
         actuator the engine holds on, each awaited up to RELEASE_TIMEOUT_S."""
         svc = self.svc
-        pubs = svc.apply(svc.engine.release_all("engine stopping"), time.time())
+        pubs = svc.apply(svc.settle().release_all("engine stopping"), time.time())
         if not pubs:
             return
         log.info("stopping: switching off %d actuator(s) the engine holds", len(pubs))

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 FieldValue = int | float | bool | str
@@ -129,18 +129,6 @@ def encode_line(
             raise LineProtocolError(f"timestamp must be integer ms, got {ts_ms!r}")
         parts.append(f" {ts_ms}")
     return "".join(parts)
-
-
-def encode_lines(
-    points: Iterable[tuple[str, Mapping[str, str], Mapping[str, FieldValue], int | None]],
-) -> list[str]:
-    """Several points; unstorable ones (no finite field) are left out."""
-    out = []
-    for meas, tags, fields, ts in points:
-        line = encode_line(meas, tags, fields, ts)
-        if line is not None:
-            out.append(line)
-    return out
 
 
 # ------------------------------------------------------------------- parsing
