@@ -68,6 +68,10 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 SCHEMA_VERSION = 1
+# version n -> n + 1: SQL that turns an outbox written by version n into one of n + 1,
+# run in one transaction; whoever bumps SCHEMA_VERSION adds its step here. A file is
+# migrated, never emptied: the readings in it have not reached the broker yet.
+MIGRATIONS: dict[int, str] = {}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stream (
@@ -155,10 +159,14 @@ class Outbox:
             con.execute(f"PRAGMA synchronous={synchronous}")
             con.execute("PRAGMA journal_size_limit=4194304")  # trim the WAL after checkpoints
             version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version > SCHEMA_VERSION:
                 raise OutboxError(
-                    f"{self.path}: outbox schema version {version}, expected {SCHEMA_VERSION}"
+                    f"{self.path}: outbox schema version {version} is newer than this "
+                    f"release's ({SCHEMA_VERSION}); run the release that wrote it to send "
+                    "its readings"
                 )
+            if 0 < version < SCHEMA_VERSION:
+                self._migrate(con, version)
             con.executescript(_SCHEMA)
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return con
@@ -169,6 +177,12 @@ class Outbox:
             ) from None
         except OSError as exc:
             raise OutboxError(f"{self.path}: cannot open outbox database ({exc})") from None
+
+    def _migrate(self, con: sqlite3.Connection, version: int) -> None:
+        """Bring an outbox of an older schema ``version`` to SCHEMA_VERSION, all steps
+        in one transaction (a crash leaves the old file)."""
+        script = "".join(MIGRATIONS[v] + ";\n" for v in range(version, SCHEMA_VERSION))
+        con.executescript(f"BEGIN;\n{script}PRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
 
     def _load(self) -> None:
         con = self._con

@@ -7,8 +7,11 @@ the rules file's directory) atomically -- temp file, fsync, rename, fsync of
 the directory -- when they changed (checked every ``persist_interval``), at
 least every ``persist_max_age`` while counters move, and on shutdown. On
 start the file is read back, so a restart in the middle of ``for`` or a
-cooldown resumes the timers. An unreadable state file is kept aside as
-``engine-state.json.bad`` and the engine starts fresh.
+cooldown resumes the timers. A file of an older version is migrated, step by
+step (:data:`MIGRATIONS`), never dropped; one written by a newer dustgate is
+kept aside as ``engine-state.json.newer`` (a downgrade: nothing here can read
+it, and the newer release can again); an unreadable one as
+``engine-state.json.bad``; in those two cases the engine starts fresh.
 
 This module owns the file's format and its reading and writing; the service
 builds the document (:meth:`rules.service.service.RulesService.state_snapshot`).
@@ -22,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,33 @@ from rules.core.engine import Engine
 log = logging.getLogger("rules.service")
 
 STATE_FILE = "engine-state.json"
+# The version of the file; a change of the engine's snapshot (``SNAPSHOT_VERSION``) bumps
+# it too. Whoever bumps it adds the step from the previous version to MIGRATIONS.
 STATE_VERSION = 1
+# version n -> the document as version n + 1 writes it (the engine's part included)
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+class NewerState(ValueError):
+    """The state file was written by a newer release (its version is above ours)."""
+
+
+def migrate(doc: Any) -> dict[str, Any]:
+    """``doc`` brought to STATE_VERSION through MIGRATIONS; ValueError if it is no state
+    document, NewerState if a newer release wrote it."""
+    if not isinstance(doc, dict):
+        raise ValueError("not a state document")
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"state file version {version!r} is not supported")
+    if version > STATE_VERSION:
+        raise NewerState(f"state file version {version} is newer than this release's")
+    while version < STATE_VERSION:
+        doc = MIGRATIONS[version](doc)
+        version += 1
+        doc["version"] = version
+    return doc
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -73,14 +103,22 @@ class StateFile:
             log.warning("cannot read %s (%s): starting fresh", self.path, exc)
             return Engine(rules_file, now), []
         try:
-            doc = json.loads(raw)
-            if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
-                raise ValueError(f"state file version {doc.get('version')!r} is not supported")
+            saved = json.loads(raw)
+            version = saved.get("version") if isinstance(saved, dict) else None
+            doc = migrate(saved)
+            if version != STATE_VERSION:
+                log.warning(
+                    "state file %s migrated from version %s to %d",
+                    self.path,
+                    version,
+                    STATE_VERSION,
+                )
             subs = doc.get("subscriptions", [])
             subscriptions = [s for s in subs if isinstance(s, str)]
             engine = Engine.restore(rules_file, doc["engine"], now)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            bad = self.path.with_name(self.path.name + ".bad")
+            suffix = ".newer" if isinstance(exc, NewerState) else ".bad"
+            bad = self.path.with_name(self.path.name + suffix)
             log.error(
                 "saved state %s is unreadable (%s): kept as %s, starting fresh",
                 self.path,

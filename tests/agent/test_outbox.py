@@ -253,6 +253,44 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         make(tmp_path)
 
 
+def test_an_outbox_of_an_older_schema_is_migrated_with_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that changes the schema adds its step to MIGRATIONS; the readings
+    in an outbox of the version before are kept (they have not been sent yet)."""
+    from gateway import outbox as outbox_mod
+
+    ob = make(tmp_path)
+    for n in range(5):
+        put(ob, "a", n, 1000.0 + n)
+    ob.commit(1010.0)
+    ob.close()
+    monkeypatch.setattr(outbox_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(outbox_mod, "MIGRATIONS", {1: "ALTER TABLE msg ADD COLUMN note TEXT"})
+    ob = make(tmp_path)
+    assert [r.payload for r in ob.pending_for_publish(10)] == [f"a#{n}".encode() for n in range(5)]
+    ob.close()
+    con = sqlite3.connect(tmp_path / "outbox.db")
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "note" in [c[1] for c in con.execute("PRAGMA table_info(msg)")]
+    con.close()
+
+
+def test_an_outbox_of_a_newer_schema_is_refused_not_emptied(tmp_path: Path) -> None:
+    ob = make(tmp_path)
+    put(ob, "a", 0, 1000.0)
+    ob.commit(1001.0)
+    ob.close()
+    con = sqlite3.connect(tmp_path / "outbox.db")
+    con.execute("PRAGMA user_version=7")
+    con.close()
+    with pytest.raises(OutboxError, match="newer than this release"):
+        make(tmp_path)
+    con = sqlite3.connect(tmp_path / "outbox.db")
+    assert con.execute("SELECT count(*) FROM msg").fetchone()[0] == 1
+    con.close()
+
+
 class _FailingConnection:
     """Wraps a connection; writes fail while `broken` (a full or failing SD card)."""
 

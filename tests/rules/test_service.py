@@ -17,7 +17,7 @@ from rulehelpers import ListSink
 from gateway import protocol as p
 from gateway.mqttinternals import Inbox
 from rules.core.config import load_rules_file
-from rules.service import health, receive, service, session
+from rules.service import health, receive, service, session, state
 from rules.service.notify import Notifier
 from rules.service.outbound import Publish
 from rules.service.override import OverrideRequest, override_topic
@@ -352,6 +352,43 @@ def test_state_file_is_written_only_on_change(tmp_path: Path) -> None:
     data = svc.save_state_due(T0 + 3)
     assert data is not None and json.loads(data)["engine"]["rules"]
     assert svc.save_state_due(T0 + 3 + svc.options.persist_max_age) is not None
+
+
+def test_an_older_state_file_is_migrated_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that changes the file's version adds a step to MIGRATIONS; a file of
+    the version before is brought up through it and the timers resume."""
+    write_rules(tmp_path, for_="60s")
+    svc, _ = make_service(tmp_path)
+    svc.on_message(TOPIC, telemetry(200, T0, 1), T0)
+    svc.save_state(T0 + 10)  # written as version 1
+    seen: list[int] = []
+
+    def to_2(doc: dict) -> dict:
+        seen.append(doc["version"])
+        return {**doc, "session": {"subscriptions": doc.pop("subscriptions")}}
+
+    monkeypatch.setattr(state, "STATE_VERSION", 2)
+    monkeypatch.setattr(state, "MIGRATIONS", {1: to_2})
+    doc = state.migrate(json.loads((tmp_path / "state" / STATE_FILE).read_text()))
+    assert doc["version"] == 2 and doc["session"]["subscriptions"] == svc.subscriptions()
+    svc2, _ = make_service(tmp_path, now=T0 + 20)
+    assert seen == [1, 1]
+    st2 = svc2.engine.state("pm10-gate", "site-01")
+    assert st2.phase == "pending" and st2.since == T0  # resumed, not started fresh
+    assert not (tmp_path / "state" / (STATE_FILE + ".bad")).exists()
+
+
+def test_a_state_file_from_a_newer_release_is_kept_aside(tmp_path: Path) -> None:
+    path = tmp_path / "state" / STATE_FILE
+    path.parent.mkdir(parents=True)
+    text = '{"version": 99, "engine": {"version": 7}}'
+    path.write_text(text)
+    svc, _ = make_service(tmp_path)
+    assert svc.engine.state("pm10-gate", "site-01").phase == "idle"
+    assert (path.parent / (STATE_FILE + ".newer")).read_text() == text  # for that release
+    assert not path.exists()
 
 
 def test_corrupt_state_file_is_set_aside(tmp_path: Path) -> None:
