@@ -97,7 +97,6 @@ __all__ = [
     "SwitchOff",
 ]
 
-PARTICULATES = frozenset({"pm1", "pm25", "pm10", "tsp"})
 SNAPSHOT_VERSION = 1
 OverrideMode = Literal["on", "off", "auto"]
 InstanceKey = tuple[str, str]  # (rule id, site)
