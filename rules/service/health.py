@@ -10,15 +10,16 @@ Every ``stats_interval`` (10 s) a ``gateway`` point tagged
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gateway import protocol as p
+from rules.core.engine import Engine
+from rules.service.notify import Notifier
+from rules.service.outbound import LineSink
 from rules.sink.lineprotocol import FieldValue, encode_line
 from rules.sink.points import GATEWAY
-
-if TYPE_CHECKING:
-    from rules.service.service import RulesService
 
 SUMMARY_EVERY_S = 60.0
 
@@ -32,7 +33,19 @@ class Rate:
     rate: float = 0.0
 
 
-def stats_line(svc: RulesService, now: float) -> str:
+class Observed(Protocol):
+    """What the health figures are read from (:class:`rules.service.service.RulesService`)."""
+
+    counters: Counter[str]
+    engine_name: str
+    notifier: Notifier
+    sink: LineSink | None
+    rate: Rate
+
+    def settle(self) -> Engine: ...
+
+
+def stats_line(svc: Observed, now: float) -> str:
     """The ``gateway`` point of the engine (updates the message rate)."""
     mono = time.monotonic()
     r = svc.rate
@@ -75,7 +88,7 @@ def stats_line(svc: RulesService, now: float) -> str:
     return line
 
 
-def dropped(svc: RulesService) -> int:
+def dropped(svc: Observed) -> int:
     """Readings dropped by the service or the engine (not stored in the windows)."""
     ec = svc.settle().counters
     return (
@@ -87,7 +100,7 @@ def dropped(svc: RulesService) -> int:
     )
 
 
-def summary(svc: RulesService) -> str:
+def summary(svc: Observed) -> str:
     """The one-line summary logged every minute and on stop."""
     ec = svc.settle().counters
     c = svc.counters

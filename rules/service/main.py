@@ -18,7 +18,8 @@ from pathlib import Path
 
 from gateway.configfile import ConfigError
 from rules.core.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
-from rules.service.service import LineSink, RulesService, ServiceOptions
+from rules.service.outbound import LineSink
+from rules.service.service import RulesService, ServiceOptions
 
 
 def _parser() -> argparse.ArgumentParser:

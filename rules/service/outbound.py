@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -32,15 +32,20 @@ from rules.core.engine import Action, EmitEvent, LeaseOn, Notify, SwitchOff
 from rules.service.notify import Message, Notifier
 from rules.sink.points import event_line
 
-if TYPE_CHECKING:
-    from rules.service.service import LineSink
-
 log = logging.getLogger("rules.service")
 
 PUBLISH_TIMEOUT_S = 10.0
 OFF_EXPIRY_S = 60  # an OFF that could not be delivered within a minute is moot
 RELEASE_TIMEOUT_S = 3.0  # stopping: how long the OFFs for held actuators may take
 EVENT_EXPIRY_S = 3600
+
+
+class LineSink(Protocol):
+    """What the service needs of :class:`rules.sink.writer.InfluxSink`."""
+
+    def add(self, line: str | None) -> None: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Protocol
 
 import aiomqtt
 
 from gateway.mqttinternals import Inbox
-
-if TYPE_CHECKING:
-    from rules.service.outbound import Publish
-    from rules.service.service import RulesService
+from rules.service.outbound import Outbound, Publish
 
 log = logging.getLogger("rules.service")
 
@@ -39,6 +37,19 @@ COALESCE_BACKLOG = 64  # queued messages that count as a backlog
 COALESCE_MAX = 5000  # readings stored before the rules are evaluated, with a backlog
 COALESCE_S = 0.25  # ... or this long
 _BYTES = (bytes, bytearray)
+
+
+class Consumer(Protocol):
+    """What the receive loop needs of the service
+    (:class:`rules.service.service.RulesService`)."""
+
+    counters: Counter[str]
+    outbound: Outbound
+
+    def on_message(
+        self, topic: str, payload: bytes, now: float, evaluate: bool = True
+    ) -> list[Publish]: ...
+    def on_tick(self, now: float) -> list[Publish]: ...
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:
@@ -49,7 +60,7 @@ def payload_bytes(message: aiomqtt.Message) -> bytes:
     return bytes(payload)
 
 
-async def receive(svc: RulesService, client: aiomqtt.Client, inbox: Inbox) -> None:
+async def receive(svc: Consumer, client: aiomqtt.Client, inbox: Inbox) -> None:
     """Feed the engine. With a backlog queued behind the current message
     (COALESCE_BACKLOG or more: after a reconnect, a burst), rule evaluation
     is coalesced: readings are stored, and every rule is evaluated once the
@@ -103,7 +114,7 @@ async def receive(svc: RulesService, client: aiomqtt.Client, inbox: Inbox) -> No
                 send(pubs)
 
 
-def handle_left(svc: RulesService, inbox: Inbox) -> None:
+def handle_left(svc: Consumer, inbox: Inbox) -> None:
     """Handle the messages still queued when the session ends (stop, resubscribe,
     a lost connection). paho acknowledged each as it arrived, so the broker will
     not send them again: dropped here, they would be lost to the sink too. Stored

@@ -16,17 +16,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway import protocol as p
 from gateway.configfile import ConfigError
-from rules.core.config import load_rules_file
+from rules.core.config import RulesFile, load_rules_file
 from rules.core.engine import Action, EmitEvent, rule_digest
-
-if TYPE_CHECKING:
-    from rules.service.outbound import Publish
-    from rules.service.service import RulesService
+from rules.service.outbound import Publish
 
 log = logging.getLogger("rules.service")
 
@@ -84,7 +83,24 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_reload(svc: RulesService, now: float) -> list[Publish]:
+class Reloadable(Protocol):
+    """What a reload needs of the service (:class:`rules.service.service.RulesService`)."""
+
+    rules_path: Path
+    rules_file: RulesFile
+    served: frozenset[str]
+    counters: Counter[str]
+    watch: FileWatch
+
+    def subscriptions(self) -> list[str]: ...
+    def resubscribe(self) -> None: ...
+    def rules_changed(self, new: RulesFile, now: float) -> list[Action]: ...
+    def apply(
+        self, actions: Iterable[Action], now: float, override: bool = False
+    ) -> list[Publish]: ...
+
+
+def check_reload(svc: Reloadable, now: float) -> list[Publish]:
     """Poll the rules file; reload it if it changed."""
     text = svc.watch.poll()
     if text is None:
@@ -92,7 +108,7 @@ def check_reload(svc: RulesService, now: float) -> list[Publish]:
     return reload_text(svc, text, now)
 
 
-def reload_text(svc: RulesService, text: str, now: float) -> list[Publish]:
+def reload_text(svc: Reloadable, text: str, now: float) -> list[Publish]:
     """Validate ``text`` as the new rules file; swap it in or report why not."""
     old = svc.rules_file
     old_subscriptions = svc.subscriptions()
@@ -136,7 +152,7 @@ def reload_text(svc: RulesService, text: str, now: float) -> list[Publish]:
         if getattr(old, what) != getattr(new, what):
             log.warning("%s: changed in %s; restart the service to apply", what, svc.rules_path)
     if svc.subscriptions() != old_subscriptions:
-        svc.session.resubscribe()  # sites or shared group changed
+        svc.resubscribe()  # sites or shared group changed
     parts = [f"{len(new_d)} rules, {kept} unchanged (state kept)"]
     for label, ids in (("added", added), ("changed", changed), ("removed", removed)):
         if ids:

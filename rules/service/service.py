@@ -51,7 +51,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gateway import protocol as p
 from rules.core.config import RulesFile
@@ -64,7 +64,7 @@ from rules.core.engine import (
 from rules.core.limits import outside
 from rules.service import health, reload
 from rules.service.notify import Notifier
-from rules.service.outbound import RELEASE_TIMEOUT_S, Outbound, Publish
+from rules.service.outbound import RELEASE_TIMEOUT_S, LineSink, Outbound, Publish
 from rules.service.override import (
     EVENT_APPLIED,
     EVENT_REFUSED,
@@ -83,14 +83,6 @@ WARN_EVERY_S = 60.0  # bad-input warnings: at most one per kind per minute
 TOPIC_CACHE_MAX = 100_000
 DEFER_MAX = 10_000  # held-back telemetry handled at once even if nobody evaluates
 _OK = p.Status.OK
-
-
-class LineSink(Protocol):
-    """What the service needs of :class:`rules.sink.writer.InfluxSink`."""
-
-    def add(self, line: str | None) -> None: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -249,6 +241,10 @@ class RulesService:
 
     def subscriptions(self) -> list[str]:
         return subscriptions(self.rules_file, self.shared_group)
+
+    def resubscribe(self) -> None:
+        """End the broker session and start one with the current subscriptions."""
+        self.session.resubscribe()
 
     # ---------------------------------------------------------------- inbound
 

@@ -31,7 +31,7 @@ import re
 import socket
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -41,11 +41,10 @@ from gateway.backoff import Backoff
 from gateway.mqttclient import make_client
 from gateway.mqttinternals import Inbox, set_nodelay
 from rules.core.config import RulesFile
+from rules.core.engine import Action, Engine
+from rules.service.outbound import Publish
 from rules.service.override import override_subscription
-from rules.service.receive import handle_left, receive
-
-if TYPE_CHECKING:
-    from rules.service.service import RulesService
+from rules.service.receive import Consumer, handle_left, receive
 
 log = logging.getLogger("rules.service")
 
@@ -93,10 +92,23 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 1
         log.error("%d task(s) did not stop: %s", len(pending), [t.get_name() for t in pending])
 
 
+class Service(Consumer, Protocol):
+    """What the session needs of the service (:class:`rules.service.service.RulesService`)."""
+
+    rules_file: RulesFile
+    client_id: str
+
+    def subscriptions(self) -> list[str]: ...
+    def settle(self) -> Engine: ...
+    def apply(
+        self, actions: Iterable[Action], now: float, override: bool = False
+    ) -> list[Publish]: ...
+
+
 class Session:
     """The broker session of one service: :meth:`run` keeps it up until stopped."""
 
-    def __init__(self, svc: RulesService, old_subscriptions: list[str]) -> None:
+    def __init__(self, svc: Service, old_subscriptions: list[str]) -> None:
         self.svc = svc
         # the saved session's subscriptions: those no longer wanted are unsubscribed
         self.old_subscriptions = old_subscriptions
