@@ -114,7 +114,11 @@ class Hub:
             await asyncio.sleep(self.interval)  # coalesce a burst into one card per site
             self.flush()
 
-    async def stream(self, site: str | None) -> AsyncIterator[str]:
+    async def stream(
+        self, site: str | None, still_valid: Callable[[], bool] | None = None
+    ) -> AsyncIterator[str]:
+        """The frames for one open page; ends when ``still_valid()`` says the session
+        that opened it has ended (asked before each chunk: keep it cheap)."""
         client = Client(site)
         self.clients.add(client)
         self._last.clear()  # the new page may be older than the last cards sent
@@ -124,8 +128,12 @@ class Hub:
                 try:
                     await asyncio.wait_for(client.wake.wait(), KEEPALIVE_S)
                 except TimeoutError:
+                    if still_valid is not None and not still_valid():
+                        return
                     yield ": keepalive\n\n"
                     continue
+                if still_valid is not None and not still_valid():
+                    return
                 yield client.take()
         finally:
             self.clients.discard(client)

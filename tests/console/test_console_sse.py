@@ -57,3 +57,29 @@ def test_site_streams_get_their_site_only_and_a_failing_render_is_skipped() -> N
         await s1.aclose()
 
     asyncio.run(run())
+
+
+def test_the_stream_ends_when_its_session_does() -> None:
+    async def run() -> None:
+        hub = Hub(lambda site: f"<article>{site}</article>")
+        alive = [True]
+        stream = hub.stream(None, lambda: alive[0])
+        await anext(stream)
+        nxt = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)
+        hub.changed("s1")
+        hub.flush()
+        assert "s1" in await asyncio.wait_for(nxt, 1)
+        alive[0] = False  # signed out, disabled or expired
+        nxt = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)
+        hub.changed("s2")
+        hub.flush()
+        try:
+            await asyncio.wait_for(nxt, 1)
+            raise AssertionError("the stream went on after its session ended")
+        except StopAsyncIteration:
+            pass
+        assert hub.clients == set()
+
+    asyncio.run(run())

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from rules.console.auth import Role
 from rules.console.live import BOARD_METRICS, METRIC_LABELS
-from rules.console.web import Auth, Ctx, NavItem, render, view
+from rules.console.web import Auth, Ctx, NavItem, ctx_of, current_session, render, view
 
 NAV = [NavItem("Board", "/")]
+SESSION_RECHECK_S = 10.0
 
 
 def render_card(ctx: Ctx, site: str) -> str:
@@ -49,10 +52,27 @@ async def live(request: Request, auth: Auth) -> Response:
         return Response("live updates are off", status_code=503)
     site = request.query_params.get("site") or None
     return StreamingResponse(
-        hub.stream(site),
+        hub.stream(site, session_check(request)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+def session_check(request: Request, every: float = SESSION_RECHECK_S) -> Callable[[], bool]:
+    """Is the session that opened this stream still alive? Asked at most every ``every``
+    seconds (a store query), so a page left open stops getting data soon after its user
+    signs out, is disabled or the session expires."""
+    ctx = ctx_of(request)
+    checked = [ctx.clock()]
+
+    def still_valid() -> bool:
+        now = ctx.clock()
+        if now - checked[0] < every:
+            return True
+        checked[0] = now
+        return current_session(request) is not None
+
+    return still_valid
 
 
 def routes(ctx: Ctx) -> list[BaseRoute]:
