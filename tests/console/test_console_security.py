@@ -188,3 +188,48 @@ def test_login_without_the_form_token_is_refused(tmp_path: Path) -> None:
         assert r.status_code == 403
         assert client.get("/", follow_redirects=False).status_code == 303
     assert isinstance(client, TestClient)
+
+
+def test_admin_manages_users_and_a_role_change_applies_at_once(console) -> None:  # type: ignore[no-untyped-def]
+    ctx, client = console
+    assert login(client, "ada").status_code == 303
+    csrf = csrf_of(client, "/users")
+    r = client.post(
+        "/users",
+        data={"csrf": csrf, "username": "eve", "role": "viewer", "password": "eve's long password"},
+    )
+    assert r.status_code == 200 and "eve" in r.text  # followed to the list
+    r = client.post("/users", data={"csrf": csrf, "username": "bob", "role": "viewer"})
+    assert r.status_code == 400 and "needs a password" in r.text
+    r = client.post("/users", data={"csrf": csrf, "username": "ada", "disable": "1"})
+    assert r.status_code == 400 and "cannot disable yourself" in r.text
+    # eve signs in as a viewer in another browser, and may not override ...
+    from starlette.testclient import TestClient as TC
+
+    eve = TC(client.app, base_url="http://127.0.0.1")
+    with eve:
+        assert login(eve, "eve", "eve's long password").status_code == 303
+        eve_csrf = csrf_of(eve)
+        form = {"csrf": eve_csrf, "actuator": "cannon-1", "mode": "on", "for": "5m"}
+        assert (
+            eve.post("/site/site-01/override", data=form, follow_redirects=False).status_code == 403
+        )
+        # ... until an admin makes her an operator: her open session has the new role
+        assert (
+            client.post(
+                "/users", data={"csrf": csrf, "username": "eve", "role": "operator"}
+            ).status_code
+            == 200
+        )
+        r = eve.post("/site/site-01/override", data=form, follow_redirects=False)
+        assert r.status_code == 303  # allowed now (no broker in this test: not applied)
+        # disabled: signed out at once
+        assert (
+            client.post(
+                "/users", data={"csrf": csrf, "username": "eve", "disable": "1"}
+            ).status_code
+            == 200
+        )
+        assert eve.get("/", follow_redirects=False).status_code == 303
+    actions = [(a.user, a.detail) for a in ctx.store.audit_entries("user:eve")]
+    assert ("ada", "disabled") in actions and ("ada", "role operator") in actions
