@@ -103,9 +103,14 @@ def serve(argv: list[str]) -> int:
 
     from rules.console.app import create_app, make_ctx
 
+    c = cfg.console
+    for what, path in (("tls_cert_file", c.tls_cert_file), ("tls_key_file", c.tls_key_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            print(f"dustgate console: console.{what}: cannot read {path}", file=sys.stderr)
+            return 2
+
     ctx = make_ctx(cfg)
     app = create_app(ctx)
-    c = cfg.console
     config = uvicorn.Config(
         app,
         host=c.listen,

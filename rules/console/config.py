@@ -94,6 +94,11 @@ def load_console_file(
         cf.rules_file = base / cf.rules_file
     if not cf.store.is_absolute():
         cf.store = base / cf.store
+    c = cf.console
+    if c.tls_cert_file is not None and not c.tls_cert_file.is_absolute():
+        c.tls_cert_file = base / c.tls_cert_file
+    if c.tls_key_file is not None and not c.tls_key_file.is_absolute():
+        c.tls_key_file = base / c.tls_key_file
     return cf
 
 
