@@ -169,7 +169,8 @@ def test_preview_replays_the_last_week_from_influxdb(tmp_path: Path, influxd: In
             r'class="error">[^<]*(cannot reach|not reachable)[^<]*InfluxDB|InfluxDB[^<]*not reachable',
             r.text,
         )
-        assert client.get("/site/s1").status_code == 200
+        page = client.get("/site/s1")
+        assert page.status_code == 200 and "History unavailable: InfluxDB" in page.text
 
 
 def test_the_preview_fetches_what_the_rule_reads() -> None:
