@@ -125,3 +125,10 @@ def test_completeness_uses_each_readings_interval_and_leaves_out_flagged_ones() 
         live.on_message(p.telemetry_topic("s1", "mon"), p.encode(msg), now)
     c = live.completeness("s1", T0 + 1200)
     assert c is not None and abs(c - 0.75) < 0.02  # a quarter flagged: not valid data
+
+
+def test_worst_first_orders_every_state() -> None:
+    from rules.console.pages.board import WORST_FIRST
+
+    assert sorted(WORST_FIRST) == sorted(STATES)
+    assert WORST_FIRST[0] == "over" and WORST_FIRST[-1] == "ok"

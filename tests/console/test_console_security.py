@@ -233,3 +233,23 @@ def test_admin_manages_users_and_a_role_change_applies_at_once(console) -> None:
         assert eve.get("/", follow_redirects=False).status_code == 303
     actions = [(a.user, a.detail) for a in ctx.store.audit_entries("user:eve")]
     assert ("ada", "disabled") in actions and ("ada", "role operator") in actions
+
+
+def test_board_worst_first(console) -> None:  # type: ignore[no-untyped-def]
+    ctx, client = console
+    now = time.time()
+    feed(
+        ctx,
+        p.telemetry_topic("site-01", "gate-monitor"),
+        p.Telemetry(ts=int(now * 1000), seq=1, values={"pm10": 400.0}),
+    )
+    feed(
+        ctx,
+        p.telemetry_topic("aaa", "m"),
+        p.Telemetry(ts=int(now * 1000), seq=1, values={"pm10": 10.0}),
+    )
+    assert login(client, "vera").status_code == 303
+    by_site = re.findall(r'id="site-([a-z0-9-]+)"', client.get("/").text)
+    worst = re.findall(r'id="site-([a-z0-9-]+)"', client.get("/?order=worst").text)
+    assert by_site.index("aaa") < by_site.index("site-01")
+    assert worst[0] == "site-01"  # over its threshold, nothing spraying

@@ -14,6 +14,8 @@ from rules.console.web import Auth, Ctx, NavItem, ctx_of, current_session, rende
 
 NAV = [NavItem("Board", "/")]
 SESSION_RECHECK_S = 10.0
+# ?order=worst: what needs someone first
+WORST_FIRST = ("over", "interlocked", "spraying", "pending", "offline", "stale", "ok")
 
 
 def render_card(ctx: Ctx, site: str) -> str:
@@ -28,6 +30,9 @@ async def board(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     now = ctx.clock()
     views = [ctx.live.site_view(s, now) for s in ctx.live.site_ids()]
+    worst_first = request.query_params.get("order") == "worst"
+    if worst_first:  # stable: the configured order within a state
+        views.sort(key=lambda v: WORST_FIRST.index(v.state))
     counts: dict[str, int] = {}
     for v in views:
         counts[v.state] = counts.get(v.state, 0) + 1
@@ -41,6 +46,7 @@ async def board(request: Request, auth: Auth) -> Response:
             "counts": counts,
             "metrics": [METRIC_LABELS[m] for m in BOARD_METRICS],
             "reload": ctx.live.last_reload(),
+            "worst_first": worst_first,
         },
     )
 
