@@ -24,7 +24,8 @@ Data completeness follows the report's definition (DESIGN, "What counts as
 valid data"): the time valid readings stand for (each reading's
 ``interval_s``; where a reading does not carry it, the device's poll
 interval from the gateway's status, else the median gap seen) over the time
-watched, at most the last hour. A valid reading has status ``ok`` and no
+watched (at least two minutes: until then none is shown), at most the last
+hour. A valid reading has status ``ok`` and no
 flagged metric. It is summed per device in one-minute buckets, so memory is
 60 numbers per device whatever the rate.
 """
@@ -47,6 +48,7 @@ RULE_TRANSITIONS = frozenset({"pending", "on", "off", "interlock", "stale", "max
 EVENTS_KEPT = 50
 RELOADS_KEPT = 20
 COMPLETENESS_TTL_S = 10.0
+MIN_WATCHED_S = 120.0  # completeness is shown once a device has been watched this long
 
 
 @dataclass(slots=True)
@@ -252,7 +254,9 @@ class Live:
         watched = 0.0
         covered = 0.0
         for d in s.devices.values():
-            watched += min(3600.0, max(60.0, now - d.first_seen))
+            if now - d.first_seen < MIN_WATCHED_S:
+                continue  # a figure from the first seconds would be noise
+            watched += min(3600.0, now - d.first_seen)
             covered += sum(
                 c
                 for c, tag in zip(d.minute_covered, d.minute_tags, strict=True)

@@ -132,3 +132,12 @@ def test_worst_first_orders_every_state() -> None:
 
     assert sorted(WORST_FIRST) == sorted(STATES)
     assert WORST_FIRST[0] == "over" and WORST_FIRST[-1] == "ok"
+
+
+def test_no_completeness_figure_from_the_first_seconds() -> None:
+    live = make()
+    for i in range(5):
+        msg = p.Telemetry(ts=int((T0 + i) * 1000), seq=i, values={"pm10": 50.0}, interval_s=1.0)
+        live.on_message(p.telemetry_topic("s1", "mon"), p.encode(msg), T0 + i)
+    assert live.completeness("s1", T0 + 5) is None
+    assert live.site_view("s1", T0 + 5).completeness is None
