@@ -256,12 +256,14 @@ class Live:
         for d in s.devices.values():
             if now - d.first_seen < MIN_WATCHED_S:
                 continue  # a figure from the first seconds would be noise
-            watched += min(3600.0, now - d.first_seen)
-            covered += sum(
+            span = min(3600.0, now - d.first_seen)
+            got = sum(
                 c
                 for c, tag in zip(d.minute_covered, d.minute_tags, strict=True)
                 if minute_now - 60 < tag <= minute_now
             )
+            watched += span
+            covered += min(got, span)  # a device reading faster than it says makes up no gap
         if watched <= 0:
             return None
         return min(1.0, covered / watched)

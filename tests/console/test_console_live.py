@@ -141,3 +141,16 @@ def test_no_completeness_figure_from_the_first_seconds() -> None:
         live.on_message(p.telemetry_topic("s1", "mon"), p.encode(msg), T0 + i)
     assert live.completeness("s1", T0 + 5) is None
     assert live.site_view("s1", T0 + 5).completeness is None
+
+
+def test_a_device_reading_too_often_makes_up_no_other_devices_gap() -> None:
+    live = make()
+    for i in range(600):  # 10 minutes: "fast" stamps 10 s but reads every second
+        now = T0 + i
+        fast = p.Telemetry(ts=int(now * 1000), seq=i, values={"pm10": 50.0}, interval_s=10.0)
+        live.on_message(p.telemetry_topic("s1", "fast"), p.encode(fast), now)
+        if i == 0:  # "dead" sent one reading and then nothing
+            dead = p.Telemetry(ts=int(now * 1000), seq=0, values={"pm10": 50.0}, interval_s=1.0)
+            live.on_message(p.telemetry_topic("s1", "dead"), p.encode(dead), now)
+    c = live.completeness("s1", T0 + 600)
+    assert c is not None and 0.49 < c < 0.52  # one device complete, one empty
