@@ -192,3 +192,19 @@ def test_the_preview_fetches_what_the_rule_reads() -> None:
         ("s2", "w"),
         ("yard", "t"),
     }
+
+
+def test_a_missing_rules_file_is_said_and_nothing_crashes(tmp_path: Path) -> None:
+    ctx, client = make_console(tmp_path, rules_text=RULES)
+    with client:
+        login(client, "otto")
+        form = form_of(client)
+        ctx.config.rules_file.unlink()
+        for r in (
+            client.get("/rules"),
+            client.get("/rules/pm10-gate"),
+            client.post("/rules/pm10-gate/save", data=form),
+        ):
+            assert r.status_code == 503 and "cannot read the rules file" in r.text
+        assert client.get("/").status_code == 200  # the board keeps the rules it had
+        assert not ctx.config.rules_file.exists()

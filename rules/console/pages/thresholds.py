@@ -13,6 +13,7 @@ the rule engine's hot reload picks the file up and its ``reload`` /
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +24,17 @@ from rules.console import history, rulesedit
 from rules.console.auth import Role
 from rules.console.charts import HLine, Line, line_chart
 from rules.console.store import sha256
-from rules.console.web import Auth, Ctx, NavItem, action, field_text, read_form, render, view
+from rules.console.web import (
+    Auth,
+    Ctx,
+    Handler,
+    NavItem,
+    action,
+    field_text,
+    read_form,
+    render,
+    view,
+)
 from rules.core.config import RulesFile
 
 NAV = [NavItem("Rules", "/rules")]
@@ -43,7 +54,23 @@ def _disk_text(ctx: Ctx) -> str:
     return ctx.config.rules_file.read_text(encoding="utf-8")
 
 
+def readable(fn: Handler) -> Handler:
+    """The rules file missing or unreadable: a page saying so (503), not a crash."""
+
+    @functools.wraps(fn)
+    async def handler(request: Request, auth: Auth) -> Response:
+        try:
+            return await fn(request, auth)
+        except (OSError, UnicodeDecodeError) as exc:
+            path = auth.ctx.config.rules_file
+            msg = f"cannot read the rules file {path}: {exc}"
+            return render(request, auth, "error.html", {"title": "Rules file", "message": msg}, 503)
+
+    return handler
+
+
 @view(Role.VIEWER)
+@readable
 async def rules_index(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     text = _disk_text(ctx)
@@ -102,6 +129,7 @@ def _form_page(
 
 
 @view(Role.VIEWER)
+@readable
 async def rule_form(request: Request, auth: Auth) -> Response:
     rule_id = request.path_params["rule"]
     text = _disk_text(auth.ctx)
@@ -196,6 +224,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 @action(Role.OPERATOR)
+@readable
 async def preview(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     edit = _Edit(ctx, request.path_params["rule"], await _form(request))
@@ -246,6 +275,7 @@ async def preview(request: Request, auth: Auth) -> Response:
 
 
 @action(Role.OPERATOR)
+@readable
 async def save(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     rule_id = request.path_params["rule"]
@@ -271,6 +301,7 @@ def _write(ctx: Ctx, user: str, old: str, new: str, note: str) -> int:
 
 
 @view(Role.VIEWER)
+@readable
 async def version_page(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     try:
@@ -295,6 +326,7 @@ async def version_page(request: Request, auth: Auth) -> Response:
 
 
 @action(Role.OPERATOR)
+@readable
 async def rollback(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     form = await _form(request)
