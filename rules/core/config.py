@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.configfile import Duration, MqttSettings, Secret, StrictModel, load
 from rules.core.limits import (
@@ -147,13 +147,38 @@ Notifier = Annotated[
 SHARED_GROUP_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
+SHARED_GROUP_REFUSED = (
+    "shared subscriptions ($share) hand out messages, not sites: with two engines each"
+    " would see every other reading of every device and both would spray the same site;"
+    " run one engine per partition instead (service: {partition: K/N} or --partition K/N,"
+    " see docs/DESIGN.md, Scale-out)"
+)
+
+
 class ServiceSettings(StrictModel):
     """How ``dustgate rules`` runs (rules.yaml ``service:``)."""
 
-    # MQTT 5 shared subscription group: telemetry, state, status and events are
-    # subscribed as $share/<group>/... so several engines split the sites between them.
-    # The --shared-group command line flag overrides it.
+    # This engine's share of the sites: "K/N" owns the sites with slot(site, N) == K
+    # (rules.core.partition). The --partition command line flag overrides it.
+    partition: str | None = None
+    # Refused (SHARED_GROUP_REFUSED): kept as a key so the message can say why.
     shared_group: Annotated[str, Field(pattern=SHARED_GROUP_PATTERN)] | None = None
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        if value is not None:
+            from rules.core.partition import parse_partition
+
+            parse_partition(value)
+        return value
+
+    @field_validator("shared_group")
+    @classmethod
+    def _no_shared_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(SHARED_GROUP_REFUSED)
+        return value
 
 
 class RulesFile(StrictModel):

@@ -11,13 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
 
 from gateway.configfile import ConfigError
-from rules.core.config import SHARED_GROUP_PATTERN, RulesFile, load_rules_file
+from rules.core.config import SHARED_GROUP_REFUSED, RulesFile, load_rules_file
+from rules.core.partition import parse_partition
 from rules.service.outbound import LineSink
 from rules.service.service import RulesService, ServiceOptions
 
@@ -30,11 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", type=Path, required=True, help="rules.yaml")
     ap.add_argument("--client-id", default=None, help="MQTT client id (default from config/host)")
     ap.add_argument(
-        "--shared-group",
+        "--partition",
         default=None,
-        help="subscribe via $share/GROUP/... to spread sites over several engines "
-        "(overrides service.shared_group in the rules file)",
+        metavar="K/N",
+        help="own the sites of partition K of N engines (overrides service.partition in "
+        "the rules file; `dustgate check --explain-partition N` lists them)",
     )
+    ap.add_argument("--shared-group", default=None, help=argparse.SUPPRESS)  # refused
     ap.add_argument(
         "--tick", type=float, default=1.0, help="seconds between timer ticks (0.05-1, default 1)"
     )
@@ -75,9 +77,16 @@ def main(argv: list[str]) -> int:
     if not 0.05 <= args.tick <= 1.0:
         print("dustgate rules: --tick must be between 0.05 and 1 second", file=sys.stderr)
         return 2
-    if args.shared_group is not None and not re.fullmatch(SHARED_GROUP_PATTERN, args.shared_group):
-        print("dustgate rules: --shared-group must be [A-Za-z0-9_-]{1,64}", file=sys.stderr)
+    if args.shared_group is not None:
+        print(f"dustgate rules: --shared-group is refused: {SHARED_GROUP_REFUSED}", file=sys.stderr)
         return 2
+    partition = None
+    if args.partition is not None:
+        try:
+            partition = parse_partition(args.partition)
+        except ValueError as exc:
+            print(f"dustgate rules: --partition: {exc}", file=sys.stderr)
+            return 2
     try:
         text = args.config.read_text(encoding="utf-8")
         rules_file = load_rules_file(args.config, text=text)
@@ -93,7 +102,7 @@ def main(argv: list[str]) -> int:
         watch_interval=args.watch_interval,
         stats_interval=args.stats_interval,
         client_id=args.client_id,
-        shared_group=args.shared_group,
+        partition=partition,
     )
     service = RulesService(
         args.config, rules_file, options, sink=build_sink(rules_file), rules_text=text

@@ -57,9 +57,16 @@ class Publish:
     kind: str = "event"  # "command" | "event": for counters and logs
 
 
-def _expiry_props(seconds: int) -> Properties:
+def _props(seconds: int | None, engine: str) -> Properties | None:
+    """MQTT 5 properties of a publish: its expiry, and the sending engine (a user
+    property, so a command or an event says which engine sent it)."""
+    if not seconds and not engine:
+        return None
     props = Properties(PacketTypes.PUBLISH)
-    props.MessageExpiryInterval = max(1, seconds)
+    if seconds:
+        props.MessageExpiryInterval = max(1, seconds)
+    if engine:
+        props.UserProperty = [("engine", engine)]
     return props
 
 
@@ -67,8 +74,11 @@ class Outbound:
     """Turns engine actions into publishes, sink lines and notifications, and
     publishes on the session's client (``client``, None while disconnected)."""
 
-    def __init__(self, counters: Counter[str], sink: LineSink | None, notifier: Notifier) -> None:
+    def __init__(
+        self, counters: Counter[str], sink: LineSink | None, notifier: Notifier, engine: str = ""
+    ) -> None:
         self.counters = counters
+        self.engine = engine  # sent as the "engine" user property of every publish
         self.sink = sink
         self.notifier = notifier
         self.client: aiomqtt.Client | None = None
@@ -157,7 +167,7 @@ class Outbound:
             task.add_done_callback(self.publishing.discard)
 
     async def publish(self, client: aiomqtt.Client, pub: Publish) -> None:
-        props = _expiry_props(pub.expiry_s) if pub.expiry_s else None
+        props = _props(pub.expiry_s, self.engine)
         try:
             await client.publish(
                 pub.topic, pub.payload, qos=pub.qos, properties=props, timeout=PUBLISH_TIMEOUT_S

@@ -7,8 +7,9 @@ The rules file is polled (mtime, size, inode; then a hash of the text) every
 added, changed and removed; invalid -> every ``file:line:col`` error logged,
 a ``reload_error`` event (warning) and the running rules stay
 (:func:`reload_text`). Changes of ``mqtt:``, ``influx:`` or ``state_dir:``
-need a restart (logged); changed ``sites:`` or ``service.shared_group``
-ask the session to resubscribe.
+need a restart (logged, as does ``service.partition``); changed sites ask
+the session to resubscribe. The events go to the sites this engine acts for
+(a partition's own sites, not the background sites it only reads).
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ class Reloadable(Protocol):
 
     rules_path: Path
     rules_file: RulesFile
+    full_rules: RulesFile  # the whole file (a partition's rules_file is cut to its sites)
     served: frozenset[str]
+    owned: frozenset[str] | None  # a partition's own sites (None: all served)
     counters: Counter[str]
     watch: FileWatch
 
@@ -110,9 +113,9 @@ def check_reload(svc: Reloadable, now: float) -> list[Publish]:
 
 def reload_text(svc: Reloadable, text: str, now: float) -> list[Publish]:
     """Validate ``text`` as the new rules file; swap it in or report why not."""
-    old = svc.rules_file
+    old = svc.full_rules  # the whole file: what the operator changed
     old_subscriptions = svc.subscriptions()
-    sites = sorted(svc.served)
+    sites = sorted(svc.served if svc.owned is None else svc.owned)
     try:
         new = load_rules_file(svc.rules_path, text=text)
     except ConfigError as exc:
@@ -148,11 +151,13 @@ def reload_text(svc: Reloadable, text: str, now: float) -> list[Publish]:
     changed = sorted(r for r in set(old_d) & set(new_d) if old_d[r] != new_d[r])
     kept = len(new_d) - len(added) - len(changed)
     actions = svc.rules_changed(new, now)
+    if old.service.partition != new.service.partition:
+        log.warning("service.partition: changed in %s; restart the engines", svc.rules_path)
     for what in ("mqtt", "influx", "state_dir"):
         if getattr(old, what) != getattr(new, what):
             log.warning("%s: changed in %s; restart the service to apply", what, svc.rules_path)
     if svc.subscriptions() != old_subscriptions:
-        svc.resubscribe()  # sites or shared group changed
+        svc.resubscribe()  # the sites changed
     parts = [f"{len(new_d)} rules, {kept} unchanged (state kept)"]
     for label, ids in (("added", added), ("changed", changed), ("removed", removed)):
         if ids:
@@ -161,6 +166,6 @@ def reload_text(svc: Reloadable, text: str, now: float) -> list[Publish]:
     data: dict[str, Any] = {"added": added, "changed": changed, "removed": removed}
     out_actions: list[Action] = [
         EmitEvent(s, p.Event(ts=p.now_ms(now), kind="reload", text=summary[:1000], data=data))
-        for s in sorted(svc.served | set(sites))
+        for s in sorted((svc.served if svc.owned is None else svc.owned) | set(sites))
     ]
     return svc.apply([*out_actions, *actions], now)

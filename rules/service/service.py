@@ -62,7 +62,17 @@ from rules.core.engine import (
     Engine,
 )
 from rules.core.limits import outside
-from rules.service import health, reload
+from rules.core.partition import (
+    PRESENCE_ROOT,
+    WHOLE,
+    Partition,
+    Presence,
+    own_rules,
+    parse_partition,
+    read_sites,
+    rule_sites,
+)
+from rules.service import health, presence, reload
 from rules.service.notify import Notifier
 from rules.service.outbound import RELEASE_TIMEOUT_S, LineSink, Outbound, Publish
 from rules.service.override import (
@@ -74,7 +84,7 @@ from rules.service.override import (
     parse_override_topic,
 )
 from rules.service.session import Session, cancel_and_wait, default_client_id, subscriptions
-from rules.service.state import STATE_FILE, STATE_VERSION, StateFile
+from rules.service.state import STATE_VERSION, StateFile, state_file_name
 from rules.sink.points import actuator_line, event_line, gateway_line, telemetry_line
 
 log = logging.getLogger("rules.service")
@@ -93,23 +103,35 @@ class ServiceOptions:
     watch_interval: float = 1.0
     stats_interval: float = 10.0
     max_future_s: float = 300.0
-    client_id: str | None = None  # default: mqtt.client_id or dustgate-rules-<host>
-    shared_group: str | None = None
+    client_id: str | None = None  # default: mqtt.client_id or dustgate-rules-<host>[-pK]
+    partition: Partition | None = None  # default: rules.yaml service.partition, else all
     engine_name: str | None = None  # the `engine` tag of the health points
 
 
-def served_sites(rf: RulesFile) -> frozenset[str]:
+def served_sites(rf: RulesFile, part: Partition = WHOLE) -> frozenset[str]:
     """Sites whose telemetry we take: ``sites:``, or every site a rule reads
-    (its own, its background's and its interlocks')."""
-    if rf.sites is not None:
+    (its own, its background's and its interlocks'). For a partition, ``rf`` is
+    already cut to it (:func:`rules.core.partition.own_rules`): its ``sites:``
+    and every site its rules read, backgrounds on other partitions included."""
+    if part.count == 1 and rf.sites is not None:
         return frozenset(rf.sites)
-    out: set[str] = set()
-    for r in rf.rules:
-        out.update(r.site)
-        if r.relative_to is not None and r.relative_to.site:
-            out.add(r.relative_to.site)
-        out.update(il.site for il in r.unless if il.site)
-    return frozenset(out)
+    return read_sites(rf) | frozenset(rf.sites or ())
+
+
+def owned_sites(rf: RulesFile, part: Partition) -> frozenset[str] | None:
+    """The sites this engine acts for and stores (None: every served site)."""
+    if part.count == 1:
+        return None
+    return rule_sites(rf) | frozenset(rf.sites or ())
+
+
+def partition_of(rf: RulesFile, options: ServiceOptions) -> Partition:
+    """``--partition`` (options), else rules.yaml ``service.partition``, else all sites."""
+    if options.partition is not None:
+        return options.partition
+    if rf.service.partition is not None:
+        return parse_partition(rf.service.partition)
+    return WHOLE
 
 
 class RulesService:
@@ -132,17 +154,25 @@ class RulesService:
         rules_text: str | None = None,
     ) -> None:
         self.rules_path = Path(rules_path)
-        self.rules_file = rules_file
         self.options = options or ServiceOptions()
+        self.partition = partition_of(rules_file, self.options)
+        self.full_rules = rules_file  # the whole file, as every engine reads it
+        self.rules_file = rules_file = own_rules(rules_file, self.partition)
         self.sink = sink
         self.notifier = notifier if notifier is not None else Notifier(rules_file.notifiers)
         self.counters: Counter[str] = Counter()
         self.state = StateFile(
-            Path(rules_file.state_dir) / STATE_FILE, self.options.persist_max_age
+            Path(rules_file.state_dir) / state_file_name(self.partition),
+            self.options.persist_max_age,
+            self.partition,
         )
-        self.client_id = self.options.client_id or rules_file.mqtt.client_id or default_client_id()
+        self.client_id = (
+            self.options.client_id or rules_file.mqtt.client_id or default_client_id(self.partition)
+        )
         self.engine_name = self.options.engine_name or self.client_id
-        self.served = served_sites(rules_file)
+        self.served = served_sites(rules_file, self.partition)
+        self.owned = owned_sites(rules_file, self.partition)
+        self.members: dict[str, Presence] = {}  # other engines' presences (partitioned)
         # telemetry topic -> (site, device, the engine's ingest for that device or None);
         # cleared when the rules are reloaded (the engine's device bindings change)
         self._topic_cache: dict[str, tuple[str, str, DeviceIngest | None]] = {}
@@ -155,7 +185,7 @@ class RulesService:
         self._deferred: list[tuple[tuple[str, str, DeviceIngest | None], bytes, float]] = []
         self._engine, old_subscriptions = self.state.load(rules_file, t)
         self.watch = reload.FileWatch(self.rules_path, rules_text)
-        self.outbound = Outbound(self.counters, sink, self.notifier)
+        self.outbound = Outbound(self.counters, sink, self.notifier, self.engine_name)
         self.session = Session(self, old_subscriptions)
         self.rate = health.Rate(time.monotonic())
         self._last_summary = time.monotonic()
@@ -195,10 +225,13 @@ class RulesService:
 
     def rules_changed(self, new: RulesFile, now: float) -> list[Action]:
         """Swap in a new, valid rules file (unchanged rules keep their state)."""
+        self.full_rules = new
+        new = own_rules(new, self.partition)
         actions = self.settle().reload(new, now)
         self._topic_cache.clear()  # the engine's per-device ingest bindings are new
         self.rules_file = new
-        self.served = served_sites(new)
+        self.served = served_sites(new, self.partition)
+        self.owned = owned_sites(new, self.partition)
         self.notifier.update(new.notifiers)
         self.counters["reloads"] += 1
         return actions
@@ -232,15 +265,8 @@ class RulesService:
 
     # --------------------------------------------------------- subscriptions
 
-    @property
-    def shared_group(self) -> str | None:
-        """The shared subscription group: ``--shared-group``, else rules.yaml ``service:``."""
-        if self.options.shared_group is not None:
-            return self.options.shared_group
-        return self.rules_file.service.shared_group
-
     def subscriptions(self) -> list[str]:
-        return subscriptions(self.rules_file, self.shared_group)
+        return subscriptions(self.rules_file, self.partition, self.served, self.owned)
 
     def resubscribe(self) -> None:
         """End the broker session and start one with the current subscriptions."""
@@ -319,6 +345,9 @@ class RulesService:
             if topic.endswith("/override"):
                 site, actuator = parse_override_topic(topic)
                 return self.on_override(site, actuator, decode_request(payload), now)
+            if topic.startswith(PRESENCE_ROOT + "/"):
+                presence.on_presence(self, topic, payload)
+                return []
             raise p.ProtocolError(f"unexpected topic {topic!r}")
         except p.ProtocolError as exc:
             self.counters["decode_errors"] += 1
@@ -368,7 +397,7 @@ class RulesService:
             )
             return []
         sink = self.sink
-        if sink is not None:
+        if sink is not None and (self.owned is None or site in self.owned):
             stored = msg
             marks = outside(msg.values, self._engine.limits)  # implausible: stored flagged
             if marks:
@@ -429,7 +458,7 @@ class RulesService:
     def on_override(
         self, site: str, actuator: str, req: OverrideRequest, now: float
     ) -> list[Publish]:
-        if site not in self.served:
+        if site not in (self.served if self.owned is None else self.owned):
             return []  # another engine's site
         age = now - req.ts / 1000.0
         why = ""

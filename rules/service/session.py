@@ -6,11 +6,14 @@ served site (``sites:``) or ``+``: ``telemetry`` (into the engine and the
 sink), ``state`` (actuator changes -> ``actuator`` points), ``status``
 (gateway health -> ``gateway`` points), ``events`` (agent events ->
 ``rule_event`` points; *no local*, our own events are written directly) and
-``override`` (:mod:`rules.service.override`). ``service: {shared_group: G}``
-in rules.yaml (or ``--shared-group G``, which wins) subscribes telemetry,
-state, status and events as ``$share/G/...`` to spread sites over several
-engines. Subscriptions dropped from the config are unsubscribed on the next
-start (they are remembered in the state file, the session being persistent).
+``override`` (:mod:`rules.service.override`). A partitioned engine
+(``--partition K/N``, :mod:`rules.core.partition`) subscribes per site:
+telemetry of the sites its rules read, the rest for the sites it owns, and
+the other engines' presences (:mod:`rules.service.presence`); before its
+session starts it waits while another engine serves its partition, and its
+session carries a retained presence with a last will. Subscriptions dropped
+from the config are unsubscribed on the next start (they are remembered in
+the state file, the session being persistent).
 
 A persistent session's queued messages arrive right after CONNACK, ahead of
 the SUBACKs: the receive loop (:mod:`rules.service.receive`) runs while we
@@ -30,6 +33,7 @@ import random
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -42,37 +46,62 @@ from gateway.mqttclient import make_client
 from gateway.mqttinternals import Inbox, set_nodelay
 from rules.core.config import RulesFile
 from rules.core.engine import Action, Engine
+from rules.core.partition import WHOLE, Partition, Presence, presence_topic
+from rules.service import presence
 from rules.service.outbound import Publish
 from rules.service.override import override_subscription
 from rules.service.receive import Consumer, handle_left, receive
 
 log = logging.getLogger("rules.service")
 
+SUBSCRIBE_BATCH = 200  # topic filters per SUBSCRIBE packet
 
-def default_client_id() -> str:
+
+def default_client_id(part: Partition = WHOLE) -> str:
+    """``dustgate-rules-<host>``, and ``-p<K>`` for partition K (several on one host)."""
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
-    return f"dustgate-rules-{host}"[:64]
+    suffix = f"-p{part.index}" if part.count > 1 else ""
+    return f"dustgate-rules-{host}"[: 64 - len(suffix)] + suffix
 
 
-def subscriptions(rules_file: RulesFile, shared_group: str | None) -> list[str]:
-    """The topic filters the service subscribes to, in order."""
-    sites = sorted(rules_file.sites) if rules_file.sites is not None else ["+"]
-    out = []
-    share = f"$share/{shared_group}/" if shared_group else ""
-    for s in sites:
-        out.append(share + p.subscription("telemetry", s))
-        out.append(share + p.subscription("state", s))
-        out.append(share + p.subscription("status", s))
-        out.append(share + p.subscription("events", s))
-        out.append(override_subscription(s))
+def subscriptions(
+    rules_file: RulesFile,
+    part: Partition = WHOLE,
+    served: frozenset[str] = frozenset(),
+    owned: frozenset[str] | None = None,
+) -> list[str]:
+    """The topic filters the service subscribes to, in order. One engine: per
+    ``sites:`` or ``+``. A partition: telemetry of every ``served`` site (what its
+    rules read), state, status, events and overrides of its ``owned`` sites, and
+    the engines' presences."""
+    if part.count == 1 or owned is None:
+        sites = sorted(rules_file.sites) if rules_file.sites is not None else ["+"]
+        return [
+            sub
+            for s in sites
+            for sub in (
+                p.subscription("telemetry", s),
+                p.subscription("state", s),
+                p.subscription("status", s),
+                p.subscription("events", s),
+                override_subscription(s),
+            )
+        ]
+    out = [p.subscription("telemetry", s) for s in sorted(served)]
+    for s in sorted(owned):
+        out += [
+            p.subscription("state", s),
+            p.subscription("status", s),
+            p.subscription("events", s),
+            override_subscription(s),
+        ]
+    out.append(presence.SUBSCRIPTION)
     return out
 
 
 def subscribe_options(topic: str) -> SubscribeOptions:
-    # our own events are written to the sink directly; no_local is not
-    # allowed on shared subscriptions
-    no_local = topic.endswith(f"/{p.EVENTS_SEGMENT}") and not topic.startswith("$share/")
-    return SubscribeOptions(qos=1, noLocal=no_local)
+    # our own events are written to the sink directly
+    return SubscribeOptions(qos=1, noLocal=topic.endswith(f"/{p.EVENTS_SEGMENT}"))
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 10.0) -> None:
@@ -97,6 +126,9 @@ class Service(Consumer, Protocol):
 
     rules_file: RulesFile
     client_id: str
+    partition: Partition
+    counters: Counter[str]
+    members: dict[str, Presence]
 
     def subscriptions(self) -> list[str]: ...
     def settle(self) -> Engine: ...
@@ -127,9 +159,14 @@ class Session:
         backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         rng = random.Random()
         failures = 0
+        part = svc.partition
+        since = p.now_ms(time.time())
+        if part.count > 1 and not await presence.wait_until_clear(svc, stop):
+            return
         while not stop.is_set():
             inbox = Inbox()
-            client = make_client(settings, svc.client_id, persistent=True, inbox=inbox)
+            will = presence.will(svc.client_id, part, since) if part.count > 1 else None
+            client = make_client(settings, svc.client_id, will, persistent=True, inbox=inbox)
             try:
                 async with client:
                     set_nodelay(client)
@@ -141,12 +178,24 @@ class Session:
                     receiver = asyncio.create_task(receive(svc, client, inbox))
                     others: list[asyncio.Task[Any]] = []
                     try:
+                        if part.count > 1:  # after the receiver started: the backlog
+                            # comes ahead of this PUBACK and is handled as it comes
+                            await client.publish(
+                                presence_topic(svc.client_id),
+                                presence.payload(svc.client_id, part, True, since),
+                                qos=1,
+                                retain=True,
+                            )
                         subs = svc.subscriptions()
                         stale = [s for s in self.old_subscriptions if s not in subs]
                         if stale:
                             await client.unsubscribe(stale)
-                        for sub in subs:
-                            await client.subscribe(sub, options=subscribe_options(sub))
+                        # many filters a SUBSCRIBE packet: a partition subscribes per
+                        # site, thousands of filters for a city, one round trip each
+                        # held a persistent session's backlog back for seconds
+                        for i in range(0, len(subs), SUBSCRIBE_BATCH):
+                            batch = subs[i : i + SUBSCRIBE_BATCH]
+                            await client.subscribe([(s, subscribe_options(s)) for s in batch])
                         self.old_subscriptions = subs
                         if failures:
                             log.info("reconnected to mqtt %s:%d", settings.host, settings.port)
@@ -170,10 +219,17 @@ class Session:
                         await cancel_and_wait([receiver, *others])
                     if release in done:
                         await self._switch_off_held(client)
+                        if part.count > 1:  # a clean stop: no last will, so say it
+                            await client.publish(
+                                presence_topic(svc.client_id),
+                                presence.payload(svc.client_id, part, False, since),
+                                qos=1,
+                                retain=True,
+                            )
                         return
                     if receiver in done and receiver.exception() is not None:
                         raise receiver.exception()  # type: ignore[misc]
-                    log.info("resubscribing (sites or shared group changed)")
+                    log.info("resubscribing (the sites changed)")
             except aiomqtt.MqttError as exc:
                 failures += 1
                 if failures == 1 or failures % 10 == 0:

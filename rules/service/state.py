@@ -13,6 +13,13 @@ kept aside as ``engine-state.json.newer`` (a downgrade: nothing here can read
 it, and the newer release can again); an unreadable one as
 ``engine-state.json.bad``; in those two cases the engine starts fresh.
 
+A partitioned engine (``--partition K/N``) keeps ``engine-state.pK-N.json``.
+When it starts, it also reads the other state files of the directory (other
+partitions', an earlier layout's) and takes, for each rule instance,
+actuator and override of its own sites, the entry of the most recently
+saved file that has one: after a change of N, the timers of a site that
+moved follow it to its new owner (where the engines share the directory).
+
 This module owns the file's format and its reading and writing; the service
 builds the document (:meth:`rules.service.service.RulesService.state_snapshot`).
 """
@@ -31,6 +38,7 @@ from typing import Any
 
 from rules.core.config import RulesFile
 from rules.core.engine import Engine
+from rules.core.partition import WHOLE, Partition
 
 log = logging.getLogger("rules.service")
 
@@ -64,6 +72,28 @@ def migrate(doc: Any) -> dict[str, Any]:
     return doc
 
 
+def state_file_name(part: Partition = WHOLE) -> str:
+    """``engine-state.json``, or ``engine-state.pK-N.json`` for partition K/N."""
+    return STATE_FILE if part.count == 1 else f"engine-state.p{part.index}-{part.count}.json"
+
+
+def merge_snapshots(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine snapshot from several state documents: for each rule instance,
+    actuator and override, the entry of the most recently saved document that
+    has it; the largest command sequence. Pure."""
+    docs = sorted(docs, key=lambda d: float(d.get("saved_at", 0)))
+    out: dict[str, Any] = {}
+    for doc in docs:  # oldest first: newer entries overwrite older ones
+        snap = doc["engine"]
+        if not out:
+            out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in snap.items()}
+            continue
+        for key in ("rules", "actuators", "overrides", "notify_last"):
+            out.setdefault(key, {}).update(snap.get(key, {}))
+        out["cmd_seq"] = max(int(out.get("cmd_seq", 0)), int(snap.get("cmd_seq", 0)))
+    return out
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +114,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 class StateFile:
     """Reads the saved engine state and writes it when it changed."""
 
-    def __init__(self, path: Path, max_age: float) -> None:
+    def __init__(self, path: Path, max_age: float, part: Partition = WHOLE) -> None:
         self.path = path
+        self.part = part
         self.max_age = max_age  # rewrite at least this often while counters move
         self._saved_key: str | None = None
         self._saved_at = -1e18
@@ -97,6 +128,17 @@ class StateFile:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
+            others = self._siblings() if self.part.count > 1 else []
+            if others:  # a new partition (N changed): take over its sites' timers
+                try:
+                    engine = Engine.restore(rules_file, merge_snapshots(others), now)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    log.warning("other partitions' state unreadable (%s): starting fresh", exc)
+                    return Engine(rules_file, now), []
+                log.info(
+                    "no saved state at %s: took over from %d other file(s)", self.path, len(others)
+                )
+                return engine, []
             log.info("no saved state at %s: starting fresh", self.path)
             return Engine(rules_file, now), []
         except OSError as exc:
@@ -115,7 +157,10 @@ class StateFile:
                 )
             subs = doc.get("subscriptions", [])
             subscriptions = [s for s in subs if isinstance(s, str)]
-            engine = Engine.restore(rules_file, doc["engine"], now)
+            snapshot = doc["engine"]
+            if self.part.count > 1:
+                snapshot = merge_snapshots([doc, *self._siblings()])
+            engine = Engine.restore(rules_file, snapshot, now)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             suffix = ".newer" if isinstance(exc, NewerState) else ".bad"
             bad = self.path.with_name(self.path.name + suffix)
@@ -138,6 +183,21 @@ class StateFile:
             ("; resuming " + ", ".join(busy)) if busy else "",
         )
         return engine, subscriptions
+
+    def _siblings(self) -> list[dict[str, Any]]:
+        """The other readable state files of the directory (other partitions',
+        an earlier layout's), of this version."""
+        out = []
+        for path in sorted(self.path.parent.glob("engine-state*.json")):
+            if path == self.path:
+                continue
+            try:
+                doc = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and doc.get("version") == STATE_VERSION and "engine" in doc:
+                out.append(doc)
+        return out
 
     def bytes_due(self, doc: dict[str, Any], force: bool = False) -> bytes | None:
         """The file bytes if the state changed since the last write (or ``force`` / max

@@ -345,6 +345,19 @@ def test_engine_cannot_forge_gateway_data(peers: dict[str, Peer]) -> None:
     assert all(p != forged for _, p in got)
 
 
+def test_only_the_engine_keeps_presence(peers: dict[str, Peer]) -> None:
+    """Partitioned engines keep a retained presence on dustgate/engines/<id>; a
+    gateway or the console cannot forge one (an engine would wait for it)."""
+    engine, gw, console = peers["dustgate-rules"], peers[SITE_A], peers["dustgate-console"]
+    engine.subscribe("dustgate/engines/+")
+    forged, real = token("forged-presence"), token("presence")
+    assert gw.publish("dustgate/engines/dustgate-rules-x-p0", forged, retain=True) != 0
+    assert console.publish("dustgate/engines/dustgate-rules-x-p0", forged, retain=True) != 0
+    assert engine.publish("dustgate/engines/dustgate-rules-x-p1", real, retain=True) == 0
+    got = engine.received_until(real)
+    assert all(p != forged for _, p in got)
+
+
 # --------------------------------------------------------------------------- console
 
 

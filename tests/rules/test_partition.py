@@ -131,3 +131,68 @@ def test_check_explains_the_partition(tmp_path: Path, capsys: pytest.CaptureFixt
         "partition 3/4: 1 site(s): site-07",
     ]
     assert main(["check", str(path), "--explain-partition", "0"]) == 2
+
+
+def test_a_partitioned_service_reads_backgrounds_but_stores_and_acts_only_for_its_sites(
+    tmp_path: Path,
+) -> None:
+    """Engine 0/4 owns site-00 (slot 0); its rule subtracts a background on site-01
+    (slot 2): it subscribes to site-01's telemetry and uses it, but stores only
+    site-00's readings and subscribes to nothing else of site-01."""
+    from rulehelpers import ListSink
+
+    from gateway import protocol as p
+    from rules.core.config import load_rules_file
+    from rules.service.notify import Notifier
+    from rules.service.service import RulesService, ServiceOptions
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "actuators: {site-00/cannon: {}, site-01/cannon: {}}\n"
+        "rules:\n"
+        "  - {id: rel, site: site-00, metric: pm10, devices: [gate], aggregate: last,"
+        " window: 1m, above: 100, clear: 50, relative_to: {site: site-01, devices: [bg]},"
+        " actions: {lease: [cannon]}}\n"
+        "  - {id: other, site: site-01, metric: pm10, devices: [gate], above: 100, clear: 50,"
+        " actions: {lease: [cannon]}}\n"
+    )
+    sink = ListSink()
+    svc = RulesService(
+        path,
+        load_rules_file(path),
+        ServiceOptions(client_id="e0", partition=Partition(0, 4)),
+        sink=sink,
+        notifier=Notifier({}),
+        now=1_780_000_000.0,
+    )
+    assert [r.id for r in svc.rules_file.rules] == ["rel"]
+    assert svc.subscriptions() == [
+        "dustgate/v1/site-00/+/telemetry",
+        "dustgate/v1/site-01/+/telemetry",
+        "dustgate/v1/site-00/+/state",
+        "dustgate/v1/site-00/gateway/+/status",
+        "dustgate/v1/site-00/events",
+        "dustgate/v1/site-00/+/override",
+        "dustgate/engines/+",
+    ]
+    t = 1_780_000_000.0
+
+    def reading(site: str, dev: str, v: float, seq: int) -> list[object]:
+        msg = p.Telemetry(ts=p.now_ms(t + seq), seq=seq, values={"pm10": v})
+        return svc.on_message(p.telemetry_topic(site, dev), p.encode(msg), t + seq)
+
+    def stored() -> list[str]:
+        return [line for line in sink.lines if line.startswith("telemetry,")]
+
+    reading("site-01", "bg", 80.0, 1)
+    assert stored() == []  # another partition's site: read, not stored
+    reading("site-00", "gate", 150.0, 2)  # 150 - 80 = 70: not above 100
+    assert len(stored()) == 1 and "site=site-00" in stored()[0]
+    # the background drops: 150 - 20 = 130 > 100, decided on the background's reading
+    pubs = reading("site-01", "bg", 20.0, 3)
+    assert [pub.topic for pub in pubs if pub.topic.endswith("/cmd")] == [  # type: ignore[attr-defined]
+        "dustgate/v1/site-00/cannon/cmd"
+    ]
+    assert len(stored()) == 1
+    assert svc.state.path.name == "engine-state.p0-4.json"

@@ -175,14 +175,21 @@ notifiers:
     ]
 
 
-def test_service_shared_group_is_validated_with_its_line() -> None:
-    rf = load_rules_file("rules.yaml", text="service: {shared_group: rules-eu_1}\n")
-    assert rf.service.shared_group == "rules-eu_1"
-    assert load_rules_file("rules.yaml", text="rules: []\n").service.shared_group is None
-    got = issues("service:\n  shared_group: a/b\n")
+def test_service_partition_is_validated_with_its_line() -> None:
+    rf = load_rules_file("rules.yaml", text="service: {partition: 2/5}\n")
+    assert rf.service.partition == "2/5"
+    assert load_rules_file("rules.yaml", text="rules: []\n").service.partition is None
+    got = issues("service:\n  partition: 5/5\n")
     assert len(got) == 1
-    assert got[0].startswith("rules.yaml:2:17: service.shared_group: String should match pattern")
+    assert got[0].startswith("rules.yaml:2:14: service.partition:")
+    assert "index K must be 0..4 for N=5" in got[0]
     assert issues("service: {group: x}\n")[0].startswith("rules.yaml:1:11: service.group: unknown")
+
+
+def test_service_shared_group_is_refused_with_the_reason() -> None:
+    (got,) = issues("service:\n  shared_group: rules\n")
+    assert got.startswith("rules.yaml:2:17: service.shared_group:")
+    assert "hand out messages, not sites" in got and "partition: K/N" in got
 
 
 def test_relative_paths_resolve_against_the_rules_file_directory(

@@ -477,7 +477,7 @@ def test_override_refusals(tmp_path: Path) -> None:
 # ------------------------------------------------------------ subscriptions
 
 
-def test_subscriptions_per_site_and_shared_group(tmp_path: Path) -> None:
+def test_subscriptions_per_site(tmp_path: Path) -> None:
     svc, _ = make_service(tmp_path)
     assert svc.subscriptions() == [
         "dustgate/v1/site-01/+/telemetry",
@@ -486,17 +486,9 @@ def test_subscriptions_per_site_and_shared_group(tmp_path: Path) -> None:
         "dustgate/v1/site-01/events",
         "dustgate/v1/site-01/+/override",
     ]
-    # our own events are not echoed back (they go to the sink directly) ...
+    # our own events are not echoed back (they go to the sink directly)
     assert session.subscribe_options("dustgate/v1/site-01/events").noLocal
     assert not session.subscribe_options("dustgate/v1/site-01/+/telemetry").noLocal
-    svc.options.shared_group = "rules"
-    subs = svc.subscriptions()
-    assert "$share/rules/dustgate/v1/site-01/+/telemetry" in subs
-    # ... except on a shared subscription, where MQTT 5 forbids no_local
-    assert "$share/rules/dustgate/v1/site-01/events" in subs
-    assert not session.subscribe_options("$share/rules/dustgate/v1/site-01/events").noLocal
-    # overrides must reach every engine: never shared
-    assert "dustgate/v1/site-01/+/override" in subs
 
 
 def test_coalesced_readings_are_decided_by_the_next_evaluation(tmp_path: Path) -> None:
@@ -508,33 +500,28 @@ def test_coalesced_readings_are_decided_by_the_next_evaluation(tmp_path: Path) -
     assert [c.action for c in commands(svc.on_tick(T0 + 0.01))] == ["on"]
 
 
-def test_shared_group_from_the_rules_file_and_the_flag_wins(tmp_path: Path) -> None:
-    path = write_rules(tmp_path)
-    path.write_text("service: {shared_group: from-file}\n" + path.read_text())
-    svc, _ = make_service(tmp_path)
-    assert svc.shared_group == "from-file"
-    assert "$share/from-file/dustgate/v1/site-01/+/telemetry" in svc.subscriptions()
-    svc.options.shared_group = "from-flag"  # what --shared-group sets
-    assert "$share/from-flag/dustgate/v1/site-01/+/telemetry" in svc.subscriptions()
-    assert not any("from-file" in s for s in svc.subscriptions())
-
-
-def test_reload_with_another_shared_group_resubscribes(tmp_path: Path) -> None:
-    svc, _ = make_service(tmp_path)
-    text = (tmp_path / "rules.yaml").read_text()
-    svc.reload_text(text.replace("pm10-gate", "pm10-gate2"), T0)
-    assert not svc.session.reconnect.is_set()  # same subscriptions: nothing to do
-    svc.reload_text("service: {shared_group: rules}\n" + text, T0 + 1)
-    assert svc.session.reconnect.is_set()
-    assert svc.subscriptions()[0] == "$share/rules/dustgate/v1/site-01/+/telemetry"
-
-
-def test_cli_refuses_a_bad_shared_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shared_group_is_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """$share hands out messages, not sites: refused in the file and on the command line."""
     from rules.service.main import main
 
     path = write_rules(tmp_path)
-    assert main(["--config", str(path), "--shared-group", "a/b"]) == 2
-    assert "--shared-group must be" in capsys.readouterr().err
+    assert main(["--config", str(path), "--shared-group", "rules"]) == 2
+    err = capsys.readouterr().err
+    assert "--shared-group is refused" in err and "messages, not sites" in err
+    path.write_text("service: {shared_group: rules}\n" + path.read_text())
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "rules.yaml:1:25: service.shared_group:" in err and "partition" in err
+
+
+def test_cli_refuses_a_bad_partition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rules.service.main import main
+
+    path = write_rules(tmp_path)
+    assert main(["--config", str(path), "--partition", "3/3"]) == 2
+    assert "--partition: partition index K must be 0..2 for N=3" in capsys.readouterr().err
 
 
 def test_reload_rebinds_cached_topics_to_the_new_windows(tmp_path: Path) -> None:
