@@ -228,3 +228,37 @@ def test_documented_container_rules_config_passes_check(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_k8s_statefulset_runs_one_partition_per_pod() -> None:
+    """Pod K of the StatefulSet runs `dustgate rules --partition K/N`, N = replicas,
+    each with its own state volume and no root."""
+    sts = yaml.safe_load((CENTRAL / "k8s" / "rules-statefulset.yaml").read_text())
+    assert sts["kind"] == "StatefulSet"
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:3] == ["rules", "--config", "/etc/dustgate/rules.yaml"]
+    assert args[args.index("--partition") + 1] == "$(POD_INDEX)/$(DUSTGATE_PARTITIONS)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert int(env["DUSTGATE_PARTITIONS"]["value"]) == spec["replicas"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert [v["metadata"]["name"] for v in spec["volumeClaimTemplates"]] == ["state"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {
+        "/etc/dustgate",
+        "/var/lib/dustgate-rules",
+    }
+    # every option it passes exists
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "rules", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=True,
+    )
+    assert all(a in proc.stdout for a in args if a.startswith("--"))

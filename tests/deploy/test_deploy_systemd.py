@@ -20,7 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO / "deploy" / "systemd"
-UNITS = ["dustgate-agent.service", "dustgate-rules.service"]
+UNITS = ["dustgate-agent.service", "dustgate-rules.service", "dustgate-rules@.service"]
+INSTANCE = "dustgate-rules@0.service"  # systemd verifies an instance, not a template
 DUSTGATE = "/opt/dustgate/venv/bin/dustgate"
 BACKOFF_KEYS = {"RestartSteps", "RestartMaxDelaySec"}  # systemd >= 254
 
@@ -64,7 +65,7 @@ def stage(tmp: Path, with_backoff: bool = False) -> list[Path]:
     for name in UNITS:
         text = (SYSTEMD_DIR / name).read_text()
         assert DUSTGATE in text
-        target = tmp / name
+        target = tmp / (INSTANCE if name.endswith("@.service") else name)
         target.write_text(text.replace(DUSTGATE, true_bin))
         if with_backoff:
             dropin = tmp / f"{name}.d"
@@ -88,7 +89,7 @@ def verify(paths: list[Path]) -> tuple[int, list[str]]:
 
 
 def complaints_about(lines: list[str], tmp: Path) -> list[str]:
-    names = [str(tmp), *UNITS]
+    names = [str(tmp), *UNITS, INSTANCE]
     return [line for line in lines if any(n in line for n in names)]
 
 
@@ -174,6 +175,23 @@ def test_rules_unit_settings() -> None:
         "-/etc/dustgate/secrets.env",
         "-/etc/dustgate/rules.env",
     ]
+
+
+def test_partitioned_rules_unit_is_the_rules_unit_with_a_partition() -> None:
+    """dustgate-rules@K runs partition K of DUSTGATE_PARTITIONS; everything else
+    (user, secrets, hardening, restarts, state directory) as the single engine."""
+    single = parse_unit(SYSTEMD_DIR / "dustgate-rules.service")
+    part = parse_unit(SYSTEMD_DIR / "dustgate-rules@.service")
+    assert one(part, "Service", "ExecStart") == (
+        f"{DUSTGATE} rules --config /etc/dustgate/rules.yaml --partition %i/${{DUSTGATE_PARTITIONS}}"
+    )
+    for section, keys in single.items():
+        for key, values in keys.items():
+            if (section, key) in {("Service", "ExecStart"), ("Unit", "Description")}:
+                continue
+            assert part[section][key] == values, (section, key)
+    assert "%i" in one(part, "Unit", "Description")
+    assert one(part, "Install", "DefaultInstance") == "0"
 
 
 @pytest.mark.parametrize("name", UNITS)
