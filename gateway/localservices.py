@@ -158,6 +158,12 @@ class _Service:
     def running(self) -> bool:
         return bool(self._proc and self._proc.running)
 
+    def pid(self) -> int:
+        """The server's process id (benchmarks read its CPU time from /proc)."""
+        if self._proc is None or self._proc.proc is None:
+            raise ServiceError("not running")
+        return self._proc.proc.pid
+
 
 @dataclass
 class Mosquitto(_Service):
