@@ -196,3 +196,51 @@ def test_a_partitioned_service_reads_backgrounds_but_stores_and_acts_only_for_it
     ]
     assert len(stored()) == 1
     assert svc.state.path.name == "engine-state.p0-4.json"
+
+
+def test_state_of_a_moved_site_follows_it_to_its_new_owner(tmp_path: Path) -> None:
+    """N changes from 1 to 4: engine 2/4 starts without a state file of its own and
+    takes, for its sites, the newest entries of the directory's other state files
+    (the old single engine's, an older one's): the active rule and its lease resume."""
+    from rules.core.config import load_rules_file
+    from rules.service.notify import Notifier
+    from rules.service.service import RulesService, ServiceOptions
+    from rules.service.state import merge_snapshots
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\n" + _city(8))
+    t = 1_780_000_000.0
+
+    def service(part: Partition, now: float) -> RulesService:
+        return RulesService(
+            path,
+            load_rules_file(path),
+            ServiceOptions(client_id=f"e{part}", partition=part),
+            notifier=Notifier({}),
+            now=now,
+        )
+
+    from gateway import protocol as p
+
+    whole = service(Partition(0, 1), t)
+    # site-01 (slot 2 of 4) goes active under the single engine
+    bg = p.Telemetry(ts=p.now_ms(t + 1), seq=1, values={"pm10": 10.0})
+    whole.on_message(p.telemetry_topic("site-02", "bg"), p.encode(bg), t + 1)  # its background
+    hot = p.Telemetry(ts=p.now_ms(t + 1), seq=1, values={"pm10": 900.0})
+    pubs = whole.on_message(p.telemetry_topic("site-01", "gate"), p.encode(hot), t + 1)
+    assert any(pub.topic == "dustgate/v1/site-01/cannon/cmd" for pub in pubs)
+    whole.save_state(t + 2)
+    assert whole.state.path.name == "engine-state.json"
+
+    part = service(Partition(2, 4), t + 3)
+    assert part.state.path.name == "engine-state.p2-4.json"
+    assert not part.state.path.exists()
+    states = part.settle().states
+    assert states[("pm10-01", "site-01")].phase == "active"
+    assert all(site in {"site-01", "site-02", "site-04", "site-06"} for _, site in states)
+
+    # newest entry wins, key by key; the command sequence never goes back
+    old = {"saved_at": 1, "engine": {"rules": {"a@x": 1, "b@y": 1}, "cmd_seq": 9}}
+    new = {"saved_at": 2, "engine": {"rules": {"a@x": 2}, "cmd_seq": 3}}
+    merged = merge_snapshots([new, old])
+    assert merged["rules"] == {"a@x": 2, "b@y": 1} and merged["cmd_seq"] == 9
