@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import random
-import select
 import signal
 import statistics
 import subprocess
@@ -58,6 +57,10 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 logging.getLogger("mqtt").setLevel(logging.ERROR)
+
+# the orchestration helpers of the engine benchmark (this folder is on sys.path)
+from bench_engine import result  # noqa: E402
+from bench_engine import stop_engine as stop  # noqa: E402
 
 from gateway import protocol as p  # noqa: E402
 from gateway.configfile import MqttSettings  # noqa: E402
@@ -325,29 +328,6 @@ async def role_probe(port: int, sites: list[str], samples: int) -> None:
 
 def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
-
-
-def result(proc: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        raise SystemExit(f"a benchmark process gave no result within {timeout:g}s: {proc.args!r}")
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(timeout)
-        raise SystemExit(f"a benchmark process failed (exit {proc.returncode}): {proc.args!r}")
-    return json.loads(line)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def expected_per_engine(m: int, n_sites: int, count: int) -> list[int]:
