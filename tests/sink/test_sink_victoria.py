@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localservices import VictoriaMetrics
+from gateway.localservices import ServiceError, VictoriaMetrics, find_binary
 from gateway.protocol import ActuatorState, Telemetry
 from rules.sink.points import actuator_line, telemetry_line
 from rules.sink.settings import InfluxSettings
@@ -22,6 +22,10 @@ T0 = 1_796_000_000_000  # ms, 2026-11
 
 @pytest.fixture(scope="module")
 def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    try:
+        find_binary("victoria-metrics")
+    except ServiceError:
+        pytest.skip("Debian's victoria-metrics is not installed (not packaged for this release)")
     vm = VictoriaMetrics(tmp_path_factory.mktemp("victoria")).start()
     try:
         yield vm
