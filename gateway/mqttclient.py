@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 
 from gateway import protocol as p
 from gateway.configfile import MqttSettings
-from gateway.mqttinternals import Inbox
+from gateway.mqttinternals import Inbox, lean_paho_properties
 
 M = TypeVar("M", bound=p.Payload)
 
@@ -51,6 +51,7 @@ def make_client(
 ) -> aiomqtt.Client:
     """An aiomqtt client for MQTT 5 built from the shared settings; ``inbox``: the
     client's incoming queue is that inbox's (see :class:`gateway.mqttinternals.Inbox`)."""
+    lean_paho_properties()  # once per process: paho's per-packet table rebuilding goes
     props = None
     if persistent:
         props = Properties(PacketTypes.CONNECT)

@@ -24,6 +24,14 @@ range in ``pyproject.toml`` is the versions those tests ran on.
    to the broker when it is queued, before anyone reads it. :class:`Inbox`
    relies on all three.
 
+4. **How paho builds MQTT 5 properties**: every packet it reads builds a
+   ``paho.mqtt.properties.Properties``, whose ``__init__`` rebuilds the same
+   three lookup tables each time and whose ``clear`` tests 27 names with
+   ``hasattr``: about a third of the rule engine's CPU per received reading
+   (profiled). :func:`lean_paho_properties` makes both use tables built once,
+   by paho's own ``__init__`` (so their content stays paho's), and shared:
+   paho only reads them.
+
 aiomqtt 3 (drops paho for its own protocol code, manual acknowledgements)
 would change each of them: there is no paho client (1, 2), so the agent's
 direct publish path and the no-delay socket option need whatever aiomqtt 3
@@ -44,8 +52,46 @@ from typing import cast
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 DRAIN_MAX = 500  # messages taken off the inbox at once (the event loop waits meanwhile)
+
+
+def lean_paho_properties() -> bool:
+    """Make paho's ``Properties`` share its lookup tables (built once, by paho's own
+    ``__init__``) instead of rebuilding them for every packet, and ``clear`` look in
+    the instance's dict; returns False if already done. Same tables, same
+    attributes, same errors: only the per-packet rebuilding goes.
+
+    INTERNAL (4): ``Properties.__init__`` sets ``packetType``, ``types``, ``names``
+    and ``properties`` and nothing else; paho never changes those tables."""
+    if getattr(Properties, "_dustgate_lean", False):
+        return False
+    original_init = Properties.__init__
+    ref = Properties.__new__(Properties)
+    original_init(ref, PacketTypes.PUBLISH)
+    types, names, table = ref.types, ref.names, ref.properties
+    compressed = tuple(name.replace(" ", "") for name in names)
+
+    def __init__(self: Properties, packetType: int) -> None:
+        set_ = object.__setattr__
+        set_(self, "packetType", packetType)
+        set_(self, "types", types)
+        set_(self, "names", names)
+        set_(self, "properties", table)
+
+    def clear(self: Properties) -> None:
+        d = self.__dict__
+        for name in compressed:
+            if name in d:
+                delattr(self, name)
+
+    Properties.__init__ = __init__  # type: ignore[method-assign]
+    Properties.clear = clear  # type: ignore[method-assign]
+    Properties._dustgate_lean = True  # type: ignore[attr-defined]
+    Properties._dustgate_original_init = original_init  # type: ignore[attr-defined]
+    return True
 
 
 def paho_client(client: aiomqtt.Client) -> paho.Client:

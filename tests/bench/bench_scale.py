@@ -236,6 +236,9 @@ def role_generate(port: int, first: int, last: int, skip: set[str]) -> None:
     has one publisher)."""
     import paho.mqtt.client as mqtt
 
+    from gateway.mqttinternals import lean_paho_properties
+
+    lean_paho_properties()  # as a dustgate gateway's client has it (make_client)
     stop = False
 
     def on_term(*_: object) -> None:

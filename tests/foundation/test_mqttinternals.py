@@ -6,7 +6,9 @@ real mosquitto: an aiomqtt release that changes one of these fails here first.
 completes its own publishes when ours are taken ahead of it;
 (3) aiomqtt makes its queue through ``queue_type(maxsize=...)`` and its
 iterator takes each message with ``get()``; paho has acknowledged a QoS 1
-message once it is queued, so the broker does not send it again.
+message once it is queued, so the broker does not send it again;
+(4) paho's ``Properties`` sets only its four tables in ``__init__`` and
+never changes them, so they can be built once and shared.
 """
 
 from __future__ import annotations
@@ -104,3 +106,39 @@ async def test_a_queued_qos1_message_is_acknowledged_before_it_is_read(
     async with make_client(settings, "internals-ack", persistent=True, inbox=again):
         await asyncio.sleep(1.0)  # a resend comes right after CONNACK
         assert len(again) == 0
+
+
+def test_lean_properties_are_pahos_own_tables_and_behave_the_same() -> None:
+    """(4) paho's Properties.__init__ sets exactly packetType, types, names and
+    properties; the lean version shares tables equal to those paho builds, and
+    setting, packing, unpacking, clearing and refusing behave as before."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import MQTTException, Properties
+
+    from gateway.mqttinternals import lean_paho_properties
+
+    lean_paho_properties()
+    original = Properties._dustgate_original_init  # type: ignore[attr-defined]
+    for pt in range(PacketTypes.CONNECT, PacketTypes.WILLMESSAGE + 1):
+        ref = Properties.__new__(Properties)
+        original(ref, pt)
+        assert set(vars(ref)) == {"packetType", "types", "names", "properties"}
+        lean = Properties(pt)
+        assert vars(lean) == vars(ref)
+    assert lean_paho_properties() is False  # once only
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 60
+    props.UserProperty = [("engine", "e0")]
+    back = Properties(PacketTypes.PUBLISH)
+    back.unpack(props.pack())
+    assert back.MessageExpiryInterval == 60 and back.UserProperty == [("engine", "e0")]
+    back.clear()
+    assert back.isEmpty() and not hasattr(back, "UserProperty")
+    assert Properties(PacketTypes.CONNACK).names is Properties(PacketTypes.PUBLISH).names
+    try:
+        Properties(PacketTypes.PUBLISH).SessionExpiryInterval = 1  # not a PUBLISH property
+    except MQTTException:
+        pass
+    else:
+        raise AssertionError("paho's property checks must still apply")
