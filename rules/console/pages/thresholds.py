@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from rules.console import history, rulesedit
 from rules.console.auth import Role
 from rules.console.charts import HLine, Line, line_chart
-from rules.console.store import sha256
+from rules.console.store import Version, sha256
 from rules.console.web import (
     Auth,
     Ctx,
@@ -300,29 +300,42 @@ def _write(ctx: Ctx, user: str, old: str, new: str, note: str) -> int:
     return version.id
 
 
-@view(Role.VIEWER)
-@readable
-async def version_page(request: Request, auth: Auth) -> Response:
-    ctx = auth.ctx
+def _requested_version(request: Request, auth: Auth) -> Version | None:
+    """The stored rules version the URL names, or None."""
     try:
         vid = int(request.path_params["vid"])
     except ValueError:
-        vid = -1
-    v = ctx.store.version(vid)
+        return None
+    return auth.ctx.store.version(vid)
+
+
+def _no_version(request: Request, auth: Auth) -> Response:
+    return render(request, auth, "error.html", {"title": "No such version", "message": ""}, 404)
+
+
+def _version_view(
+    request: Request, auth: Auth, v: Version, disk: str, conflict: str | None = None
+) -> Response:
+    """Version ``v`` against the file on disk; with ``conflict`` (the other edit),
+    the refused roll back (409)."""
+    context: dict[str, Any] = {
+        "title": f"Rules version {v.id}",
+        "v": v,
+        "diff": rulesedit.diff(disk, v.text, "the file now", f"version {v.id}"),
+        "base": sha256(disk),
+    }
+    if conflict is None:
+        return render(request, auth, "version.html", context)
+    return render(request, auth, "version.html", {**context, "conflict": conflict}, 409)
+
+
+@view(Role.VIEWER)
+@readable
+async def version_page(request: Request, auth: Auth) -> Response:
+    v = _requested_version(request, auth)
     if v is None:
-        return render(request, auth, "error.html", {"title": "No such version", "message": ""}, 404)
-    disk = _disk_text(ctx)
-    return render(
-        request,
-        auth,
-        "version.html",
-        {
-            "title": f"Rules version {v.id}",
-            "v": v,
-            "diff": rulesedit.diff(disk, v.text, "the file now", f"version {v.id}"),
-            "base": sha256(disk),
-        },
-    )
+        return _no_version(request, auth)
+    return _version_view(request, auth, v, _disk_text(auth.ctx))
 
 
 @action(Role.OPERATOR)
@@ -330,31 +343,15 @@ async def version_page(request: Request, auth: Auth) -> Response:
 async def rollback(request: Request, auth: Auth) -> Response:
     ctx = auth.ctx
     form = await _form(request)
-    try:
-        vid = int(request.path_params["vid"])
-    except ValueError:
-        vid = -1
-    v = ctx.store.version(vid)
+    v = _requested_version(request, auth)
     if v is None:
-        return render(request, auth, "error.html", {"title": "No such version", "message": ""}, 404)
+        return _no_version(request, auth)
     async with rules_lock(ctx):
         disk = _disk_text(ctx)
         if form.get("base", "") != sha256(disk):
             old = ctx.store.version_by_sha(form.get("base", ""))
             changed = rulesedit.diff(old.text if old else "", disk, "when you looked", "now")
-            return render(
-                request,
-                auth,
-                "version.html",
-                {
-                    "title": f"Rules version {v.id}",
-                    "v": v,
-                    "diff": rulesedit.diff(disk, v.text, "the file now", f"version {v.id}"),
-                    "base": sha256(disk),
-                    "conflict": changed,
-                },
-                409,
-            )
+            return _version_view(request, auth, v, disk, changed)
         check = rulesedit.validate(ctx.config.rules_file, v.text, "")
         if not check.ok:
             return render(
