@@ -91,7 +91,7 @@ class Reloadable(Protocol):
     rules_file: RulesFile
     full_rules: RulesFile  # the whole file (a partition's rules_file is cut to its sites)
     served: frozenset[str]
-    owned: frozenset[str] | None  # a partition's own sites (None: all served)
+    owned: frozenset[str]  # the sites it acts for (a partition's own)
     counters: Counter[str]
     watch: FileWatch
 
@@ -115,7 +115,7 @@ def reload_text(svc: Reloadable, text: str, now: float) -> list[Publish]:
     """Validate ``text`` as the new rules file; swap it in or report why not."""
     old = svc.full_rules  # the whole file: what the operator changed
     old_subscriptions = svc.subscriptions()
-    sites = sorted(svc.served if svc.owned is None else svc.owned)
+    sites = sorted(svc.owned)
     try:
         new = load_rules_file(svc.rules_path, text=text)
     except ConfigError as exc:
@@ -166,6 +166,6 @@ def reload_text(svc: Reloadable, text: str, now: float) -> list[Publish]:
     data: dict[str, Any] = {"added": added, "changed": changed, "removed": removed}
     out_actions: list[Action] = [
         EmitEvent(s, p.Event(ts=p.now_ms(now), kind="reload", text=summary[:1000], data=data))
-        for s in sorted((svc.served if svc.owned is None else svc.owned) | set(sites))
+        for s in sorted(svc.owned | set(sites))
     ]
     return svc.apply([*out_actions, *actions], now)

@@ -118,10 +118,11 @@ def served_sites(rf: RulesFile, part: Partition = WHOLE) -> frozenset[str]:
     return read_sites(rf) | frozenset(rf.sites or ())
 
 
-def owned_sites(rf: RulesFile, part: Partition) -> frozenset[str] | None:
-    """The sites this engine acts for and stores (None: every served site)."""
+def owned_sites(rf: RulesFile, part: Partition) -> frozenset[str]:
+    """The sites this engine acts for and stores: every served site, or a
+    partition's own (not the backgrounds it only reads)."""
     if part.count == 1:
-        return None
+        return served_sites(rf, part)
     return rule_sites(rf) | frozenset(rf.sites or ())
 
 
@@ -397,7 +398,7 @@ class RulesService:
             )
             return []
         sink = self.sink
-        if sink is not None and (self.owned is None or site in self.owned):
+        if sink is not None and site in self.owned:
             stored = msg
             marks = outside(msg.values, self._engine.limits)  # implausible: stored flagged
             if marks:
@@ -458,7 +459,7 @@ class RulesService:
     def on_override(
         self, site: str, actuator: str, req: OverrideRequest, now: float
     ) -> list[Publish]:
-        if site not in (self.served if self.owned is None else self.owned):
+        if site not in self.owned:
             return []  # another engine's site
         age = now - req.ts / 1000.0
         why = ""

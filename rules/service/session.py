@@ -68,13 +68,13 @@ def subscriptions(
     rules_file: RulesFile,
     part: Partition = WHOLE,
     served: frozenset[str] = frozenset(),
-    owned: frozenset[str] | None = None,
+    owned: frozenset[str] = frozenset(),
 ) -> list[str]:
     """The topic filters the service subscribes to, in order. One engine: per
     ``sites:`` or ``+``. A partition: telemetry of every ``served`` site (what its
     rules read), state, status, events and overrides of its ``owned`` sites, and
     the engines' presences."""
-    if part.count == 1 or owned is None:
+    if part.count == 1:
         sites = sorted(rules_file.sites) if rules_file.sites is not None else ["+"]
         return [
             sub
