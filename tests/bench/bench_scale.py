@@ -59,11 +59,10 @@ import yaml  # noqa: E402
 logging.getLogger("mqtt").setLevel(logging.ERROR)
 
 # the orchestration helpers of the engine benchmark (this folder is on sys.path)
-from bench_engine import result  # noqa: E402
+from bench_engine import reading, result, settings  # noqa: E402
 from bench_engine import stop_engine as stop  # noqa: E402
 
 from gateway import protocol as p  # noqa: E402
-from gateway.configfile import MqttSettings  # noqa: E402
 from gateway.localservices import Mosquitto  # noqa: E402
 from gateway.mqttclient import make_client  # noqa: E402
 from rules.core.partition import Partition, parse_partition, slot  # noqa: E402
@@ -99,26 +98,6 @@ def rules_yaml(port: int, state_dir: Path, n_sites: int) -> dict[str, Any]:
             }
         ],
     }
-
-
-def reading(rnd: random.Random, ts_ms: int, seq: int, exceed: bool = False) -> bytes:
-    values = {
-        "pm1": round(rnd.uniform(5, 40), 1),
-        "pm25": round(rnd.uniform(10, 90), 1),
-        "pm10": 999.0 if exceed else round(rnd.uniform(20, 120), 1),
-        "tsp": round(rnd.uniform(50, 250), 1),
-        "noise": round(rnd.uniform(50, 75), 1),
-        "wind_speed": round(rnd.uniform(0, 8), 1),
-        "wind_dir": round(rnd.uniform(0, 360), 1),
-        "temp": round(rnd.uniform(5, 25), 1),
-        "rh": round(rnd.uniform(30, 90), 1),
-        "pressure": round(rnd.uniform(990, 1020), 1),
-    }
-    return p.encode(p.Telemetry(ts=ts_ms, seq=seq, values=values))
-
-
-def settings(port: int) -> MqttSettings:
-    return MqttSettings(host="127.0.0.1", port=port)
 
 
 def cpu_seconds(pid: int) -> float:
