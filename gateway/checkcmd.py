@@ -112,8 +112,8 @@ def explain_partitions(paths: list[Path], count: int, out: TextIO, err: TextIO) 
         print(f"--explain-partition: N must be 1..{MAX_PARTITIONS}, got {count}", file=err)
         return 2
     sites: set[str] = set()
-    for path in paths:
-        if check_file(path)[0] == "rules":
+    for path in paths:  # check_files has validated them: only the kind is needed
+        if detect_kind(path) == "rules":
             sites |= rule_sites(load_rules_file(path, context={"lenient_secrets": []}))
     for k, owned in explain(sites, count).items():
         print(f"partition {k}/{count}: {len(owned)} site(s): {' '.join(owned) or '-'}", file=out)
