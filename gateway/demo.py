@@ -35,7 +35,7 @@ import yaml
 
 from gateway import protocol as p
 from gateway import statusview
-from gateway.localservices import Influxd, Mosquitto
+from gateway.localservices import Influxd, Mosquitto, stop_groups
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -417,17 +417,7 @@ async def run_demo(workdir: Path, duration: float | None, exit_when_closed: bool
     finally:
         if live is not None:
             live.stop()
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_groups(procs)
         await site.stop()
         influx.stop()
         mq.stop()

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ import yaml
 
 from gateway import protocol as p
 from gateway.demo import SITE, demo_rules, demo_site
-from gateway.localservices import Influxd, Mosquitto, free_port
+from gateway.localservices import Influxd, Mosquitto, free_port, stop_groups
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))
 from consolehelpers import week_lines
@@ -62,20 +61,6 @@ def _spawn(
         start_new_session=True,
         env=env,
     )
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 async def _wait_http(
@@ -161,7 +146,7 @@ async def stack(tmp_path: Path, hook: Hook) -> AsyncIterator[dict[str, object]]:
             "influx": influx,
         }
     finally:
-        _stop(procs)
+        stop_groups(procs)
         await site.stop()
         influx.stop()
         mq.stop()
