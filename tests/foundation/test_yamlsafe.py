@@ -13,22 +13,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_config_check import GOOD_SITE  # the same valid site.yaml
 
 from gateway.checkcmd import check_file
 from gateway.config import load_site_config
 from gateway.configfile import ConfigError, load_yaml
 from gateway.yamlsafe import YamlLimits, parse_yaml, read_yaml
-
-GOOD_SITE = """\
-site: site-01
-mqtt: {host: 127.0.0.1, port: 1883}
-buses:
-  - {id: bus1, type: rtu, port: /dev/ttyUSB0}
-devices:
-  - {id: gate, bus: bus1, profile: dust-station, interval: 10s}
-actuators:
-  - {id: cannon-1, bus: bus1, profile: relay-8ch, channel: 0, limits: {max_on: 15m}}
-"""
 
 
 def _only_issue(exc: pytest.ExceptionInfo[ConfigError]) -> str:
