@@ -49,7 +49,6 @@ class Host(Protocol):
     client_id: str
     rules_file: RulesFile
     counters: Counter[str]
-    members: dict[str, Presence]
 
 
 log = logging.getLogger("rules.service")
@@ -139,11 +138,10 @@ async def wait_until_clear(svc: Host, stop: asyncio.Event) -> bool:
 
 
 def on_presence(svc: Host, topic: str, data: bytes) -> None:
-    """Another engine's presence while we run: remember it, report a conflict."""
+    """Another engine's presence while we run: report a conflict (counted, logged)."""
     doc = decode(topic, data)
     if doc is None or doc.member == svc.client_id:
         return
-    svc.members[doc.member] = doc
     verdict, who = conflicts(svc.client_id, svc.partition, [doc])
     if verdict != "ok":
         svc.counters["partition_conflicts"] += 1

@@ -66,7 +66,6 @@ from rules.core.partition import (
     PRESENCE_ROOT,
     WHOLE,
     Partition,
-    Presence,
     own_rules,
     parse_partition,
     read_sites,
@@ -173,7 +172,6 @@ class RulesService:
         self.engine_name = self.options.engine_name or self.client_id
         self.served = served_sites(rules_file, self.partition)
         self.owned = owned_sites(rules_file, self.partition)
-        self.members: dict[str, Presence] = {}  # other engines' presences (partitioned)
         # telemetry topic -> (site, device, the engine's ingest for that device or None);
         # cleared when the rules are reloaded (the engine's device bindings change)
         self._topic_cache: dict[str, tuple[str, str, DeviceIngest | None]] = {}

@@ -46,7 +46,7 @@ from gateway.mqttclient import make_client
 from gateway.mqttinternals import Inbox, set_nodelay
 from rules.core.config import RulesFile
 from rules.core.engine import Action, Engine
-from rules.core.partition import WHOLE, Partition, Presence, presence_topic
+from rules.core.partition import WHOLE, Partition, presence_topic
 from rules.service import presence
 from rules.service.outbound import Publish
 from rules.service.override import override_subscription
@@ -128,7 +128,6 @@ class Service(Consumer, Protocol):
     client_id: str
     partition: Partition
     counters: Counter[str]
-    members: dict[str, Presence]
 
     def subscriptions(self) -> list[str]: ...
     def settle(self) -> Engine: ...
